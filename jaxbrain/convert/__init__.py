@@ -1,0 +1,66 @@
+"""PyTorch weight interchange.
+
+    params, report = load_torch("model.pt", SwinUNETR(4, 3, feature_size=48,
+                                                      downsample="merging_legacy"))
+    save_torch(params, model, "exported.pt")        # MONAI loads it with strict=True
+
+``load_torch`` is strict by default: keys the model lacks, parameters the checkpoint lacks and
+shape mismatches are all listed, by name and shape, in one ``CheckpointMismatchError``. With
+``strict=False`` the same ``LoadReport`` is returned beside the parameters. Parameters are
+returned as a nested dict of NumPy arrays in the model's ``param_dtype``.
+
+The command line (``python -m jaxbrain.convert --help``) converts between PyTorch files and
+Orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from jaxbrain.convert import core, swin_unetr
+from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
+from jaxbrain.models import SwinTransformer, SwinUNETR
+
+FAMILIES = {
+    SwinUNETR: swin_unetr.FAMILY,
+    SwinTransformer: swin_unetr.FAMILY,
+}
+
+
+def family_of(model: Any) -> core.Family:
+    for cls, family in FAMILIES.items():
+        if isinstance(model, cls):
+            return family
+    raise TypeError(f"no PyTorch conversion for {type(model).__name__}; supported: "
+                    f"{sorted(c.__name__ for c in FAMILIES)}")
+
+
+def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = True, *,
+               params: Any = None, encoder_only: bool = False,
+               trust_pickle: bool = False) -> tuple[dict, LoadReport]:
+    """Reads a PyTorch checkpoint (a path to .pt/.pth/.bin/.safetensors, or a state dict) into
+    Flax parameters for ``model``.
+
+    Args:
+      strict: raise ``CheckpointMismatchError`` on any missing, unused or mismatched key.
+      params: values for the parameters the checkpoint does not fill (required whenever some
+        are left unfilled: ``encoder_only`` or a non-strict partial load).
+      encoder_only: exchange only the Swin encoder (``swinViT.*``); other checkpoint keys (SSL
+        heads, a decoder) are reported as ignored, other model parameters kept from ``params``.
+      trust_pickle: allow arbitrary pickled objects in a .pt file (only for trusted files).
+    """
+    return core.load(source, model, family_of(model), strict=strict, params=params,
+                     encoder_only=encoder_only, trust_pickle=trust_pickle)
+
+
+def save_torch(params: Any, model: Any, path: str | os.PathLike | None) -> dict:
+    """Writes ``params`` as the PyTorch state dict of the matching PyTorch model (.pt, .pth,
+    .bin or .safetensors), buffers such as ``relative_position_index`` included. Returns the
+    state dict as NumPy arrays (``path=None`` only returns it)."""
+    return core.save(params, model, family_of(model), path)
+
+
+__all__ = ["CheckpointMismatchError", "LoadReport", "family_of", "load_torch",
+           "read_state_dict", "save_torch"]

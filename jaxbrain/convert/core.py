@@ -1,0 +1,305 @@
+"""Architecture-independent parts of the PyTorch interchange: reading and writing state dicts,
+layout transforms between Flax and PyTorch kernels, and strict key accounting.
+
+An architecture family (``jaxbrain.convert.swin_unetr`` and later ones) supplies a ``Family``:
+how a Flax parameter path is named in PyTorch, which buffers PyTorch expects beside the
+parameters, and how other published namings map onto the canonical one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import numpy as np
+import jax
+import flax.linen as nn
+from flax import traverse_util
+
+Path = tuple[str, ...]
+State = dict[str, np.ndarray]
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+KEY_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model; the message lists every problem."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load did, key by key (PyTorch names). Nothing is dropped without appearing here."""
+
+    source: str
+    source_format: str
+    target: str
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    missing: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)
+    unused: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
+    ignored: list[str] = dataclasses.field(default_factory=list)
+    kept: list[str] = dataclasses.field(default_factory=list)
+    hints: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unused or self.mismatched)
+
+    def problems(self) -> str:
+        lines = []
+        if self.missing:
+            lines.append(f"  missing from the checkpoint ({len(self.missing)}):")
+            lines += [f"    {k}  expected shape {s}" for k, s in self.missing]
+        if self.unused:
+            lines.append(f"  in the checkpoint but not in the model ({len(self.unused)}):")
+            lines += [f"    {k}  shape {s}" for k, s in self.unused]
+        if self.mismatched:
+            lines.append(f"  shape or value mismatches ({len(self.mismatched)}):")
+            lines += [f"    {k}  checkpoint {a} vs model {b}" for k, a, b in self.mismatched]
+        lines += [f"  hint: {h}" for h in self.hints]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = (f"{self.source} [{self.source_format}] -> {self.target}: loaded {len(self.loaded)}"
+                f", missing {len(self.missing)}, unused {len(self.unused)}, mismatched "
+                f"{len(self.mismatched)}, ignored {len(self.ignored)}, kept {len(self.kept)}")
+        body = self.problems()
+        if self.ignored:
+            body += f"\n  ignored by request ({len(self.ignored)}): " + ", ".join(self.ignored[:8])
+            body += " ..." if len(self.ignored) > 8 else ""
+        return head + ("\n" + body if body else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """The correspondence between one family of Flax modules and its PyTorch state dicts."""
+
+    name: str
+    torch_key: Callable[[Any, Path], str]        # (model, flax path) -> canonical torch key
+    buffers: Callable[[Any], State]              # model -> non-parameter tensors torch expects
+    canonicalize: Callable[[State], tuple[State, str]]  # source names -> canonical, format name
+    dummy_input: Callable[[Any], tuple]          # model -> input shape for shape inference
+    is_transposed_conv: Callable[[Path], bool] = lambda path: False
+    encoder_prefix: str | None = None            # torch prefix exchanged with encoder_only=True
+    hints: Callable[[Any, State, State], list[str]] = lambda model, src, expected: []
+
+
+# ----------------------------------------------------------------------------------------
+# Layout transforms.
+
+
+def flax_to_torch_array(path: Path, a: np.ndarray, transposed_conv: bool) -> np.ndarray:
+    if path[-1] != "kernel":
+        return a
+    if a.ndim == 2:  # Dense (in, out) -> Linear (out, in)
+        return a.T
+    if transposed_conv:  # (*k, in, out) -> ConvTranspose (in, out, *k)
+        return a.transpose(a.ndim - 2, a.ndim - 1, *range(a.ndim - 2))
+    return a.transpose(a.ndim - 1, a.ndim - 2, *range(a.ndim - 2))  # Conv (out, in, *k)
+
+
+def torch_to_flax_array(path: Path, a: np.ndarray, transposed_conv: bool) -> np.ndarray:
+    if path[-1] != "kernel":
+        return a
+    if a.ndim == 2:
+        return a.T
+    spatial = tuple(range(2, a.ndim))
+    return a.transpose(*spatial, 0, 1) if transposed_conv else a.transpose(*spatial, 1, 0)
+
+
+def torch_shape(path: Path, shape: tuple, transposed_conv: bool) -> tuple:
+    return flax_to_torch_array(path, np.empty(shape, np.uint8), transposed_conv).shape
+
+
+# ----------------------------------------------------------------------------------------
+# Reading and writing.
+
+
+def _to_numpy(key: str, v: Any) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - a torch checkpoint cannot reach here without torch
+        torch = None
+    if torch is not None and isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        if v.dtype == torch.bfloat16:
+            v = v.float()
+        return v.numpy()
+    raise ValueError(f"state dict entry {key!r} is a {type(v).__name__}, expected a tensor")
+
+
+def read_state_dict(source: str | os.PathLike | Mapping, trust_pickle: bool = False) -> tuple[State, str]:
+    """A flat {name: array} from a file (.pt/.pth/.bin/.ckpt/.safetensors) or a mapping, with
+    {"state_dict"/"model"/...: ...} wrappers unwrapped and ``module.`` prefixes stripped."""
+    if isinstance(source, Mapping):
+        obj, name = source, "<state dict>"
+    else:
+        name = os.fspath(source)
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"checkpoint {name!r} does not exist")
+        if name.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+            try:
+                obj = load_file(name)
+            except Exception as e:
+                raise ValueError(f"{name!r} is not a readable safetensors file: {e}") from e
+        else:
+            import torch
+            try:
+                obj = torch.load(name, map_location="cpu", weights_only=not trust_pickle)
+            except Exception as e:
+                hint = ("" if trust_pickle else " If it holds Python objects besides tensors and you "
+                        "trust its origin, pass trust_pickle=True (--trust-pickle).")
+                raise ValueError(f"cannot read checkpoint {name!r}: {type(e).__name__}: {e}.{hint}") from e
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{name!r} holds a {type(obj).__name__}, expected a state dict")
+    state = {}
+    for k, v in obj.items():
+        key = str(k)
+        for prefix in KEY_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = _to_numpy(str(k), v)
+    if not state:
+        raise ValueError(f"{name!r} holds an empty state dict")
+    return state, name
+
+
+def write_state_dict(state: State, path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+        save_file(arrays, path)
+        return
+    if not path.endswith((".pt", ".pth", ".bin")):
+        raise ValueError(f"output {path!r}: expected a .pt, .pth, .bin or .safetensors file name")
+    import torch
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+
+
+# ----------------------------------------------------------------------------------------
+# Accounting.
+
+
+def unbox(params: Any) -> dict:
+    params = nn.meta.unbox(params)
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        params = params["params"]
+    return params
+
+
+def target_shapes(model: Any, family: Family) -> dict[Path, jax.ShapeDtypeStruct]:
+    shape = family.dummy_input(model)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape)))
+    return traverse_util.flatten_dict(unbox(variables["params"]))
+
+
+def _describe(model: Any) -> str:
+    return type(model).__name__
+
+
+def load(source, model, family: Family, strict: bool = True, params=None,
+         encoder_only: bool = False, trust_pickle: bool = False):
+    state, name = read_state_dict(source, trust_pickle)
+    state, fmt = family.canonicalize(state)
+    targets = target_shapes(model, family)
+    report = LoadReport(source=name, source_format=fmt, target=_describe(model))
+    scope = family.encoder_prefix if encoder_only else None
+    if encoder_only and scope is None:
+        raise ValueError(f"{family.name} has no encoder to load alone (encoder_only=True)")
+
+    expected_buffers = family.buffers(model)
+    for key, expected in expected_buffers.items():
+        if key in state:
+            got = state.pop(key)
+            if got.shape != expected.shape or not np.array_equal(got, expected):
+                report.mismatched.append((key, f"{got.shape} (values differ)", expected.shape))
+    keys = {family.torch_key(model, p): p for p in targets}
+    out: dict[Path, np.ndarray] = {}
+    for key, path in keys.items():
+        transposed = family.is_transposed_conv(path)
+        want = tuple(targets[path].shape)
+        if scope is not None and not key.startswith(scope):
+            report.kept.append(key)
+            continue
+        if key not in state:
+            report.missing.append((key, torch_shape(path, want, transposed)))
+            continue
+        arr = torch_to_flax_array(path, state[key], transposed)
+        if arr.shape != want:
+            report.mismatched.append((key, state[key].shape, torch_shape(path, want, transposed)))
+            continue
+        out[path] = np.asarray(arr, dtype=targets[path].dtype)
+        report.loaded.append(key)
+    for key, arr in state.items():
+        if key in keys:
+            continue
+        if scope is not None and not key.startswith(scope):
+            report.ignored.append(key)
+        else:
+            report.unused.append((key, arr.shape))
+    if not report.ok:
+        report.hints = family.hints(model, state, {k: targets[p] for k, p in keys.items()})
+        if strict:
+            raise CheckpointMismatchError(
+                f"checkpoint {name} [{fmt}] does not match {_describe(model)}:\n{report.problems()}\n"
+                "Pass strict=False (--non-strict) to load what matches and get this report.", report)
+    unfilled = [keys_path for keys_path in targets if keys_path not in out]
+    if unfilled:
+        if params is None:
+            raise ValueError(
+                f"{len(unfilled)} parameters are not filled from {name} (e.g. "
+                f"{family.torch_key(model, unfilled[0])}); pass params= (for instance "
+                "model.init(...)['params']) to supply their values.\n" + str(report))
+        given = traverse_util.flatten_dict(unbox(params))
+        for p in unfilled:
+            if p not in given:
+                raise ValueError(f"params= lacks {'/'.join(p)}, which the checkpoint does not fill")
+            out[p] = np.asarray(given[p])
+    return traverse_util.unflatten_dict(out), report
+
+
+def save(params, model, family: Family, path) -> State:
+    flat = traverse_util.flatten_dict(unbox(params))
+    targets = target_shapes(model, family)
+    if set(flat) != set(targets):
+        missing = sorted("/".join(p) for p in set(targets) - set(flat))
+        extra = sorted("/".join(p) for p in set(flat) - set(targets))
+        raise ValueError(f"params do not fit {_describe(model)}: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}")
+    state: State = {}
+    for p in targets:  # the model's creation order, as PyTorch lists its state dict
+        a = np.asarray(jax.device_get(flat[p]))
+        if a.shape != tuple(targets[p].shape):
+            raise ValueError(f"params {'/'.join(p)} has shape {a.shape}, model expects {targets[p].shape}")
+        state[family.torch_key(model, p)] = flax_to_torch_array(p, a, family.is_transposed_conv(p))
+    state.update(family.buffers(model))
+    if path is not None:
+        write_state_dict(state, path)
+    return state
+
+
+def rename(state: State, rules: list[tuple[str, str]]) -> State:
+    out = {}
+    for k, v in state.items():
+        for pattern, repl in rules:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out

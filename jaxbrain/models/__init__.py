@@ -1,0 +1,19 @@
+"""Model registry: ``create(name, **kwargs)`` builds a model by name, as configs refer to them."""
+
+from __future__ import annotations
+
+from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
+
+REGISTRY = {
+    "swin_unetr": SwinUNETR,
+    "swin_transformer": SwinTransformer,
+}
+
+
+def create(name: str, **kwargs):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name](**kwargs)
+
+
+__all__ = ["MERGE_ORDERS", "REGISTRY", "SwinTransformer", "SwinUNETR", "count_params", "create"]

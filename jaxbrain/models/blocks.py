@@ -1,0 +1,201 @@
+"""Building blocks shared by the 3D models: normalisation, convolutions with logical axis
+names, stochastic depth and the UNETR residual conv blocks.
+
+Every tensor is channels-last: (batch, D, H, W, channels).
+
+Parameters are created through ``nn.with_logical_partitioning`` so that a rule table
+(``jaxbrain.parallel``) can place them on a device mesh. The logical names used are:
+
+- ``embed``: a transformer's model width;  ``mlp``: its hidden MLP width;
+  ``qkv``: the fused query/key/value width;  ``heads``: attention heads;
+  ``rel_pos``: rows of a relative-position bias table;  ``merge``: PatchMerging's 8C input;
+- ``conv_in`` / ``conv_out``: a convolution's input / output channels and
+  ``conv_kernel``: its spatial kernel axes;  ``norm``: a normalisation's channels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Dtype = Any
+
+# PyTorch's default initialisation of Conv and Linear weights (kaiming_uniform with a=sqrt(5))
+# is uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1/(3 fan_in).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+trunc_normal_002 = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def partitioned(init, axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def layer_norm(name: str, axis_name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    """PyTorch-compatible LayerNorm: eps 1e-5, two-pass variance, statistics in float32."""
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=partitioned(nn.initializers.ones, (axis_name,)),
+        bias_init=partitioned(nn.initializers.zeros, (axis_name,)),
+        name=name,
+    )
+
+
+def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm over the channel axis without scale or bias (``F.layer_norm(x, [C])``)."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """InstanceNorm without affine parameters, instance statistics in training and inference
+    alike (PyTorch's ``InstanceNorm3d`` defaults). Statistics are computed in float32."""
+    axes = tuple(range(1, x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(axes, keepdims=True)
+    var = jnp.square(xf - mean).mean(axes, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype,
+          use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(trunc_normal_002, axes),
+        bias_init=partitioned(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def conv3d(features: int, kernel: int, name: str, dtype: Dtype, param_dtype: Dtype,
+           use_bias: bool = False) -> nn.Conv:
+    """Stride-1 3D convolution with 'same' zero padding (PyTorch padding=(k-1)//2)."""
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        kernel_size=(kernel,) * 3,
+        padding=((pad, pad),) * 3,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
+        bias_init=partitioned(nn.initializers.zeros, ("conv_out",)),
+        name=name,
+    )
+
+
+def patchify(x: jax.Array, patch: Sequence[int]) -> jax.Array:
+    """(B, D, H, W, C) -> (B, D/p0, H/p1, W/p2, p0*p1*p2*C), patch offsets major, channels minor."""
+    b, d, h, w, c = x.shape
+    p0, p1, p2 = patch
+    x = x.reshape(b, d // p0, p0, h // p1, p1, w // p2, p2, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, d // p0, h // p1, w // p2, p0 * p1 * p2 * c)
+
+
+class PatchConv(nn.Module):
+    """Convolution whose kernel equals its stride (non-overlapping patches), computed as one
+    matrix product over patchified input. Kernel layout (p0, p1, p2, in, out) as nn.Conv."""
+
+    features: int
+    patch: tuple[int, int, int]
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin = x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
+            (*self.patch, cin, self.features),
+            self.param_dtype,
+        )
+        x = patchify(x, self.patch).astype(self.dtype)
+        y = x @ kernel.reshape(-1, self.features).astype(self.dtype)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("conv_out",)),
+                              (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class UpConv2x(nn.Module):
+    """ConvTranspose3d(kernel 2, stride 2, no bias): each input voxel becomes a 2x2x2 block.
+    Computed as one matrix product and a reshape. Kernel layout (2, 2, 2, in, out)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, d, h, w, cin = x.shape
+        kernel = self.param(
+            "kernel",
+            partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
+            (2, 2, 2, cin, self.features),
+            self.param_dtype,
+        )
+        y = jnp.einsum("bdhwi,xyzio->bdxhywzo", x.astype(self.dtype), kernel.astype(self.dtype))
+        return y.reshape(b, 2 * d, 2 * h, 2 * w, self.features)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample, rescaling survivors."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class ResBlock(nn.Module):
+    """MONAI's UnetResBlock (kernel 3, stride 1, instance norm, LeakyReLU 0.01):
+    conv-IN-lrelu-conv-IN, plus a 1x1 conv + IN projection of the input when the channel
+    count changes, then LeakyReLU."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = conv3d(self.features, 3, "conv1", **args)(x)
+        y = nn.leaky_relu(instance_norm(y), 0.01)
+        y = instance_norm(conv3d(self.features, 3, "conv2", **args)(y))
+        if x.shape[-1] != self.features:
+            x = instance_norm(conv3d(self.features, 1, "conv3", **args)(x))
+        return nn.leaky_relu(y + x.astype(y.dtype), 0.01)
+
+
+class UpBlock(nn.Module):
+    """MONAI's UnetrUpBlock: 2x transposed conv, concatenation with the skip, ResBlock."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        up = UpConv2x(self.features, name="transp_conv", **args)(x)
+        return ResBlock(self.features, name="conv_block", **args)(
+            jnp.concatenate([up, skip.astype(up.dtype)], axis=-1))

@@ -1,0 +1,384 @@
+"""SwinUNETR (Hatamizadeh et al., 2022) and its 3D Swin transformer encoder, in Flax Linen.
+
+Numerically this is MONAI's ``monai.networks.nets.SwinUNETR`` (verified against MONAI 1.6 in
+``tests/test_swin_unetr_parity.py``), with the choice of PatchMerging order that separates old
+checkpoints from new ones (``downsample``):
+
+- ``"merging_legacy"``: MONAI < 1.5's order, with two duplicated slices. Every checkpoint
+  trained before MONAI 1.5, BrainSegFounder's included, needs this to give its original outputs.
+- ``"merging"``: MONAI >= 1.5's corrected order.
+- ``"mergingv2"``: ``itertools.product`` order.
+
+Layout: inputs are channels-last, ``(batch, D, H, W, in_channels)``, i.e. MONAI's
+``(batch, C, D, H, W)`` with the channel axis moved last (``x.transpose(0, 2, 3, 4, 1)``); outputs
+are ``(batch, D, H, W, out_channels)``. Each spatial size must be a multiple of
+``patch_size ** 5`` (32 for the usual patch 2); sizes may differ per axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Sequence
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxbrain.models.blocks import (
+    Dtype, DropPath, PatchConv, ResBlock, UpBlock, conv3d, dense, layer_norm,
+    layer_norm_no_affine, partitioned, trunc_normal_002)
+
+MERGE_ORDERS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "merging_legacy": ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1),
+                       (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1)),
+    "merging": ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1),
+                (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)),
+    "mergingv2": tuple(itertools.product(range(2), repeat=3)),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Static geometry, computed once per shape in NumPy (it becomes a compile-time constant).
+
+
+def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]):
+    """Window and shift actually used on a grid: an axis no longer than the window uses the
+    whole axis as its window and is not shifted."""
+    ws = tuple(s if s <= w else w for s, w in zip(size, window))
+    ss = tuple(0 if s <= w else sh for s, w, sh in zip(size, window, shift))
+    return ws, ss
+
+
+@functools.lru_cache(maxsize=None)
+def relative_position_index(window: tuple[int, int, int]) -> np.ndarray:
+    """(n, n) index into the (2w0-1)(2w1-1)(2w2-1)-row bias table, n = w0*w1*w2; the buffer
+    MONAI stores as ``attn.relative_position_index``."""
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(3, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    rel = rel + np.array(window) - 1
+    rel[..., 0] *= (2 * window[1] - 1) * (2 * window[2] - 1)
+    rel[..., 1] *= 2 * window[2] - 1
+    return rel.sum(-1).astype(np.int64)
+
+
+def window_partition(x: jax.Array, ws: Sequence[int]) -> jax.Array:
+    """(B, D, H, W, C) -> (B * num_windows, w0*w1*w2, C), windows in raster order."""
+    b, d, h, w, c = x.shape
+    x = x.reshape(b, d // ws[0], ws[0], h // ws[1], ws[1], w // ws[2], ws[2], c)
+    return x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, ws[0] * ws[1] * ws[2], c)
+
+
+def window_reverse(windows: jax.Array, ws: Sequence[int], b: int, dims: Sequence[int]) -> jax.Array:
+    d, h, w = dims
+    c = windows.shape[-1]
+    x = windows.reshape(b, d // ws[0], h // ws[1], w // ws[2], ws[0], ws[1], ws[2], c)
+    return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
+
+
+@functools.lru_cache(maxsize=None)
+def shifted_window_regions(dims: tuple[int, int, int], ws: tuple[int, int, int],
+                           ss: tuple[int, int, int]) -> np.ndarray:
+    """Region label of every token of every window, (num_windows, n) int32. Two tokens of a
+    window may attend to each other only when their labels agree (MONAI's ``compute_mask``
+    marks the others with -100). The slices follow the original exactly, including their
+    behaviour on unshifted axes."""
+    img = np.zeros((1, *dims, 1), np.int32)
+    cnt = 0
+    cuts = [(slice(-w), slice(-w, -s), slice(-s, None)) for w, s in zip(ws, ss)]
+    for sd in cuts[0]:
+        for sh in cuts[1]:
+            for sw in cuts[2]:
+                img[:, sd, sh, sw, :] = cnt
+                cnt += 1
+    b, d, h, w, _ = img.shape
+    x = img.reshape(b, d // ws[0], ws[0], h // ws[1], ws[1], w // ws[2], ws[2])
+    return x.transpose(0, 1, 3, 5, 2, 4, 6).reshape(-1, ws[0] * ws[1] * ws[2])
+
+
+# ----------------------------------------------------------------------------------------
+# Transformer modules.
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative-position bias."""
+
+    dim: int
+    num_heads: int
+    window_size: tuple[int, int, int]  # as configured; fixes the bias table's size
+    qkv_bias: bool = True
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, regions: np.ndarray | None, deterministic: bool) -> jax.Array:
+        bw, n, c = x.shape
+        h = self.num_heads
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        rows = int(np.prod([2 * w - 1 for w in self.window_size]))
+        table = self.param("relative_position_bias_table",
+                           partitioned(trunc_normal_002, ("rel_pos", "heads")), (rows, h),
+                           self.param_dtype)
+        qkv = dense(3 * c, ("embed", "qkv"), "qkv", use_bias=self.qkv_bias, **args)(x)
+        qkv = qkv.reshape(bw, n, 3, h, c // h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = q * jnp.asarray((c // h) ** -0.5, q.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        # MONAI slices the configured window's index even when the window has shrunk.
+        index = relative_position_index(self.window_size)[:n, :n].reshape(-1)
+        bias = table.astype(jnp.float32)[index].reshape(n, n, h).transpose(2, 0, 1)
+        logits = logits + bias[None]
+        if regions is not None:
+            nw = regions.shape[0]
+            blocked = regions[:, :, None] != regions[:, None, :]
+            logits = logits.reshape(bw // nw, nw, h, n, n)
+            logits = logits + jnp.where(blocked, -100.0, 0.0)[None, :, None].astype(jnp.float32)
+            logits = logits.reshape(bw, h, n, n)
+        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
+        y = jnp.einsum("bhqk,bkhd->bqhd", attn, v.astype(self.dtype)).reshape(bw, n, c)
+        y = dense(c, ("qkv", "embed"), "proj", **args)(y)
+        return nn.Dropout(self.proj_drop)(y, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+    dim: int
+    hidden: int
+    drop: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.gelu(dense(self.hidden, ("embed", "mlp"), "linear1", **args)(x), approximate=False)
+        x = nn.Dropout(self.drop)(x, deterministic=deterministic)
+        x = dense(self.dim, ("mlp", "embed"), "linear2", **args)(x)
+        return nn.Dropout(self.drop)(x, deterministic=deterministic)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin transformer block on a (B, D, H, W, C) grid; shifted when ``shift``."""
+
+    num_heads: int
+    window_size: tuple[int, int, int]
+    shift: bool
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        b, d, h, w, c = x.shape
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        shift = tuple(s // 2 for s in self.window_size) if self.shift else (0, 0, 0)
+        ws, ss = effective_window((d, h, w), self.window_size, shift)
+        pads = [(-s) % win for s, win in zip((d, h, w), ws)]
+        dims = (d + pads[0], h + pads[1], w + pads[2])
+
+        y = layer_norm("norm1", "embed", **args)(x)
+        if any(pads):  # MONAI pads after the norm: padded tokens are zeros and are attended to
+            y = jnp.pad(y, ((0, 0), (0, pads[0]), (0, pads[1]), (0, pads[2]), (0, 0)))
+        shifted = any(s > 0 for s in ss)
+        if shifted:
+            y = jnp.roll(y, shift=tuple(-s for s in ss), axis=(1, 2, 3))
+        regions = shifted_window_regions(dims, ws, ss) if shifted else None
+        y = WindowAttention(c, self.num_heads, self.window_size, self.qkv_bias, self.attn_drop,
+                            self.drop, name="attn", **args)(
+            window_partition(y, ws), regions, deterministic)
+        y = window_reverse(y, ws, b, dims)
+        if shifted:
+            y = jnp.roll(y, shift=ss, axis=(1, 2, 3))
+        y = y[:, :d, :h, :w]
+        drop_path = DropPath(self.drop_path)
+        x = x + drop_path(y, deterministic).astype(x.dtype)
+        y = layer_norm("norm2", "embed", **args)(x)
+        y = Mlp(c, int(c * self.mlp_ratio), self.drop, name="mlp", **args)(y, deterministic)
+        return x + drop_path(y, deterministic).astype(x.dtype)
+
+
+class PatchMerging(nn.Module):
+    """Halves each spatial axis: concatenates the 8 sub-grids along channels in ``order``,
+    then LayerNorm(8C) and a bias-free Linear(8C -> 2C)."""
+
+    order: str = "merging"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if any(s % 2 for s in x.shape[1:4]):
+            x = jnp.pad(x, [(0, 0)] + [(0, s % 2) for s in x.shape[1:4]] + [(0, 0)])
+        x = jnp.concatenate([x[:, i::2, j::2, k::2] for i, j, k in MERGE_ORDERS[self.order]], -1)
+        x = layer_norm("norm", "merge", self.dtype, self.param_dtype)(x)
+        return dense(2 * c, ("merge", "embed"), "reduction", self.dtype, self.param_dtype,
+                     use_bias=False)(x)
+
+
+class SwinStage(nn.Module):
+    """One Swin stage: ``depth`` blocks alternating plain and shifted windows, then merging.
+    (MONAI's ``BasicLayer``.)"""
+
+    depth: int
+    num_heads: int
+    window_size: tuple[int, int, int]
+    drop_paths: tuple[float, ...]
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    downsample: str = "merging"
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+        for i in range(self.depth):
+            x = block(self.num_heads, self.window_size, shift=i % 2 == 1,
+                      mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop=self.drop,
+                      attn_drop=self.attn_drop, drop_path=self.drop_paths[i], dtype=self.dtype,
+                      param_dtype=self.param_dtype, name=f"blocks_{i}")(x, deterministic)
+        return PatchMerging(self.downsample, self.dtype, self.param_dtype, name="downsample")(x)
+
+
+def _check_spatial(shape: Sequence[int], patch: int) -> None:
+    unit = patch ** 5
+    bad = [i for i, s in enumerate(shape) if s % unit]
+    if bad:
+        raise ValueError(
+            f"spatial axes {bad} of the input (spatial shape {tuple(shape)}, layout "
+            f"(batch, D, H, W, channels)) must be multiples of patch_size**5 = {unit}")
+
+
+class SwinTransformer(nn.Module):
+    """The 3D Swin encoder of SwinUNETR (MONAI's ``SwinTransformer``, ``swinViT``).
+
+    Returns the 5 hidden states: after the patch embedding and after each stage's merging, at
+    strides 2, 4, 8, 16, 32 with 1, 2, 4, 8, 16 times ``embed_dim`` channels. With ``normalize``
+    each returned state goes through a channel LayerNorm without affine parameters; the
+    un-normalised tensor feeds the next stage.
+    """
+
+    in_channels: int
+    embed_dim: int = 48
+    depths: Sequence[int] = (2, 2, 2, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    window_size: int | Sequence[int] = 7
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    downsample: str = "merging"
+    use_v2: bool = False
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _windows(self) -> tuple[int, int, int]:
+        w = self.window_size
+        return (w,) * 3 if isinstance(w, int) else tuple(w)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, normalize: bool = True, train: bool = False) -> list[jax.Array]:
+        if self.downsample not in MERGE_ORDERS:
+            raise ValueError(f"downsample={self.downsample!r}: expected one of {sorted(MERGE_ORDERS)}")
+        if x.ndim != 5 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"expected input (batch, D, H, W, {self.in_channels}), got {x.shape}")
+        _check_spatial(x.shape[1:4], self.patch_size)
+        deterministic = not train
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        res_block = nn.remat(ResBlock) if self.remat else ResBlock
+        dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
+
+        x = PatchConv(self.embed_dim, (self.patch_size,) * 3, name="patch_embed", **args)(x)
+        x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
+        hidden = [x]
+        for i, depth in enumerate(self.depths):
+            if self.use_v2:
+                x = res_block(x.shape[-1], name=f"layers{i + 1}c", **args)(x)
+            start = sum(self.depths[:i])
+            x = SwinStage(depth, self.num_heads[i], self._windows(), tuple(dpr[start:start + depth]),
+                          self.mlp_ratio, self.qkv_bias, self.drop_rate, self.attn_drop_rate,
+                          self.downsample, self.remat, name=f"layers{i + 1}", **args)(x, deterministic)
+            hidden.append(x)
+        return [layer_norm_no_affine(h) for h in hidden] if normalize else hidden
+
+
+class SwinUNETR(nn.Module):
+    """SwinUNETR with MONAI's constructor vocabulary; see the module docstring for layout.
+
+    ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision; normalisation
+    statistics and softmax stay in float32), ``param_dtype`` the storage dtype, ``remat``
+    rematerialises every Swin block and residual conv block in the backward pass.
+    """
+
+    in_channels: int
+    out_channels: int
+    feature_size: int = 24
+    depths: Sequence[int] = (2, 2, 2, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    window_size: int | Sequence[int] = 7
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    dropout_path_rate: float = 0.0
+    normalize: bool = True
+    use_v2: bool = False
+    downsample: str = "merging"
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def encoder_kwargs(self) -> dict:
+        """Constructor arguments of this model's encoder: ``SwinTransformer(**kwargs)`` builds
+        it stand-alone, with the same parameter tree as this model's ``swinViT``."""
+        return dict(
+            in_channels=self.in_channels, embed_dim=self.feature_size, depths=tuple(self.depths),
+            num_heads=tuple(self.num_heads), window_size=self.window_size,
+            patch_size=self.patch_size, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+            drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
+            drop_path_rate=self.dropout_path_rate, downsample=self.downsample,
+            use_v2=self.use_v2, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.feature_size % 12:
+            raise ValueError(f"feature_size={self.feature_size}: must be divisible by 12")
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ValueError(f"depths and num_heads need 4 stages, got {self.depths}, {self.num_heads}")
+        hidden = SwinTransformer(**self.encoder_kwargs(), name="swinViT")(x, self.normalize, train)
+        f = self.feature_size
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        res_block = nn.remat(ResBlock) if self.remat else ResBlock
+        up_block = nn.remat(UpBlock) if self.remat else UpBlock
+        enc0 = res_block(f, name="encoder1", **args)(x)
+        enc1 = res_block(f, name="encoder2", **args)(hidden[0])
+        enc2 = res_block(2 * f, name="encoder3", **args)(hidden[1])
+        enc3 = res_block(4 * f, name="encoder4", **args)(hidden[2])
+        dec4 = res_block(16 * f, name="encoder10", **args)(hidden[4])
+        dec3 = up_block(8 * f, name="decoder5", **args)(dec4, hidden[3])
+        dec2 = up_block(4 * f, name="decoder4", **args)(dec3, enc3)
+        dec1 = up_block(2 * f, name="decoder3", **args)(dec2, enc2)
+        dec0 = up_block(f, name="decoder2", **args)(dec1, enc1)
+        out = up_block(f, name="decoder1", **args)(dec0, enc0)
+        logits = conv3d(self.out_channels, 1, "out", use_bias=True, **args)(out)
+        return logits.astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
