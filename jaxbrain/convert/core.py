@@ -158,9 +158,11 @@ def read_state_dict(source: str | os.PathLike | Mapping, trust_pickle: bool = Fa
             try:
                 obj = torch.load(name, map_location="cpu", weights_only=not trust_pickle)
             except Exception as e:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
                 hint = ("" if trust_pickle else " If it holds Python objects besides tensors and you "
                         "trust its origin, pass trust_pickle=True (--trust-pickle).")
-                raise ValueError(f"cannot read checkpoint {name!r}: {type(e).__name__}: {e}.{hint}") from e
+                raise ValueError(f"cannot read checkpoint {name!r}: {type(e).__name__}: {why}{hint}") from e
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:

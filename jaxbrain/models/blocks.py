@@ -46,9 +46,14 @@ def layer_norm(name: str, axis_name: str, dtype: Dtype, param_dtype: Dtype) -> n
     )
 
 
+def stats_dtype(dtype: Dtype) -> Dtype:
+    """The dtype normalisation statistics and softmax are computed in: at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """LayerNorm over the channel axis without scale or bias (``F.layer_norm(x, [C])``)."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(stats_dtype(x.dtype))
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
     return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
@@ -58,7 +63,7 @@ def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """InstanceNorm without affine parameters, instance statistics in training and inference
     alike (PyTorch's ``InstanceNorm3d`` defaults). Statistics are computed in float32."""
     axes = tuple(range(1, x.ndim - 1))
-    xf = x.astype(jnp.float32)
+    xf = x.astype(stats_dtype(x.dtype))
     mean = xf.mean(axes, keepdims=True)
     var = jnp.square(xf - mean).mean(axes, keepdims=True)
     return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)

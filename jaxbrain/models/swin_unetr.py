@@ -28,7 +28,7 @@ import flax.linen as nn
 
 from jaxbrain.models.blocks import (
     Dtype, DropPath, PatchConv, ResBlock, UpBlock, conv3d, dense, layer_norm,
-    layer_norm_no_affine, partitioned, trunc_normal_002)
+    layer_norm_no_affine, partitioned, stats_dtype, trunc_normal_002)
 
 MERGE_ORDERS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "merging_legacy": ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1),
@@ -126,16 +126,17 @@ class WindowAttention(nn.Module):
         qkv = qkv.reshape(bw, n, 3, h, c // h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = q * jnp.asarray((c // h) ** -0.5, q.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        acc = stats_dtype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(acc)
         # MONAI slices the configured window's index even when the window has shrunk.
         index = relative_position_index(self.window_size)[:n, :n].reshape(-1)
-        bias = table.astype(jnp.float32)[index].reshape(n, n, h).transpose(2, 0, 1)
+        bias = table.astype(acc)[index].reshape(n, n, h).transpose(2, 0, 1)
         logits = logits + bias[None]
         if regions is not None:
             nw = regions.shape[0]
             blocked = regions[:, :, None] != regions[:, None, :]
             logits = logits.reshape(bw // nw, nw, h, n, n)
-            logits = logits + jnp.where(blocked, -100.0, 0.0)[None, :, None].astype(jnp.float32)
+            logits = logits + jnp.where(blocked, -100.0, 0.0)[None, :, None].astype(acc)
             logits = logits.reshape(bw, h, n, n)
         attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
@@ -377,7 +378,7 @@ class SwinUNETR(nn.Module):
         dec0 = up_block(f, name="decoder2", **args)(dec1, enc1)
         out = up_block(f, name="decoder1", **args)(dec0, enc0)
         logits = conv3d(self.out_channels, 1, "out", use_bias=True, **args)(out)
-        return logits.astype(jnp.float32)
+        return logits.astype(stats_dtype(self.dtype))
 
 
 def count_params(params: Any) -> int:

@@ -1,0 +1,171 @@
+"""Command line for PyTorch <-> Orbax weight conversion.
+
+  python -m jaxbrain.convert inspect brainsegfounder_ssl.pt
+  python -m jaxbrain.convert from-torch model.pt ckpt/ --model swin_unetr --set downsample=merging_legacy
+  python -m jaxbrain.convert to-torch ckpt/ exported.pt
+
+``from-torch`` writes an Orbax checkpoint of the parameters (``ckpt/params``) and the model's
+constructor arguments (``ckpt/model.json``); arguments not given with ``--set`` are read off the
+checkpoint's shapes where possible. ``to-torch`` reads both back and writes a PyTorch state dict
+(.pt/.pth/.bin) or .safetensors file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+
+import numpy as np
+
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _build_model(name: str, kwargs: dict):
+    from jaxbrain import models
+    try:
+        return models.create(name, **kwargs)
+    except TypeError as e:
+        raise SystemExit(f"cannot build {name} with {kwargs}: {e}") from e
+
+
+def _inferred_kwargs(name: str, state: dict) -> dict:
+    from jaxbrain.convert import swin_unetr
+    cfg = swin_unetr.infer_config(state)
+    if name == "swin_transformer":
+        cfg = {("embed_dim" if k == "feature_size" else k): v for k, v in cfg.items() if k != "out_channels"}
+    return cfg
+
+
+def cmd_inspect(args) -> int:
+    from jaxbrain.convert import read_state_dict, swin_unetr
+    state, name = read_state_dict(args.checkpoint, args.trust_pickle)
+    state, fmt = swin_unetr.canonicalize(state)
+    n = sum(int(np.prod(v.shape)) for v in state.values())
+    print(f"{name}: {fmt}, {len(state)} tensors, {n:,} values")
+    print("inferred SwinUNETR arguments:", json.dumps(swin_unetr.infer_config(state)))
+    print("note: the PatchMerging order is not visible in shapes; checkpoints trained with "
+          "MONAI < 1.5 (BrainSegFounder's among them) need downsample=merging_legacy")
+    if args.keys:
+        for k, v in state.items():
+            print(f"  {k}  {tuple(v.shape)}  {v.dtype}")
+    return 0
+
+
+def cmd_from_torch(args) -> int:
+    import orbax.checkpoint as ocp
+    from jaxbrain.convert import load_torch, read_state_dict, swin_unetr
+
+    state, _ = read_state_dict(args.checkpoint, args.trust_pickle)
+    canonical, _ = swin_unetr.canonicalize(state)
+    kwargs = _inferred_kwargs(args.model, canonical) if not args.no_infer else {}
+    kwargs.update(_parse_sets(args.set))
+    if "downsample" not in kwargs:
+        raise SystemExit("say which PatchMerging order the checkpoint was trained with: "
+                         "--set downsample=merging_legacy (MONAI < 1.5, BrainSegFounder) or "
+                         "--set downsample=merging (MONAI >= 1.5) or mergingv2")
+    if args.model == "swin_unetr" and "out_channels" not in kwargs:
+        raise SystemExit("the checkpoint has no output layer: give --set out_channels=N")
+    model = _build_model(args.model, kwargs)
+    init = None
+    if args.encoder_only or args.non_strict:
+        import jax
+        from jaxbrain.convert.core import unbox
+        shape = swin_unetr.dummy_input(model)
+        init = unbox(model.init(jax.random.key(args.seed), np.zeros(shape, np.float32))["params"])
+    params, report = load_torch(state, model, strict=not args.non_strict, params=init,
+                                encoder_only=args.encoder_only)
+    print(report)
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(os.path.join(out, PARAMS_DIR), params, force=True)
+    ckpt.wait_until_finished()
+    with open(os.path.join(out, MODEL_JSON), "w") as f:
+        json.dump({"model": args.model, "kwargs": kwargs}, f, indent=1)
+    print(f"wrote {out}/{PARAMS_DIR} and {MODEL_JSON}: {args.model}({kwargs})")
+    return 0
+
+
+def cmd_to_torch(args) -> int:
+    import orbax.checkpoint as ocp
+    from jaxbrain.convert import save_torch
+
+    src = os.path.abspath(args.checkpoint)
+    meta = os.path.join(src, MODEL_JSON)
+    spec = {}
+    if os.path.exists(meta):
+        with open(meta) as f:
+            spec = json.load(f)
+    name = args.model or spec.get("model")
+    if not name:
+        raise SystemExit(f"{src} has no {MODEL_JSON}: give --model and its --set arguments")
+    kwargs = dict(spec.get("kwargs", {}))
+    kwargs.update(_parse_sets(args.set))
+    model = _build_model(name, kwargs)
+    params_dir = os.path.join(src, PARAMS_DIR) if os.path.isdir(os.path.join(src, PARAMS_DIR)) else src
+    if not os.path.isdir(params_dir):
+        raise SystemExit(f"{params_dir}: not an Orbax checkpoint directory")
+    params = ocp.StandardCheckpointer().restore(params_dir)
+    if isinstance(params, dict) and set(params) == {"params"}:
+        params = params["params"]
+    state = save_torch(params, model, args.output)
+    print(f"wrote {args.output}: {len(state)} tensors for {name}({kwargs})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxbrain.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="show a PyTorch checkpoint's format and inferred model arguments")
+    p.add_argument("checkpoint")
+    p.add_argument("--keys", action="store_true", help="list every tensor")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled Python objects (trusted files only)")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("from-torch", help="PyTorch checkpoint -> Orbax checkpoint")
+    p.add_argument("checkpoint", help=".pt/.pth/.bin/.safetensors")
+    p.add_argument("output", help="directory for the Orbax checkpoint")
+    p.add_argument("--model", default="swin_unetr", help="swin_unetr (default) or swin_transformer")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model constructor argument, e.g. --set downsample=merging_legacy")
+    p.add_argument("--no-infer", action="store_true", help="do not read arguments off the checkpoint")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="load only swinViT.* (e.g. from an SSL checkpoint); the rest is freshly initialised")
+    p.add_argument("--non-strict", action="store_true", help="load what matches; report the rest")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed for parameters not loaded")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled Python objects (trusted files only)")
+    p.set_defaults(fn=cmd_from_torch)
+
+    p = sub.add_parser("to-torch", help="Orbax checkpoint -> PyTorch state dict")
+    p.add_argument("checkpoint", help="directory written by from-torch (or an Orbax params directory)")
+    p.add_argument("output", help=".pt/.pth/.bin or .safetensors")
+    p.add_argument("--model", default=None, help="model name when the directory has no model.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model constructor argument (overrides model.json)")
+    p.set_defaults(fn=cmd_to_torch)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
