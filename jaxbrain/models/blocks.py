@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxbrain.models.conv3d import conv3x3x3
+
 Dtype = Any
 
 # PyTorch's default initialisation of Conv and Linear weights (kaiming_uniform with a=sqrt(5))
@@ -82,21 +84,35 @@ def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_d
     )
 
 
+class Conv(nn.Module):
+    """Stride-1 3D convolution with 'same' zero padding, kernel 1 or 3, kernel layout
+    (k, k, k, in, out) as ``nn.Conv``. Kernel 3 goes through ``conv3d.conv3x3x3`` (fast on CPU
+    too), kernel 1 is a matrix product."""
+
+    features: int
+    kernel: int = 3
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kernel not in (1, 3):
+            raise ValueError(f"kernel={self.kernel}: only 1 and 3 are supported")
+        k = self.param("kernel", partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
+                       (self.kernel,) * 3 + (x.shape[-1], self.features), self.param_dtype)
+        x, k = x.astype(self.dtype), k.astype(self.dtype)
+        y = conv3x3x3(x, k) if self.kernel == 3 else x @ k.reshape(x.shape[-1], self.features)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("conv_out",)),
+                              (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def conv3d(features: int, kernel: int, name: str, dtype: Dtype, param_dtype: Dtype,
-           use_bias: bool = False) -> nn.Conv:
-    """Stride-1 3D convolution with 'same' zero padding (PyTorch padding=(k-1)//2)."""
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        kernel_size=(kernel,) * 3,
-        padding=((pad, pad),) * 3,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
-        bias_init=partitioned(nn.initializers.zeros, ("conv_out",)),
-        name=name,
-    )
+           use_bias: bool = False) -> Conv:
+    return Conv(features, kernel, use_bias, dtype, param_dtype, name=name)
 
 
 def patchify(x: jax.Array, patch: Sequence[int]) -> jax.Array:
