@@ -193,7 +193,8 @@ def write_state_dict(state: State, path: str | os.PathLike) -> None:
     if not path.endswith((".pt", ".pth", ".bin")):
         raise ValueError(f"output {path!r}: expected a .pt, .pth, .bin or .safetensors file name")
     import torch
-    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+    # torch.tensor copies: arrays viewed from JAX buffers are read-only
+    torch.save({k: torch.tensor(v) for k, v in arrays.items()}, path)
 
 
 # ----------------------------------------------------------------------------------------

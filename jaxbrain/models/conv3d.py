@@ -19,7 +19,7 @@ products run near peak, so the CPU path is built from those alone, with a hand-w
   (shifted rows)^T @ dy over row blocks in a ``fori_loop``, shifting whichever side has fewer
   channels.
 
-Measured on a 2-core x86 CPU (bench/bench_conv3d.py): 1.8-4x faster than XLA's conv3d forward,
+Measured on a 2-core x86 CPU (python bench/bench_conv3d.py): 1.8-4x faster than XLA's conv3d forward,
 1.5-8x forward+backward, level with PyTorch's forward. ``custom_vjp`` allows reverse-mode only.
 """
 
