@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import jax
 
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
@@ -92,3 +93,27 @@ def test_encoder_hidden_states_match_monai():
         assert len(ours) == len(theirs) == 5
         for a, b in zip(ours, theirs):
             assert rel_l2(np.asarray(a), from_torch_output(b)) < TOL
+
+
+def test_accelerator_attention_path_matches_monai(monkeypatch):
+    """GPUs and TPUs compute attention over all windows at once instead of window by window;
+    force that path here and check it against MONAI as well."""
+    from jaxbrain.models import swin_unetr
+    monkeypatch.setattr(swin_unetr, "use_window_scan", lambda: False)
+    cfg = dict(feature_size=12, depths=(2, 2, 2, 2), downsample="merging")
+    net = _monai(cfg)
+    model = SwinUNETR(IN, OUT, **cfg)
+    params, _ = load_torch(net.state_dict(), model)
+    x = head_volume((64, 96, 64), IN, seed=4)
+    ours = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x))
+    assert rel_l2(ours, _run_monai(net, x)) < TOL
+
+
+def test_shifted_window_mask_patterns():
+    from jaxbrain.models.swin_unetr import shift_mask_patterns, shifted_window_regions
+    for dims in [(35, 35, 35), (14, 21, 7), (70, 70, 70)]:
+        ws, ss = (7, 7, 7), (3, 3, 0) if dims[2] == 7 else (3, 3, 3)
+        patterns, index = shift_mask_patterns(dims, ws, ss)
+        regions = shifted_window_regions(dims, ws, ss)
+        dense = np.where(regions[:, :, None] != regions[:, None, :], -100.0, 0.0)
+        assert len(patterns) <= 8 and np.array_equal(patterns[index], dense)

@@ -101,6 +101,133 @@ def shifted_window_regions(dims: tuple[int, int, int], ws: tuple[int, int, int],
 # Transformer modules.
 
 
+def use_window_scan() -> bool:
+    """Attention window by window (``window_attention_core``) on CPU, where memory traffic
+    dominates; whole-batch matrix products on GPU and TPU."""
+    return jax.default_backend() == "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def shift_mask_patterns(dims: tuple[int, int, int], ws: tuple[int, int, int],
+                        ss: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's additive shifted-window mask (-100 between tokens of different regions, 0
+    elsewhere) as its distinct (n, n) patterns and each window's pattern: per axis a window is
+    either interior or the last one, so there are at most 8 patterns whatever the grid size
+    (the dense (num_windows, n, n) mask would be 470 MB at a 128^3 input)."""
+    regions = shifted_window_regions(dims, ws, ss)
+    masks = np.where(regions[:, :, None] != regions[:, None, :], -100.0, 0.0).astype(np.float32)
+    patterns, index = np.unique(masks.reshape(len(masks), -1), axis=0, return_inverse=True)
+    n = regions.shape[1]
+    return patterns.reshape(-1, n, n), index.reshape(-1).astype(np.int32)
+
+
+# Windows per scan step: the largest divisor of the window count whose (chunk, heads, n, n)
+# float32 logits fit in this many bytes (at least one window). Small enough to stay in cache.
+_CHUNK_BYTES = 2 << 20
+
+
+def _chunk_windows(num_windows: int, per_window_bytes: int) -> int:
+    budget = max(1, _CHUNK_BYTES // per_window_bytes)
+    return max(c for c in range(1, num_windows + 1) if num_windows % c == 0 and c <= budget)
+
+
+def _chunk_probs(q, k, bias, mask):
+    """Unnormalised probabilities exp(logits - rowmax) of one chunk and the row maxima;
+    q, k (c, h, n, d), bias (h, n, n), mask None or (c, n, n)."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=bias.dtype) + bias[None]
+    if mask is not None:
+        logits = logits + mask[:, None]
+    m = logits.max(-1, keepdims=True)
+    return jnp.exp(logits - m), m
+
+
+def _split(a, c):
+    return a.reshape(a.shape[0] // c, c, *a.shape[1:])
+
+
+def _mask_chunk(mask, i, c):
+    """The additive mask of scan step i's c windows, (c, n, n), from (patterns, index)."""
+    if mask is None:
+        return None
+    patterns, index = mask
+    start = (i % (index.shape[0] // c)) * c  # windows are batch-major: the mask repeats per image
+    return patterns[jax.lax.dynamic_slice_in_dim(index, start, c)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def window_attention_core(q, k, v, bias, mask, chunk):
+    """softmax(q k^T + bias + mask) v over windows, ``chunk`` windows per scan step.
+
+    q, k, v: (bw, h, n, d), q already scaled; bias: (h, n, n) float32; mask: None or
+    ``(patterns, index)`` from ``shift_mask_patterns`` (num_windows = len(index) dividing bw,
+    windows batch-major). The
+    (bw, h, n, n) attention matrix is never materialised: each step keeps its chunk's logits
+    in cache, and the backward pass recomputes a chunk's probabilities (bitwise as in the
+    forward, from the saved row maxima) instead of reading them back from memory. Softmax is
+    normalised on the (n, d) product (FlashAttention's order), which is why the backward pass
+    needs only the output and the row sums. Same numerics as softmax-then-matmul up to float32
+    rounding.
+    """
+    return _core_fwd(q, k, v, bias, mask, chunk)[0]
+
+
+def _core_fwd(q, k, v, bias, mask, chunk):
+    acc = bias.dtype
+
+    def step(_, xs):
+        i, qc, kc, vc = xs
+        p, m = _chunk_probs(qc, kc, bias, _mask_chunk(mask, i, chunk))
+        r = 1.0 / p.sum(-1, keepdims=True)
+        o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(vc.dtype), vc, preferred_element_type=acc) * r
+        return None, (o.astype(vc.dtype), m, r)
+
+    steps = jnp.arange(q.shape[0] // chunk)
+    _, (o, m, r) = jax.lax.scan(step, None, (steps, _split(q, chunk), _split(k, chunk),
+                                             _split(v, chunk)))
+    out = o.reshape(q.shape)
+    return out, (q, k, v, bias, mask, out, m, r)
+
+
+def _core_bwd(chunk, res, g):
+    q, k, v, bias, mask, out, m, r = res
+    acc = bias.dtype
+
+    def step(dbias, xs):
+        i, qc, kc, vc, oc, mc, rc, gc = xs
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qc, kc, preferred_element_type=acc) + bias[None]
+        mk = _mask_chunk(mask, i, chunk)
+        if mk is not None:
+            logits = logits + mk[:, None]
+        p = jnp.exp(logits - mc)
+        gf = gc.astype(acc)
+        gr = gf * rc  # d(out) / row sum
+        # rowsum(dattn * attn) = rowsum(g * out)
+        dsum = (gf * oc.astype(acc)).sum(-1, keepdims=True) * rc
+        dl = p * (jnp.einsum("bhqd,bhkd->bhqk", gr.astype(vc.dtype), vc,
+                             preferred_element_type=acc) - dsum)
+        dlc = dl.astype(qc.dtype)
+        dq = jnp.einsum("bhqk,bhkd->bhqd", dlc, kc, preferred_element_type=acc)
+        dk = jnp.einsum("bhqk,bhqd->bhkd", dlc, qc, preferred_element_type=acc)
+        dv = jnp.einsum("bhqk,bhqd->bhkd", p.astype(vc.dtype), gr.astype(vc.dtype),
+                        preferred_element_type=acc)
+        # Sum over the chunk's windows as a (1, c) x (c, h*n*n) product: XLA's CPU reduce
+        # over a leading axis is several times slower.
+        ones = jnp.ones((dl.shape[0],), acc)
+        dbias = dbias + jax.lax.dot_general(ones, dl, (((0,), (0,)), ((), ())),
+                                            precision=jax.lax.Precision.HIGHEST)
+        return dbias, (dq.astype(qc.dtype), dk.astype(kc.dtype), dv.astype(vc.dtype))
+
+    steps = jnp.arange(q.shape[0] // chunk)
+    xs = (steps, _split(q, chunk), _split(k, chunk), _split(v, chunk), _split(out, chunk), m, r,
+          _split(g, chunk))
+    dbias, (dq, dk, dv) = jax.lax.scan(step, jnp.zeros(bias.shape, acc), xs)
+    no_grad = None if mask is None else (None, None)  # the mask is a constant
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dbias, no_grad
+
+
+window_attention_core.defvjp(_core_fwd, _core_bwd)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a learned relative-position bias."""
 
@@ -114,7 +241,9 @@ class WindowAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, regions: np.ndarray | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: tuple[np.ndarray, np.ndarray] | None,
+                 deterministic: bool) -> jax.Array:
+        """``mask``: None or the shifted-window mask as ``shift_mask_patterns`` gives it."""
         bw, n, c = x.shape
         h = self.num_heads
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -123,24 +252,30 @@ class WindowAttention(nn.Module):
                            partitioned(trunc_normal_002, ("rel_pos", "heads")), (rows, h),
                            self.param_dtype)
         qkv = dense(3 * c, ("embed", "qkv"), "qkv", use_bias=self.qkv_bias, **args)(x)
-        qkv = qkv.reshape(bw, n, 3, h, c // h)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = qkv.reshape(bw, n, 3, h, c // h).transpose(2, 0, 3, 1, 4)  # (3, bw, h, n, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         q = q * jnp.asarray((c // h) ** -0.5, q.dtype)
         acc = stats_dtype(self.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(acc)
         # MONAI slices the configured window's index even when the window has shrunk.
         index = relative_position_index(self.window_size)[:n, :n].reshape(-1)
-        bias = table.astype(acc)[index].reshape(n, n, h).transpose(2, 0, 1)
-        logits = logits + bias[None]
-        if regions is not None:
-            nw = regions.shape[0]
-            blocked = regions[:, :, None] != regions[:, None, :]
-            logits = logits.reshape(bw // nw, nw, h, n, n)
-            logits = logits + jnp.where(blocked, -100.0, 0.0)[None, :, None].astype(acc)
-            logits = logits.reshape(bw, h, n, n)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", attn, v.astype(self.dtype)).reshape(bw, n, c)
+        bias = table.astype(acc).T[:, index].reshape(h, n, n)
+        mask = None if mask is None else (jnp.asarray(mask[0], acc), jnp.asarray(mask[1]))
+        dropout = self.attn_drop > 0.0 and not deterministic
+        if use_window_scan() and not dropout:
+            # Window by window in cache; see window_attention_core.
+            chunk = _chunk_windows(bw if mask is None else mask[1].shape[0], h * n * n * 4)
+            y = window_attention_core(q.astype(self.dtype), k.astype(self.dtype),
+                                      v.astype(self.dtype), bias, mask, chunk)
+        else:  # accelerators: whole-batch matrix products; also attention dropout
+            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(acc) + bias[None]
+            if mask is not None:
+                nw = mask[1].shape[0]
+                logits = (logits.reshape(bw // nw, nw, h, n, n)
+                          + mask[0][mask[1]][None, :, None]).reshape(bw, h, n, n)
+            attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
+            y = jnp.einsum("bhqk,bhkd->bhqd", attn, v.astype(self.dtype))
+        y = y.transpose(0, 2, 1, 3).reshape(bw, n, c)
         y = dense(c, ("qkv", "embed"), "proj", **args)(y)
         return nn.Dropout(self.proj_drop)(y, deterministic=deterministic)
 
@@ -190,10 +325,10 @@ class SwinBlock(nn.Module):
         shifted = any(s > 0 for s in ss)
         if shifted:
             y = jnp.roll(y, shift=tuple(-s for s in ss), axis=(1, 2, 3))
-        regions = shifted_window_regions(dims, ws, ss) if shifted else None
+        mask = shift_mask_patterns(dims, ws, ss) if shifted else None
         y = WindowAttention(c, self.num_heads, self.window_size, self.qkv_bias, self.attn_drop,
                             self.drop, name="attn", **args)(
-            window_partition(y, ws), regions, deterministic)
+            window_partition(y, ws), mask, deterministic)
         y = window_reverse(y, ws, b, dims)
         if shifted:
             y = jnp.roll(y, shift=ss, axis=(1, 2, 3))
