@@ -114,11 +114,11 @@ def shift_mask_patterns(dims: tuple[int, int, int], ws: tuple[int, int, int],
     elsewhere) as its distinct (n, n) patterns and each window's pattern: per axis a window is
     either interior or the last one, so there are at most 8 patterns whatever the grid size
     (the dense (num_windows, n, n) mask would be 470 MB at a 128^3 input)."""
-    regions = shifted_window_regions(dims, ws, ss)
-    masks = np.where(regions[:, :, None] != regions[:, None, :], -100.0, 0.0).astype(np.float32)
-    patterns, index = np.unique(masks.reshape(len(masks), -1), axis=0, return_inverse=True)
-    n = regions.shape[1]
-    return patterns.reshape(-1, n, n), index.reshape(-1).astype(np.int32)
+    # A window's mask depends only on its tokens' region labels: deduplicate those (small
+    # integer rows) before building any (n, n) mask.
+    rows, index = np.unique(shifted_window_regions(dims, ws, ss), axis=0, return_inverse=True)
+    patterns = np.where(rows[:, :, None] != rows[:, None, :], -100.0, 0.0).astype(np.float32)
+    return patterns, index.reshape(-1).astype(np.int32)
 
 
 # Windows per scan step: the largest divisor of the window count whose (chunk, heads, n, n)
@@ -131,14 +131,10 @@ def _chunk_windows(num_windows: int, per_window_bytes: int) -> int:
     return max(c for c in range(1, num_windows + 1) if num_windows % c == 0 and c <= budget)
 
 
-def _chunk_probs(q, k, bias, mask):
-    """Unnormalised probabilities exp(logits - rowmax) of one chunk and the row maxima;
-    q, k (c, h, n, d), bias (h, n, n), mask None or (c, n, n)."""
+def _chunk_logits(q, k, bias, mask):
+    """q k^T + bias (+ mask) of one chunk: q, k (c, h, n, d), bias (h, n, n), mask (c, n, n)."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=bias.dtype) + bias[None]
-    if mask is not None:
-        logits = logits + mask[:, None]
-    m = logits.max(-1, keepdims=True)
-    return jnp.exp(logits - m), m
+    return logits if mask is None else logits + mask[:, None]
 
 
 def _split(a, c):
@@ -160,9 +156,8 @@ def window_attention_core(q, k, v, bias, mask, chunk):
 
     q, k, v: (bw, h, n, d), q already scaled; bias: (h, n, n) float32; mask: None or
     ``(patterns, index)`` from ``shift_mask_patterns`` (num_windows = len(index) dividing bw,
-    windows batch-major). The
-    (bw, h, n, n) attention matrix is never materialised: each step keeps its chunk's logits
-    in cache, and the backward pass recomputes a chunk's probabilities (bitwise as in the
+    windows batch-major). The (bw, h, n, n) attention matrix is never materialised: each step
+    keeps its chunk's logits in cache, and the backward pass recomputes a chunk's probabilities (bitwise as in the
     forward, from the saved row maxima) instead of reading them back from memory. Softmax is
     normalised on the (n, d) product (FlashAttention's order), which is why the backward pass
     needs only the output and the row sums. Same numerics as softmax-then-matmul up to float32
@@ -176,7 +171,9 @@ def _core_fwd(q, k, v, bias, mask, chunk):
 
     def step(_, xs):
         i, qc, kc, vc = xs
-        p, m = _chunk_probs(qc, kc, bias, _mask_chunk(mask, i, chunk))
+        logits = _chunk_logits(qc, kc, bias, _mask_chunk(mask, i, chunk))
+        m = logits.max(-1, keepdims=True)
+        p = jnp.exp(logits - m)
         r = 1.0 / p.sum(-1, keepdims=True)
         o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(vc.dtype), vc, preferred_element_type=acc) * r
         return None, (o.astype(vc.dtype), m, r)
@@ -194,11 +191,7 @@ def _core_bwd(chunk, res, g):
 
     def step(dbias, xs):
         i, qc, kc, vc, oc, mc, rc, gc = xs
-        logits = jnp.einsum("bhqd,bhkd->bhqk", qc, kc, preferred_element_type=acc) + bias[None]
-        mk = _mask_chunk(mask, i, chunk)
-        if mk is not None:
-            logits = logits + mk[:, None]
-        p = jnp.exp(logits - mc)
+        p = jnp.exp(_chunk_logits(qc, kc, bias, _mask_chunk(mask, i, chunk)) - mc)  # as forward
         gf = gc.astype(acc)
         gr = gf * rc  # d(out) / row sum
         # rowsum(dattn * attn) = rowsum(g * out)
