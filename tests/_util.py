@@ -6,10 +6,9 @@ import functools
 
 import numpy as np
 import jax
-import jax.numpy as jnp
 from flax import traverse_util
 
-from jaxbrain.convert.core import target_shapes, unbox
+from jaxbrain.convert.core import target_shapes
 from jaxbrain.convert import family_of
 
 
@@ -75,4 +74,4 @@ def head_volume(shape, channels: int, seed: int = 0) -> np.ndarray:
 
 
 __all__ = ["from_torch_output", "head_volume", "jitted_apply", "numpy_state", "random_params",
-           "rel_l2", "to_torch_input", "torch_state", "unbox", "jnp"]
+           "rel_l2", "to_torch_input", "torch_state"]
