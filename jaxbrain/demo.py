@@ -84,11 +84,12 @@ def main(argv=None) -> int:
         return 0 if same else 1
     if args.downsample == "merging_legacy":
         from monai.networks.nets.swin_unetr import PatchMerging
+        from jaxbrain.models import MERGE_ORDERS
 
         class LegacyPatchMerging(PatchMerging):  # MONAI < 1.5 slice order
             def forward(self, x):
-                order = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
-                return self.reduction(self.norm(torch.cat([x[:, i::2, j::2, k::2] for i, j, k in order], -1)))
+                slices = [x[:, i::2, j::2, k::2] for i, j, k in MERGE_ORDERS["merging_legacy"]]
+                return self.reduction(self.norm(torch.cat(slices, -1)))
         downsample = LegacyPatchMerging
     else:
         downsample = args.downsample

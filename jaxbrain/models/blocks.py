@@ -63,7 +63,7 @@ def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """InstanceNorm without affine parameters, instance statistics in training and inference
-    alike (PyTorch's ``InstanceNorm3d`` defaults). Statistics are computed in float32."""
+    alike (PyTorch's ``InstanceNorm3d`` defaults). Statistics in at least float32."""
     axes = tuple(range(1, x.ndim - 1))
     xf = x.astype(stats_dtype(x.dtype))
     mean = xf.mean(axes, keepdims=True)

@@ -157,11 +157,11 @@ def window_attention_core(q, k, v, bias, mask, chunk):
     q, k, v: (bw, h, n, d), q already scaled; bias: (h, n, n) float32; mask: None or
     ``(patterns, index)`` from ``shift_mask_patterns`` (num_windows = len(index) dividing bw,
     windows batch-major). The (bw, h, n, n) attention matrix is never materialised: each step
-    keeps its chunk's logits in cache, and the backward pass recomputes a chunk's probabilities (bitwise as in the
-    forward, from the saved row maxima) instead of reading them back from memory. Softmax is
-    normalised on the (n, d) product (FlashAttention's order), which is why the backward pass
-    needs only the output and the row sums. Same numerics as softmax-then-matmul up to float32
-    rounding.
+    keeps its chunk's logits in cache, and the backward pass recomputes a chunk's probabilities
+    (bitwise as in the forward, from the saved row maxima) instead of reading them back from
+    memory. Softmax is normalised on the (n, d) product (FlashAttention's order), which is why
+    the backward pass needs only the output and the row sums. Same numerics as
+    softmax-then-matmul up to float32 rounding.
     """
     return _core_fwd(q, k, v, bias, mask, chunk)[0]
 
