@@ -41,230 +41,241 @@ ATLAS_MASK_SUFFIX = "_label-L_desc-T1lesion_mask.nii.gz"
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  """One subject: image files in channel order, an optional label file and fold.
+    """One subject: image files in channel order, an optional label file and fold.
 
-  ``labels`` names the label convention (see :mod:`jaxbrain.data.labels`).
-  """
+    ``labels`` names the label convention (see :mod:`jaxbrain.data.labels`).
+    """
 
-  id: str
-  images: tuple[str, ...]
-  label: str | None = None
-  fold: int | None = None
-  labels: str = "binary"
+    id: str
+    images: tuple[str, ...]
+    label: str | None = None
+    fold: int | None = None
+    labels: str = "binary"
 
 
 def _nii(stem: str) -> str:
-  for ext in (".nii.gz", ".nii"):
-    if os.path.exists(stem + ext):
-      return stem + ext
-  return stem + ".nii.gz"
+    for ext in (".nii.gz", ".nii"):
+        if os.path.exists(stem + ext):
+            return stem + ext
+    return stem + ".nii.gz"
 
 
 def _require(path: str, what: str) -> str:
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found ({what})")
-  return path
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found ({what})")
+    return path
 
 
 def brats(root: str, *, version: str = "auto", require_label: bool = True) -> list[Case]:
-  """Cases of a BraTS 2021 or 2023 training/validation folder, sorted by case id.
+    """Cases of a BraTS 2021 or 2023 training/validation folder, sorted by case id.
 
-  Args:
-    root: the folder holding one sub-folder per case.
-    version: "brats2021", "brats2023" or "auto" (decided by the folder names).
-    require_label: raise if a case has no segmentation (set False for validation sets
-      without labels).
-  """
-  if not os.path.isdir(root):
-    raise DataError(f"{root}: BraTS root folder not found")
-  names = sorted(os.listdir(root))
-  if version == "auto":
-    found = [v for v, pat in _BRATS_DIRS.items() if any(pat.match(n) for n in names)]
-    if len(found) != 1:
-      raise DataError(f"{root}: expected case folders named BraTS2021_XXXXX or "
-                      f"BraTS-GLI-XXXXX-YYY, found {names[:5]}{'...' if len(names) > 5 else ''}")
-    version = found[0]
-  if version not in _BRATS_SUFFIXES:
-    raise ValueError(f"version must be brats2021, brats2023 or auto, got {version!r}")
-  suffixes = _BRATS_SUFFIXES[version]
-  cases = []
-  for name in names:
-    folder = os.path.join(root, name)
-    if not (os.path.isdir(folder) and _BRATS_DIRS[version].match(name)):
-      continue
-    images = tuple(_require(_nii(os.path.join(folder, name + suffixes[c])), f"BraTS {c}")
-                   for c in BRATS_CHANNELS)
-    label = _nii(os.path.join(folder, name + suffixes["seg"]))
-    if not os.path.exists(label):
-      if require_label:
-        raise DataError(f"{label}: file not found (BraTS segmentation; pass "
-                        "require_label=False for unlabeled validation data)")
-      label = None
-    cases.append(Case(id=name, images=images, label=label, labels=version))
-  if not cases:
-    raise DataError(f"{root}: no {version} case folders found")
-  return cases
+    Args:
+      root: the folder holding one sub-folder per case.
+      version: "brats2021", "brats2023" or "auto" (decided by the folder names).
+      require_label: raise if a case has no segmentation (set False for validation sets
+        without labels).
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: BraTS root folder not found")
+    names = sorted(os.listdir(root))
+    if version == "auto":
+        found = [v for v, pat in _BRATS_DIRS.items() if any(pat.match(n) for n in names)]
+        if len(found) != 1:
+            raise DataError(f"{root}: expected case folders named BraTS2021_XXXXX or "
+                            f"BraTS-GLI-XXXXX-YYY, found {names[:5]}{'...' if len(names) > 5 else ''}")
+        version = found[0]
+    if version not in _BRATS_SUFFIXES:
+        raise ValueError(f"version must be brats2021, brats2023 or auto, got {version!r}")
+    suffixes = _BRATS_SUFFIXES[version]
+    cases = []
+    for name in names:
+        folder = os.path.join(root, name)
+        if not (os.path.isdir(folder) and _BRATS_DIRS[version].match(name)):
+            continue
+        images = tuple(_require(_nii(os.path.join(folder, name + suffixes[c])), f"BraTS {c}")
+                       for c in BRATS_CHANNELS)
+        label = _nii(os.path.join(folder, name + suffixes["seg"]))
+        if not os.path.exists(label):
+            if require_label:
+                raise DataError(f"{label}: file not found (BraTS segmentation; pass "
+                                "require_label=False for unlabeled validation data)")
+            label = None
+        cases.append(Case(id=name, images=images, label=label, labels=version))
+    if not cases:
+        raise DataError(f"{root}: no {version} case folders found")
+    return cases
 
 
 def datalist(path: str, *, root: str | None = None, key: str = "training",
              labels: str = "brats2021") -> list[Case]:
-  """Cases of a MONAI-style JSON datalist; relative paths are resolved against ``root``
-  (default: the JSON file's folder)."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise DataError(f"{path}: datalist not found") from None
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}: not valid JSON ({e})") from e
-  if key not in data or not isinstance(data[key], list):
-    raise DataError(f"{path}: expected a list under key {key!r}, found keys {sorted(data)}")
-  root = os.path.dirname(os.path.abspath(path)) if root is None else root
-  cases = []
-  for i, entry in enumerate(data[key]):
-    where = f"{path}: {key}[{i}]"
-    if not isinstance(entry, Mapping) or "image" not in entry:
-      raise DataError(f"{where}: expected an object with an 'image' entry, got {entry!r}")
-    images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-    images = tuple(_require(os.path.join(root, p), f"{where} image") for p in images)
-    label = entry.get("label")
-    if label is not None:
-      label = _require(os.path.join(root, label), f"{where} label")
-    fold = entry.get("fold")
-    if fold is not None and not isinstance(fold, int):
-      raise DataError(f"{where}: fold must be an integer, got {fold!r}")
-    case_id = entry.get("id") or os.path.basename(os.path.dirname(images[0])) or str(i)
-    cases.append(Case(id=str(case_id), images=images, label=label, fold=fold, labels=labels))
-  return cases
+    """Cases of a MONAI-style JSON datalist; relative paths are resolved against ``root``
+    (default: the JSON file's folder)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: datalist not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if key not in data or not isinstance(data[key], list):
+        raise DataError(f"{path}: expected a list under key {key!r}, found keys {sorted(data)}")
+    root = os.path.dirname(os.path.abspath(path)) if root is None else root
+    cases = []
+    for i, entry in enumerate(data[key]):
+        where = f"{path}: {key}[{i}]"
+        if not isinstance(entry, Mapping) or "image" not in entry:
+            raise DataError(f"{where}: expected an object with an 'image' entry, got {entry!r}")
+        images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        images = tuple(_require(os.path.join(root, p), f"{where} image") for p in images)
+        label = entry.get("label")
+        if label is not None:
+            label = _require(os.path.join(root, label), f"{where} label")
+        fold = entry.get("fold")
+        if fold is not None and not isinstance(fold, int):
+            raise DataError(f"{where}: fold must be an integer, got {fold!r}")
+        case_id = entry.get("id") or os.path.basename(os.path.dirname(images[0])) or str(i)
+        cases.append(Case(id=str(case_id), images=images, label=label, fold=fold, labels=labels))
+    return cases
 
 
 def split_fold(cases: Sequence[Case], fold: int) -> tuple[list[Case], list[Case]]:
-  """(training, validation) cases: validation is the cases whose fold equals ``fold``."""
-  folds = sorted({c.fold for c in cases if c.fold is not None})
-  if any(c.fold is None for c in cases):
-    missing = [c.id for c in cases if c.fold is None]
-    raise DataError(f"cases without a fold: {missing[:5]}; every datalist entry needs 'fold'")
-  if fold not in folds:
-    raise DataError(f"fold {fold} not in the datalist (folds present: {folds})")
-  return [c for c in cases if c.fold != fold], [c for c in cases if c.fold == fold]
+    """(training, validation) cases: validation is the cases whose fold equals ``fold``."""
+    folds = sorted({c.fold for c in cases if c.fold is not None})
+    if any(c.fold is None for c in cases):
+        missing = [c.id for c in cases if c.fold is None]
+        raise DataError(f"cases without a fold: {missing[:5]}; every datalist entry needs 'fold'")
+    if fold not in folds:
+        raise DataError(f"fold {fold} not in the datalist (folds present: {folds})")
+    return [c for c in cases if c.fold != fold], [c for c in cases if c.fold == fold]
 
 
 def atlas(root: str, *, require_label: bool = True) -> list[Case]:
-  """Cases of an ATLAS v2.0 BIDS tree (any depth above ``sub-*/ses-*/anat``)."""
-  if not os.path.isdir(root):
-    raise DataError(f"{root}: ATLAS root folder not found")
-  images = sorted(glob.glob(os.path.join(root, "**", "sub-*", "ses-*", "anat", "*_T1w.nii.gz"),
-                            recursive=True))
-  if not images:
-    raise DataError(f"{root}: no sub-*/ses-*/anat/*_T1w.nii.gz files found")
-  cases = []
-  for image in images:
-    label = image[: -len("_T1w.nii.gz")] + ATLAS_MASK_SUFFIX
-    if not os.path.exists(label):
-      if require_label:
-        raise DataError(f"{label}: file not found (lesion mask of {image}; pass "
-                        "require_label=False for unlabeled test data)")
-      label = None
-    name = os.path.basename(image)
-    case_id = "_".join(p for p in name.split("_") if p.startswith(("sub-", "ses-")))
-    cases.append(Case(id=case_id, images=(image,), label=label, labels="binary"))
-  return cases
+    """Cases of an ATLAS v2.0 BIDS tree (any depth above ``sub-*/ses-*/anat``)."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: ATLAS root folder not found")
+    images = sorted(glob.glob(os.path.join(root, "**", "sub-*", "ses-*", "anat", "*_T1w.nii.gz"),
+                              recursive=True))
+    if not images:
+        raise DataError(f"{root}: no sub-*/ses-*/anat/*_T1w.nii.gz files found")
+    cases = []
+    for image in images:
+        label = image[: -len("_T1w.nii.gz")] + ATLAS_MASK_SUFFIX
+        if not os.path.exists(label):
+            if require_label:
+                raise DataError(f"{label}: file not found (lesion mask of {image}; pass "
+                                "require_label=False for unlabeled test data)")
+            label = None
+        name = os.path.basename(image)
+        case_id = "_".join(p for p in name.split("_") if p.startswith(("sub-", "ses-")))
+        cases.append(Case(id=case_id, images=(image,), label=label, labels="binary"))
+    return cases
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
-  """Regex for a glob pattern whose wildcards are capture groups (the subject key)."""
-  out, i = [], 0
-  while i < len(pattern):
-    if pattern.startswith("**", i):
-      out.append("(.*)")
-      i += 2
-    elif pattern[i] == "*":
-      out.append("([^/]*)")
-      i += 1
-    elif pattern[i] == "?":
-      out.append("([^/])")
-      i += 1
-    else:
-      out.append(re.escape(pattern[i]))
-      i += 1
-  return re.compile("^" + "".join(out) + "$")
+    """Regex for a glob pattern whose wildcards are capture groups (the subject key)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append("(.*)")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("([^/]*)")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("([^/])")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("^" + "".join(out) + "$")
 
 
 def _from_globs(patterns: Mapping[str, str], channels: Sequence[str]) -> list[Case]:
-  keyed = {}
-  for ch in channels:
-    if ch not in patterns:
-      raise DataError(f"no glob pattern for channel {ch!r} (got {sorted(patterns)})")
-    regex = _glob_regex(patterns[ch])
-    files = sorted(glob.glob(patterns[ch], recursive=True))
-    if not files:
-      raise DataError(f"{patterns[ch]}: glob matches no files (channel {ch})")
-    keyed[ch] = {"/".join(regex.match(f).groups()): f for f in files}
-  keys = set().union(*(k.keys() for k in keyed.values()))
-  for ch in channels:
-    missing = sorted(keys - keyed[ch].keys())
-    if missing:
-      raise DataError(f"{patterns[ch]}: no {ch} file for subjects {missing[:5]}"
-                      f"{' ...' if len(missing) > 5 else ''}")
-  return [Case(id=k, images=tuple(keyed[ch][k] for ch in channels)) for k in sorted(keys)]
+    keyed = {}
+    for ch in channels:
+        if ch not in patterns:
+            raise DataError(f"no glob pattern for channel {ch!r} (got {sorted(patterns)})")
+        regex = _glob_regex(patterns[ch])
+        files = sorted(glob.glob(patterns[ch], recursive=True))
+        if not files:
+            raise DataError(f"{patterns[ch]}: glob matches no files (channel {ch})")
+        keyed[ch] = {"/".join(regex.match(f).groups()): f for f in files}
+    keys = set().union(*(k.keys() for k in keyed.values()))
+    for ch in channels:
+        missing = sorted(keys - keyed[ch].keys())
+        if missing:
+            raise DataError(f"{patterns[ch]}: no {ch} file for subjects {missing[:5]}"
+                            f"{' ...' if len(missing) > 5 else ''}")
+    return [Case(id=k, images=tuple(keyed[ch][k] for ch in channels)) for k in sorted(keys)]
 
 
 def _from_rows(path: str, rows: Sequence[Mapping], channels: Sequence[str], root: str
                ) -> list[Case]:
-  cases = []
-  for i, row in enumerate(rows):
-    where = f"{path}: row {i + 1}"
-    if isinstance(row, Mapping) and "image" in row:
-      paths = row["image"] if isinstance(row["image"], list) else [row["image"]]
-      if len(paths) != len(channels):
-        raise DataError(f"{where}: {len(paths)} images, expected {len(channels)} {channels}")
-    else:
-      missing = [ch for ch in channels if not (isinstance(row, Mapping) and row.get(ch))]
-      if missing:
-        raise DataError(f"{where}: no path for channel(s) {missing}")
-      paths = [row[ch] for ch in channels]
-    images = tuple(_require(os.path.join(root, p), f"{where}") for p in paths)
-    case_id = row.get("subject") or row.get("id") or str(i)
-    cases.append(Case(id=str(case_id), images=images))
-  return cases
+    cases = []
+    for i, row in enumerate(rows):
+        where = f"{path}: row {i + 1}"
+        if isinstance(row, Mapping) and "image" in row:
+            paths = row["image"] if isinstance(row["image"], list) else [row["image"]]
+            if len(paths) != len(channels):
+                raise DataError(f"{where}: {len(paths)} images, expected {len(channels)} {channels}")
+        else:
+            missing = [ch for ch in channels if not (isinstance(row, Mapping) and row.get(ch))]
+            if missing:
+                raise DataError(f"{where}: no path for channel(s) {missing}")
+            paths = [row[ch] for ch in channels]
+        images = tuple(_require(os.path.join(root, p), f"{where}") for p in paths)
+        case_id = row.get("subject") or row.get("id") or str(i)
+        cases.append(Case(id=str(case_id), images=images))
+    return cases
 
 
 def subjects(spec: str | Mapping[str, str], *, channels: Sequence[str] = ("t1", "flair"),
              root: str | None = None) -> list[Case]:
-  """Unlabeled subjects for self-supervised pretraining.
+    """Unlabeled subjects for self-supervised pretraining.
 
-  ``spec`` is one of:
-    * a ``.csv`` file with a header naming the channels (``subject,t1,flair``);
-    * a ``.json`` file with a list of ``{"t1": ..., "flair": ...}`` or ``{"image": [...]}``
-      objects (or such a list under ``"training"``);
-    * a mapping ``{channel: glob pattern}``; files are paired across channels by what the
-      wildcards match, e.g. ``{"t1": "ukb/*/T1/T1_brain_to_MNI.nii.gz",
-      "flair": "ukb/*/T2_FLAIR/T2_FLAIR_brain_to_MNI.nii.gz"}``;
-    * a single glob pattern (one channel).
-  Relative paths in CSV/JSON files are resolved against ``root`` (default: the file's folder).
-  """
-  if isinstance(spec, Mapping):
-    return _from_globs(spec, channels)
-  if spec.endswith((".csv", ".json")):
-    if not os.path.exists(spec):
-      raise DataError(f"{spec}: subject list not found")
-    root = os.path.dirname(os.path.abspath(spec)) if root is None else root
-    with open(spec, newline="") as f:
-      if spec.endswith(".csv"):
-        rows = list(csv.DictReader(f))
-      else:
-        try:
-          rows = json.load(f)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{spec}: not valid JSON ({e})") from e
-        if isinstance(rows, Mapping):
-          rows = rows.get("training", rows.get("subjects"))
-        if not isinstance(rows, list):
-          raise DataError(f"{spec}: expected a list of subjects (or one under 'training')")
-    if not rows:
-      raise DataError(f"{spec}: no subjects listed")
-    return _from_rows(spec, rows, channels, root)
-  if len(channels) != 1:
-    raise DataError(f"{spec}: a single glob pattern gives one channel, but {len(channels)} "
-                    f"channels {tuple(channels)} are expected; pass {{channel: pattern}}")
-  return _from_globs({channels[0]: spec}, channels)
+    ``spec`` is one of:
+      * a ``.csv`` file with a header naming the channels (``subject,t1,flair``);
+      * a ``.json`` file with a list of ``{"t1": ..., "flair": ...}`` or ``{"image": [...]}``
+        objects (or such a list under ``"training"``);
+      * a mapping ``{channel: glob pattern}``; files are paired across channels by what the
+        wildcards match, e.g. ``{"t1": "ukb/*/T1/T1_brain_to_MNI.nii.gz",
+        "flair": "ukb/*/T2_FLAIR/T2_FLAIR_brain_to_MNI.nii.gz"}``;
+      * a single glob pattern (one channel).
+    Relative paths in CSV/JSON files are resolved against ``root`` (default: the file's folder).
+    """
+    if isinstance(spec, Mapping):
+        return _from_globs(spec, channels)
+    if spec.endswith((".csv", ".json")):
+        if not os.path.exists(spec):
+            raise DataError(f"{spec}: subject list not found")
+        root = os.path.dirname(os.path.abspath(spec)) if root is None else root
+        with open(spec, newline="") as f:
+            if spec.endswith(".csv"):
+                rows = list(csv.DictReader(f))
+            else:
+                try:
+                    rows = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{spec}: not valid JSON ({e})") from e
+                if isinstance(rows, Mapping):
+                    rows = rows.get("training", rows.get("subjects"))
+                if not isinstance(rows, list):
+                    raise DataError(f"{spec}: expected a list of subjects (or one under 'training')")
+        if not rows:
+            raise DataError(f"{spec}: no subjects listed")
+        return _from_rows(spec, rows, channels, root)
+    if len(channels) != 1:
+        raise DataError(f"{spec}: a single glob pattern gives one channel, but {len(channels)} "
+                        f"channels {tuple(channels)} are expected; pass {{channel: pattern}}")
+    return _from_globs({channels[0]: spec}, channels)
+
+
+LAYOUTS = {"brats": brats, "atlas": atlas, "datalist": datalist, "subjects": subjects}
+
+
+def find_cases(layout: str, source, **kwargs) -> list[Case]:
+    """``find_cases("brats", root)``, ``("atlas", root)``, ``("datalist", json_path)`` or
+    ``("subjects", csv/json/glob)`` -- the form configs and commands use."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[layout](source, **kwargs)

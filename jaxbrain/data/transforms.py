@@ -24,277 +24,277 @@ from jaxbrain.data.nifti import DataError
 
 
 def load_case(case: Case, *, check_labels: bool = True) -> dict:
-  """Reads a case's images (stacked channels-last) and label in canonical orientation.
+    """Reads a case's images (stacked channels-last) and label in canonical orientation.
 
-  Raises DataError naming the file for anything wrong: a missing, corrupt or non-3D file,
-  NaN/Inf voxels, images of one case on different grids, label values outside the case's
-  label convention.
-  """
-  arrays, geometries = [], []
-  for path in case.images:
-    x, g = nifti.read_volume(path)
-    arrays.append(x)
-    geometries.append(g)
-  paths = list(case.images)
-  record = {"id": case.id}
-  if case.label is not None:
-    label, g = nifti.read_volume(case.label, dtype=np.int32)
-    paths.append(case.label)
-    geometries.append(g)
-    nifti.check_same_grid(paths, geometries)
-    if check_labels:
-      nifti.check_labels(case.label, label, labels_lib.CONVENTIONS[case.labels])
-    record["label"] = label.astype(np.uint8)
-  else:
-    nifti.check_same_grid(paths, geometries)
-  record["image"] = np.stack(arrays, axis=-1)
-  record["geometry"] = geometries[0]
-  return record
+    Raises DataError naming the file for anything wrong: a missing, corrupt or non-3D file,
+    NaN/Inf voxels, images of one case on different grids, label values outside the case's
+    label convention.
+    """
+    arrays, geometries = [], []
+    for path in case.images:
+        x, g = nifti.read_volume(path)
+        arrays.append(x)
+        geometries.append(g)
+    paths = list(case.images)
+    record = {"id": case.id}
+    if case.label is not None:
+        label, g = nifti.read_volume(case.label, dtype=np.int32)
+        paths.append(case.label)
+        geometries.append(g)
+        nifti.check_same_grid(paths, geometries)
+        if check_labels:
+            nifti.check_labels(case.label, label, labels_lib.CONVENTIONS[case.labels])
+        record["label"] = label.astype(np.uint8)
+    else:
+        nifti.check_same_grid(paths, geometries)
+    record["image"] = np.stack(arrays, axis=-1)
+    record["geometry"] = geometries[0]
+    return record
 
 
 def _spatial_remap(record: dict, scale, offset, shape, label_mode="nearest") -> dict:
-  out = dict(record)
-  out["image"] = nifti.remap(record["image"], scale, offset, shape, "linear")
-  if "label" in record:
-    out["label"] = nifti.remap(record["label"], scale, offset, shape, label_mode)
-  if "geometry" in record:
-    out["geometry"] = record["geometry"].remapped(scale, offset, shape)
-  return out
+    out = dict(record)
+    out["image"] = nifti.remap(record["image"], scale, offset, shape, "linear")
+    if "label" in record:
+        out["label"] = nifti.remap(record["label"], scale, offset, shape, label_mode)
+    if "geometry" in record:
+        out["geometry"] = record["geometry"].remapped(scale, offset, shape)
+    return out
 
 
 def _crop_or_pad(record: dict, start: Sequence[int], shape: Sequence[int]) -> dict:
-  """``array[start : start + shape]`` per spatial axis, zero outside the array."""
-  out = dict(record)
-  for key in ("image", "label"):
-    if key in record:
-      out[key] = _window(record[key], start, shape)
-  if "geometry" in record:
-    out["geometry"] = record["geometry"].cropped(start, shape)
-  return out
+    """``array[start : start + shape]`` per spatial axis, zero outside the array."""
+    out = dict(record)
+    for key in ("image", "label"):
+        if key in record:
+            out[key] = _window(record[key], start, shape)
+    if "geometry" in record:
+        out["geometry"] = record["geometry"].cropped(start, shape)
+    return out
 
 
 def _window(x: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-  src = tuple(slice(max(s, 0), min(s + n, dim)) for s, n, dim in zip(start, shape, x.shape))
-  inner = np.asarray(x[src])  # reads only the window from a memory-mapped array
-  if inner.shape[:3] == tuple(shape):
-    return inner
-  out = np.zeros(tuple(shape) + x.shape[3:], x.dtype)
-  dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
-  out[dst] = inner
-  return out
+    src = tuple(slice(max(s, 0), min(s + n, dim)) for s, n, dim in zip(start, shape, x.shape))
+    inner = np.asarray(x[src])  # reads only the window from a memory-mapped array
+    if inner.shape[:3] == tuple(shape):
+        return inner
+    out = np.zeros(tuple(shape) + x.shape[3:], x.dtype)
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    out[dst] = inner
+    return out
 
 
 class Resample:
-  """Resamples to a voxel spacing in mm (linear for images, nearest for labels)."""
+    """Resamples to a voxel spacing in mm (linear for images, nearest for labels)."""
 
-  random = False
+    random = False
 
-  def __init__(self, spacing: Sequence[float]):
-    self.spacing = tuple(float(s) for s in spacing)
+    def __init__(self, spacing: Sequence[float]):
+        self.spacing = tuple(float(s) for s in spacing)
 
-  def __call__(self, record, rng=None):
-    g = record["geometry"]
-    scale, offset, shape = nifti.spacing_params(g.spacing, self.spacing, record["image"].shape[:3])
-    return _spatial_remap(record, scale, offset, shape)
+    def __call__(self, record, rng=None):
+        g = record["geometry"]
+        scale, offset, shape = nifti.spacing_params(g.spacing, self.spacing, record["image"].shape[:3])
+        return _spatial_remap(record, scale, offset, shape)
 
 
 class Resize:
-  """Resizes the whole volume to ``shape`` (trilinear, voxel centres aligned; labels nearest)."""
+    """Resizes the whole volume to ``shape`` (trilinear, voxel centres aligned; labels nearest)."""
 
-  random = False
+    random = False
 
-  def __init__(self, shape: Sequence[int]):
-    self.shape = tuple(int(s) for s in shape)
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(s) for s in shape)
 
-  def __call__(self, record, rng=None):
-    scale, offset = nifti.resize_params(record["image"].shape[:3], self.shape)
-    return _spatial_remap(record, scale, offset, self.shape)
+    def __call__(self, record, rng=None):
+        scale, offset = nifti.resize_params(record["image"].shape[:3], self.shape)
+        return _spatial_remap(record, scale, offset, self.shape)
 
 
 class CropForeground:
-  """Crops to the bounding box of nonzero image voxels (any channel), plus ``margin``, grown
-  symmetrically to a multiple of ``k_divisible`` (zero padded where it leaves the volume)."""
+    """Crops to the bounding box of nonzero image voxels (any channel), plus ``margin``, grown
+    symmetrically to a multiple of ``k_divisible`` (zero padded where it leaves the volume)."""
 
-  random = False
+    random = False
 
-  def __init__(self, margin: int = 0, k_divisible: int | Sequence[int] = 1):
-    self.margin = margin
-    self.k_divisible = k_divisible
+    def __init__(self, margin: int = 0, k_divisible: int | Sequence[int] = 1):
+        self.margin = margin
+        self.k_divisible = k_divisible
 
-  def __call__(self, record, rng=None):
-    image = record["image"]
-    nonzero = np.any(image != 0, axis=-1)
-    if not nonzero.any():
-      raise DataError(f"{record.get('id', '?')}: image is entirely zero; cannot crop to foreground")
-    k = np.broadcast_to(np.asarray(self.k_divisible), (3,))
-    start, shape = [], []
-    for axis in range(3):
-      other = tuple(a for a in range(3) if a != axis)
-      idx = np.flatnonzero(nonzero.any(axis=other))
-      lo, hi = idx[0] - self.margin, idx[-1] + 1 + self.margin
-      size = int(-(-(hi - lo) // k[axis]) * k[axis])
-      lo -= (size - (hi - lo)) // 2
-      start.append(int(lo))
-      shape.append(size)
-    return _crop_or_pad(record, start, shape)
+    def __call__(self, record, rng=None):
+        image = record["image"]
+        nonzero = np.any(image != 0, axis=-1)
+        if not nonzero.any():
+            raise DataError(f"{record.get('id', '?')}: image is entirely zero; cannot crop to foreground")
+        k = np.broadcast_to(np.asarray(self.k_divisible), (3,))
+        start, shape = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            idx = np.flatnonzero(nonzero.any(axis=other))
+            lo, hi = idx[0] - self.margin, idx[-1] + 1 + self.margin
+            size = int(-(-(hi - lo) // k[axis]) * k[axis])
+            lo -= (size - (hi - lo)) // 2
+            start.append(int(lo))
+            shape.append(size)
+        return _crop_or_pad(record, start, shape)
 
 
 class Pad:
-  """Pads each spatial axis symmetrically with zeros up to at least ``shape``."""
+    """Pads each spatial axis symmetrically with zeros up to at least ``shape``."""
 
-  random = False
+    random = False
 
-  def __init__(self, shape: Sequence[int]):
-    self.shape = tuple(int(s) for s in shape)
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(s) for s in shape)
 
-  def __call__(self, record, rng=None):
-    have = record["image"].shape[:3]
-    if all(h >= s for h, s in zip(have, self.shape)):
-      return record
-    size = [max(h, s) for h, s in zip(have, self.shape)]
-    start = [-((n - h) // 2) for n, h in zip(size, have)]
-    return _crop_or_pad(record, start, size)
+    def __call__(self, record, rng=None):
+        have = record["image"].shape[:3]
+        if all(h >= s for h, s in zip(have, self.shape)):
+            return record
+        size = [max(h, s) for h, s in zip(have, self.shape)]
+        start = [-((n - h) // 2) for n, h in zip(size, have)]
+        return _crop_or_pad(record, start, size)
 
 
 class ZScore:
-  """Per-channel (x - mean) / std over nonzero voxels; zero voxels stay zero.
+    """Per-channel (x - mean) / std over nonzero voxels; zero voxels stay zero.
 
-  Matches MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)`` (population std;
-  a channel with std 0 is only centred).
-  """
+    Matches MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)`` (population std;
+    a channel with std 0 is only centred).
+    """
 
-  random = False
+    random = False
 
-  def __call__(self, record, rng=None):
-    image = np.array(record["image"], np.float32)
-    for c in range(image.shape[-1]):
-      channel = image[..., c]
-      mask = channel != 0
-      if not mask.any():
-        continue
-      values = channel[mask].astype(np.float64)
-      mean, std = values.mean(), values.std()
-      channel[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
-    return {**record, "image": image}
+    def __call__(self, record, rng=None):
+        image = np.array(record["image"], np.float32)
+        for c in range(image.shape[-1]):
+            channel = image[..., c]
+            mask = channel != 0
+            if not mask.any():
+                continue
+            values = channel[mask].astype(np.float64)
+            mean, std = values.mean(), values.std()
+            channel[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+        return {**record, "image": image}
 
 
 class BratsRegions:
-  """BraTS label map -> [TC, WT, ET] uint8 channels, using the record's label convention."""
+    """BraTS label map -> [TC, WT, ET] uint8 channels, using the record's label convention."""
 
-  random = False
+    random = False
 
-  def __init__(self, convention: str = "brats2021"):
-    labels_lib.enhancing_value(convention)
-    self.convention = convention
+    def __init__(self, convention: str = "brats2021"):
+        labels_lib.enhancing_value(convention)
+        self.convention = convention
 
-  def __call__(self, record, rng=None):
-    return {**record, "label": labels_lib.brats_to_regions(record["label"], self.convention)}
+    def __call__(self, record, rng=None):
+        return {**record, "label": labels_lib.brats_to_regions(record["label"], self.convention)}
 
 
 class RandCrop:
-  """Random crop of ``roi`` (padding first if the volume is smaller).
+    """Random crop of ``roi`` (padding first if the volume is smaller).
 
-  With probability ``pos_fraction`` the crop is centred on a random labelled voxel (label > 0
-  in any channel), clipped to stay inside the volume; otherwise its position is uniform. A
-  case without labelled voxels always gets a uniform crop.
-  """
+    With probability ``pos_fraction`` the crop is centred on a random labelled voxel (label > 0
+    in any channel), clipped to stay inside the volume; otherwise its position is uniform. A
+    case without labelled voxels always gets a uniform crop.
+    """
 
-  random = True
+    random = True
 
-  def __init__(self, roi: Sequence[int], pos_fraction: float = 0.0):
-    self.roi = tuple(int(s) for s in roi)
-    self.pos_fraction = float(pos_fraction)
-    self._pad = Pad(self.roi)
+    def __init__(self, roi: Sequence[int], pos_fraction: float = 0.0):
+        self.roi = tuple(int(s) for s in roi)
+        self.pos_fraction = float(pos_fraction)
+        self._pad = Pad(self.roi)
 
-  def __call__(self, record, rng):
-    record = self._pad(record)
-    shape = record["image"].shape[:3]
-    room = [n - r for n, r in zip(shape, self.roi)]
-    start = None
-    if self.pos_fraction > 0 and rng.random() < self.pos_fraction and "label" in record:
-      label = np.asarray(record["label"])
-      fg = label.any(axis=-1) if label.ndim == 4 else label
-      where = np.flatnonzero(fg)
-      if where.size:
-        centre = np.unravel_index(where[rng.integers(where.size)], shape)
-        start = [int(np.clip(c - r // 2, 0, m)) for c, r, m in zip(centre, self.roi, room)]
-    if start is None:
-      start = [int(rng.integers(m + 1)) for m in room]
-    return _crop_or_pad(record, start, self.roi)
+    def __call__(self, record, rng):
+        record = self._pad(record)
+        shape = record["image"].shape[:3]
+        room = [n - r for n, r in zip(shape, self.roi)]
+        start = None
+        if self.pos_fraction > 0 and rng.random() < self.pos_fraction and "label" in record:
+            label = np.asarray(record["label"])
+            fg = label.any(axis=-1) if label.ndim == 4 else label
+            where = np.flatnonzero(fg)
+            if where.size:
+                centre = np.unravel_index(where[rng.integers(where.size)], shape)
+                start = [int(np.clip(c - r // 2, 0, m)) for c, r, m in zip(centre, self.roi, room)]
+        if start is None:
+            start = [int(rng.integers(m + 1)) for m in room]
+        return _crop_or_pad(record, start, self.roi)
 
 
 class RandFlip:
-  """Flips each listed spatial axis independently with probability ``prob``."""
+    """Flips each listed spatial axis independently with probability ``prob``."""
 
-  random = True
+    random = True
 
-  def __init__(self, prob: float = 0.5, axes: Sequence[int] = (0, 1, 2)):
-    self.prob = prob
-    self.axes = tuple(axes)
+    def __init__(self, prob: float = 0.5, axes: Sequence[int] = (0, 1, 2)):
+        self.prob = prob
+        self.axes = tuple(axes)
 
-  def __call__(self, record, rng):
-    flip = tuple(a for a in self.axes if rng.random() < self.prob)
-    if not flip:
-      return record
-    out = dict(record)
-    for key in ("image", "label"):
-      if key in record:
-        out[key] = np.ascontiguousarray(np.flip(record[key], axis=flip))
-    out.pop("geometry", None)  # augmented crops no longer map back to the source
-    return out
+    def __call__(self, record, rng):
+        flip = tuple(a for a in self.axes if rng.random() < self.prob)
+        if not flip:
+            return record
+        out = dict(record)
+        for key in ("image", "label"):
+            if key in record:
+                out[key] = np.ascontiguousarray(np.flip(record[key], axis=flip))
+        out.pop("geometry", None)  # augmented crops no longer map back to the source
+        return out
 
 
 class RandRot90:
-  """Rotates by k * 90 degrees in the plane of ``axes`` with probability ``prob``
-  (k uniform in {1, 2, 3}). The plane must be square so batch shapes stay fixed."""
+    """Rotates by k * 90 degrees in the plane of ``axes`` with probability ``prob``
+    (k uniform in {1, 2, 3}). The plane must be square so batch shapes stay fixed."""
 
-  random = True
+    random = True
 
-  def __init__(self, prob: float = 0.5, axes: tuple[int, int] = (0, 1)):
-    self.prob = prob
-    self.axes = tuple(axes)
+    def __init__(self, prob: float = 0.5, axes: tuple[int, int] = (0, 1)):
+        self.prob = prob
+        self.axes = tuple(axes)
 
-  def __call__(self, record, rng):
-    shape = record["image"].shape
-    if shape[self.axes[0]] != shape[self.axes[1]]:
-      raise DataError(f"{record.get('id', '?')}: RandRot90 in plane {self.axes} needs equal "
-                      f"sizes there, got {shape[:3]}")
-    if rng.random() >= self.prob:
-      return record
-    k = int(rng.integers(1, 4))
-    out = dict(record)
-    for key in ("image", "label"):
-      if key in record:
-        out[key] = np.ascontiguousarray(np.rot90(record[key], k, axes=self.axes))
-    out.pop("geometry", None)
-    return out
+    def __call__(self, record, rng):
+        shape = record["image"].shape
+        if shape[self.axes[0]] != shape[self.axes[1]]:
+            raise DataError(f"{record.get('id', '?')}: RandRot90 in plane {self.axes} needs equal "
+                            f"sizes there, got {shape[:3]}")
+        if rng.random() >= self.prob:
+            return record
+        k = int(rng.integers(1, 4))
+        out = dict(record)
+        for key in ("image", "label"):
+            if key in record:
+                out[key] = np.ascontiguousarray(np.rot90(record[key], k, axes=self.axes))
+        out.pop("geometry", None)
+        return out
 
 
 class RandScaleShift:
-  """image * (1 + U(-scale, scale)) + U(-shift, shift), each applied with probability
-  ``prob`` (MONAI RandScaleIntensity then RandShiftIntensity; one factor for all channels
-  unless ``per_channel``)."""
+    """image * (1 + U(-scale, scale)) + U(-shift, shift), each applied with probability
+    ``prob`` (MONAI RandScaleIntensity then RandShiftIntensity; one factor for all channels
+    unless ``per_channel``)."""
 
-  random = True
+    random = True
 
-  def __init__(self, scale: float = 0.1, shift: float = 0.1, prob: float = 1.0,
-               per_channel: bool = False):
-    self.scale, self.shift, self.prob, self.per_channel = scale, shift, prob, per_channel
+    def __init__(self, scale: float = 0.1, shift: float = 0.1, prob: float = 1.0,
+                 per_channel: bool = False):
+        self.scale, self.shift, self.prob, self.per_channel = scale, shift, prob, per_channel
 
-  def __call__(self, record, rng):
-    n = record["image"].shape[-1] if self.per_channel else 1
-    image = np.asarray(record["image"], np.float32)
-    if rng.random() < self.prob:
-      image = image * (1 + rng.uniform(-self.scale, self.scale, n)).astype(np.float32)
-    if rng.random() < self.prob:
-      image = image + rng.uniform(-self.shift, self.shift, n).astype(np.float32)
-    return {**record, "image": image}
+    def __call__(self, record, rng):
+        n = record["image"].shape[-1] if self.per_channel else 1
+        image = np.asarray(record["image"], np.float32)
+        if rng.random() < self.prob:
+            image = image * (1 + rng.uniform(-self.scale, self.scale, n)).astype(np.float32)
+        if rng.random() < self.prob:
+            image = image + rng.uniform(-self.shift, self.shift, n).astype(np.float32)
+        return {**record, "image": image}
 
 
 def apply(transforms: Sequence, record: dict, rng: np.random.Generator | None = None) -> dict:
-  """Applies ``transforms`` in order; random ones need ``rng``."""
-  for t in transforms:
-    if t.random and rng is None:
-      raise ValueError(f"{type(t).__name__} is random and needs an rng")
-    record = t(record, rng)
-  return record
+    """Applies ``transforms`` in order; random ones need ``rng``."""
+    for t in transforms:
+        if t.random and rng is None:
+            raise ValueError(f"{type(t).__name__} is random and needs an rng")
+        record = t(record, rng)
+    return record
