@@ -68,6 +68,14 @@ class Geometry:
     def spacing(self) -> np.ndarray:
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
 
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in dataclasses.fields(self))
+
+    __hash__ = None
+
     def remapped(self, scale: Sequence[float], offset: Sequence[float],
                  shape: Sequence[int]) -> "Geometry":
         """Geometry after a grid change with ``old_index = scale * new_index + offset``."""

@@ -236,8 +236,10 @@ class _Augment(grain.transforms.RandomMap):
         if self._transforms is None:
             self._transforms = parse_transforms(self.augment)
         outs = [T.apply(self._transforms, record, rng) for _ in range(self.crops)]
-        return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in ("image", "label")
-                if k in outs[0]}
+        keys = [k for k in ("image", "label") if k in outs[0]]
+        if self.crops == 1:  # views; the batch function makes the one copy
+            return {k: np.asarray(outs[0][k])[None] for k in keys}
+        return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in keys}
 
 
 def _concat(records):
@@ -249,6 +251,9 @@ def _process_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
         return shard
     import jax
     return jax.process_index(), jax.process_count()
+
+
+_ENDLESS = 2**40  # records: "infinite" for any training run
 
 
 def training_dataset(cases: Sequence[Case | CachedCase], *, preprocess: Sequence[str] | str,
@@ -270,7 +275,8 @@ def training_dataset(cases: Sequence[Case | CachedCase], *, preprocess: Sequence
         raise ValueError(f"global_batch_size {global_batch_size} must be divisible by "
                          f"crops_per_volume ({crops_per_volume}) x processes ({count})")
     volumes_per_process = global_batch_size // per_volume
-    ds = (grain.MapDataset.source(list(cases)).seed(seed).shuffle().repeat()
+    epochs = _ENDLESS // len(cases)  # finite so that batch/slice lengths stay in range
+    ds = (grain.MapDataset.source(list(cases)).seed(seed).shuffle().repeat(epochs)
           .map(_Load(_canonical(preprocess)))
           .random_map(_Augment(_canonical(augment), crops_per_volume))
           .batch(volumes_per_process, batch_fn=_concat))

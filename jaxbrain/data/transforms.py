@@ -239,7 +239,7 @@ class RandFlip:
         out = dict(record)
         for key in ("image", "label"):
             if key in record:
-                out[key] = np.ascontiguousarray(np.flip(record[key], axis=flip))
+                out[key] = np.flip(record[key], axis=flip)  # a view; batching copies once
         out.pop("geometry", None)  # augmented crops no longer map back to the source
         return out
 
@@ -283,11 +283,13 @@ class RandScaleShift:
 
     def __call__(self, record, rng):
         n = record["image"].shape[-1] if self.per_channel else 1
-        image = np.asarray(record["image"], np.float32)
+        factor, offset = np.ones(n, np.float32), np.zeros(n, np.float32)
         if rng.random() < self.prob:
-            image = image * (1 + rng.uniform(-self.scale, self.scale, n)).astype(np.float32)
+            factor += rng.uniform(-self.scale, self.scale, n).astype(np.float32)
         if rng.random() < self.prob:
-            image = image + rng.uniform(-self.shift, self.shift, n).astype(np.float32)
+            offset += rng.uniform(-self.shift, self.shift, n).astype(np.float32)
+        image = np.multiply(record["image"], factor, dtype=np.float32)
+        image += offset
         return {**record, "image": image}
 
 

@@ -1,0 +1,168 @@
+"""Input-pipeline speed: jaxbrain's grain pipeline against MONAI's loaders on the same files.
+
+    python bench/bench_data.py                       # 8 BraTS-size cases, ROI 128, 2 workers
+    python bench/bench_data.py --n 4 --roi 96 --workers 1
+
+Writes synthetic BraTS 2021 cases (240 x 240 x 155, 4 channels, .nii.gz) under
+``bench/data`` (reused when present), builds the jaxbrain cache, then measures:
+
+* training crops/s: load, reorient to RAS, per-channel z-score over nonzero voxels, random
+  ROI crop, random flips on 3 axes, batched. jaxbrain from .nii.gz and from the cache;
+  MONAI ``LoadImaged, EnsureChannelFirstd, Orientationd, NormalizeIntensityd,
+  RandSpatialCropd, RandFlipd`` in a torch DataLoader with the same number of workers
+  (decoding every time, as ``Dataset``; and as ``CacheDataset``, which keeps the
+  deterministic part in memory);
+* evaluation volumes/s: whole volumes, load + reorient + z-score, batch 1.
+
+Each figure is taken after a warm-up batch (worker start-up excluded). The demand of a GPU
+SwinUNETR training step is computed from the model's FLOPs (XLA cost analysis of the GPU
+formulation, BrainSegFounder size, at the benchmark ROI) at a stated model FLOPs
+utilisation. Results are printed as a Markdown table and written to
+bench/results/data-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM
+
+
+def _prepare(root: str, n: int, shape) -> None:
+    from jaxbrain.data import synthetic
+    done = os.path.join(root, "brats21_folds.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            if len(json.load(f)["training"]) >= n:
+                return
+    synthetic.write_brats(root, n, version=2021, shape=tuple(shape), seed=0)
+
+
+def _rate(iterator, batches: int, per_batch: int) -> float:
+    next(iterator)  # warm-up: worker start-up, first decode
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * per_batch / (time.perf_counter() - t0)
+
+
+def jaxbrain_rates(cases, cache_dir, args) -> dict:
+    from jaxbrain.data import pipeline
+    roi = (args.roi,) * 3
+    augment = f"rand_crop(roi={roi}), rand_flip(prob=0.5)"
+    out = {}
+    t0 = time.perf_counter()
+    pipeline.build_cache(cases, "zscore", cache_dir, workers=args.workers)
+    out["cache_build_s"] = time.perf_counter() - t0
+    cached = pipeline.open_cache(cache_dir, "zscore", cases)
+    for name, source in (("nii", cases), ("cache", cached)):
+        ds = pipeline.training_dataset(source, preprocess="zscore", augment=augment,
+                                       global_batch_size=args.batch, seed=0, shard=(0, 1))
+        it = iter(pipeline.loader(ds, workers=args.workers))
+        out[f"crops_{name}"] = _rate(it, args.batches, args.batch)
+        ev = iter(pipeline.loader(pipeline.eval_dataset(source, preprocess="zscore", shard=(0, 1)),
+                                  workers=args.workers))
+        out[f"volumes_{name}"] = _rate(ev, min(len(cases) - 1, args.batches), 1)
+    return out
+
+
+def monai_rates(cases, args) -> dict:
+    import torch
+    from monai import data as mdata
+    from monai import transforms as mt
+    files = [{"image": list(c.images)} for c in cases]
+    load = [mt.LoadImaged("image", image_only=True), mt.EnsureChannelFirstd("image"),
+            mt.Orientationd("image", axcodes="RAS"),
+            mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
+    augment = [mt.RandSpatialCropd("image", roi_size=(args.roi,) * 3, random_size=False)] + [
+        mt.RandFlipd("image", prob=0.5, spatial_axis=a) for a in range(3)]
+    out = {}
+
+    def loader(ds, batch):
+        return iter(torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True,
+                                                num_workers=args.workers,
+                                                persistent_workers=args.workers > 0))
+
+    def forever(ds, batch):
+        while True:
+            yield from loader(ds, batch)
+
+    torch.set_num_threads(1)
+    ds = mdata.Dataset(files * 64, mt.Compose(load + augment))
+    out["crops_monai"] = _rate(forever(ds, args.batch), args.batches, args.batch)
+    cds = mdata.CacheDataset(files, mt.Compose(load + augment), num_workers=args.workers or None,
+                             progress=False)
+    out["crops_monai_cache"] = _rate(forever(cds, args.batch), args.batches, args.batch)
+    ev = mdata.Dataset(files, mt.Compose(load))
+    out["volumes_monai"] = _rate(loader(ev, 1), min(len(cases) - 1, args.batches), 1)
+    return out
+
+
+def gpu_demand(roi: int, mfu: float) -> dict:
+    """Training crops/s one H100 would consume: BrainSegFounder SwinUNETR (feature 48, 4 in,
+    3 out) fwd+bwd FLOPs per crop from XLA's cost analysis of the GPU formulation."""
+    from unittest import mock
+    import jax
+    import jax.numpy as jnp
+    from jaxbrain.models import conv3d, swin_unetr
+    model = swin_unetr.SwinUNETR(in_channels=4, out_channels=3, feature_size=48,
+                                 downsample="merging")
+    x = jax.ShapeDtypeStruct((1, roi, roi, roi, 4), jnp.float32)
+    with mock.patch.object(conv3d.jax, "default_backend", lambda: "gpu"), \
+            mock.patch.object(swin_unetr, "use_window_scan", lambda: False):
+        params = jax.eval_shape(model.init, jax.random.key(0), x)
+        grad = jax.jit(jax.grad(lambda p, x: jnp.mean(model.apply(p, x) ** 2)))
+        flops = grad.lower(params, x).cost_analysis()["flops"]
+    return {"step_tflop_per_crop": flops / 1e12, "mfu": mfu,
+            "crops_demand": H100_BF16_FLOPS * mfu / flops}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=8, help="cases")
+    p.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
+    p.add_argument("--roi", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed GPU model FLOPs utilisation")
+    p.add_argument("--data", default="bench/data/brats21")
+    args = p.parse_args()
+
+    from jaxbrain.data import layouts
+    _prepare(args.data, args.n, args.shape)
+    cases = layouts.brats(args.data)[: args.n]
+    res = jaxbrain_rates(cases, args.data + "_cache", args)
+    res.update(monai_rates(cases, args))
+    res.update(gpu_demand(args.roi, args.mfu))
+    res.update(vars(args), host=platform.node(), cpus=os.cpu_count())
+
+    rows = [("training crops/s, from .nii.gz", res["crops_nii"], res["crops_monai"], "MONAI Dataset"),
+            ("training crops/s, from cache", res["crops_cache"], res["crops_monai"], "MONAI Dataset"),
+            ("training crops/s, from cache", res["crops_cache"], res["crops_monai_cache"], "MONAI CacheDataset"),
+            ("eval volumes/s, from .nii.gz", res["volumes_nii"], res["volumes_monai"], "MONAI Dataset"),
+            ("eval volumes/s, from cache", res["volumes_cache"], res["volumes_monai"], "MONAI Dataset")]
+    print(f"\n{args.n} cases {tuple(args.shape)} x 4 channels, ROI {args.roi}^3, batch {args.batch}, "
+          f"{args.workers} workers, {os.cpu_count()} CPUs\n")
+    print("| measure | jaxbrain | MONAI | reference | ratio |\n|---|---|---|---|---|")
+    for name, ours, ref, which in rows:
+        print(f"| {name} | {ours:.2f} | {ref:.2f} | {which} | {ours / ref:.2f}x |")
+    print(f"\ncache build: {res['cache_build_s']:.1f} s for {args.n} cases")
+    print(f"GPU demand: SwinUNETR fs48 train step = {res['step_tflop_per_crop']:.2f} TFLOP per "
+          f"{args.roi}^3 crop; one H100 at {args.mfu:.0%} MFU consumes "
+          f"{res['crops_demand']:.1f} crops/s; the cache pipeline gives "
+          f"{res['crops_cache'] / max(args.workers, 1):.1f} crops/s per worker process "
+          f"(-> {res['crops_demand'] / (res['crops_cache'] / max(args.workers, 1)):.1f} workers per GPU)")
+    os.makedirs("bench/results", exist_ok=True)
+    with open(f"bench/results/data-{platform.node()}.json", "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
