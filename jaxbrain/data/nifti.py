@@ -130,33 +130,30 @@ def read_header(path: str) -> tuple[tuple[int, int, int], np.ndarray]:
     return _spatial(path, img.shape), np.asarray(img.affine, np.float64)
 
 
-def read_volume(path: str, *, dtype=np.float32, check_finite: bool = True
-                ) -> tuple[np.ndarray, Geometry]:
+def read_volume(path: str, *, dtype=np.float32, check_finite: bool = True,
+                contiguous: bool = True) -> tuple[np.ndarray, Geometry]:
     """Reads a 3D NIfTI volume in canonical (RAS) voxel order.
 
     Returns the array (``dtype``; integer dtypes are cast from the stored integers exactly)
     and its :class:`Geometry`. Raises :class:`DataError` naming ``path`` for a missing file,
-    a corrupt or truncated file, data that is not 3D, and NaN/Inf voxels.
+    a corrupt or truncated file, data that is not 3D, and NaN/Inf voxels. With
+    ``contiguous=False`` the array may be a flipped/transposed view (no copy).
     """
     img = _open(path)
     shape = _spatial(path, img.shape)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = np.asanyarray(img.dataobj).reshape(shape)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
         raise DataError(f"{path}: corrupt or truncated NIfTI data ({type(e).__name__}: {e})") from e
-    data = data.reshape(shape)
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        data = data.astype(dtype, copy=False)
-        if check_finite and not np.isfinite(data).all():
-            bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-            raise DataError(f"{path}: {bad} NaN/Inf voxels; expected finite intensities")
-    else:
-        if np.issubdtype(data.dtype, np.floating):
-            if not np.isfinite(data).all():
-                raise DataError(f"{path}: NaN/Inf voxels in a label volume")
-            if not np.array_equal(data, np.round(data)):
-                raise DataError(f"{path}: non-integer values in a label volume")
-        data = data.astype(dtype)
+    if np.issubdtype(data.dtype, np.floating) and (check_finite or not np.issubdtype(dtype, np.floating)):
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise DataError(f"{path}: {bad} NaN/Inf voxels; expected finite values")
+    if not np.issubdtype(dtype, np.floating) and np.issubdtype(data.dtype, np.floating):
+        if not np.array_equal(data, np.round(data)):
+            raise DataError(f"{path}: non-integer values in a label volume")
+    data = data.astype(dtype, copy=False)
 
     affine = np.asarray(img.affine, np.float64)
     ornt = nib.orientations.io_orientation(affine)
@@ -165,7 +162,7 @@ def read_volume(path: str, *, dtype=np.float32, check_finite: bool = True
     geometry = Geometry(source_affine=affine, source_shape=shape, ornt=ornt,
                         canonical_affine=canonical_affine, scale=(1.0, 1.0, 1.0),
                         offset=(0.0, 0.0, 0.0), shape=tuple(data.shape))
-    return np.ascontiguousarray(data), geometry
+    return (np.ascontiguousarray(data) if contiguous else data), geometry
 
 
 def check_same_grid(paths: Sequence[str], geometries: Sequence[Geometry], *,

@@ -93,14 +93,14 @@ BRAIN_CENTER_MM = (0.0, -17.0, 5.0)
 # Rendering classes: the tissue classes with skull and scalp told apart, plus lesions.
 _BONE, _SCALP = 4, 5
 _NECROTIC, _OEDEMATOUS, _ENHANCING, _INFARCT, _GLIOSIS = 6, 7, 8, 9, 10
-_TISSUE_OF_CLASS = np.array([0, 1, 2, 3, 4, 4, 0, 0, 0, 0, 0], dtype=np.uint8)
+_TISSUE_OF_CLASS = np.array([0, 1, 2, 3, 4, 4], dtype=np.uint8)  # of the healthy classes
 
 # Mean intensity of each rendering class (columns, in the order above) per contrast.
 _INTENSITY = {
     #        bg   CSF   GM   WM  bone scalp necr  oed   enh   inf  glio
     "t1": (0, 180, 480, 720, 120, 900, 230, 430, 470, 210, 340),
     "t2": (0, 1800, 950, 700, 80, 800, 1600, 1300, 1100, 1750, 1300),
-    "flair": (0, 120, 620, 480, 60, 600, 520, 980, 820, 150, 820),
+    "flair": (0, 120, 660, 470, 60, 600, 520, 980, 820, 150, 820),
 }
 
 # World-space extent of the random lattices; it covers any sensible field of view.
@@ -165,19 +165,17 @@ def synth_subject(
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 4:
         raise ValueError(f"shape must be three sizes >= 4, got {shape}")
-    if lesion not in ("tumour", "stroke", None):
+    if lesion is not None and lesion not in _LESIONS:
         raise ValueError(f"lesion must be 'tumour', 'stroke' or None, got {lesion!r}")
     affine = grid_affine(shape) if affine is None else _checked_affine(affine)
     anatomy = _resolve_anatomy(anatomy)
     spacing = tuple(float(s) for s in np.diag(affine)[:3])
-    axes = tuple(
-        (affine[k, 3] + spacing[k] * np.arange(n)).astype(np.float32) for k, n in enumerate(shape)
-    )
+    axes = tuple((affine[k, 3] + spacing[k] * np.arange(n)).astype(np.float32) for k, n in enumerate(shape))
+    # Independent streams: a lesion, for instance, leaves the anatomy's draws unchanged.
     rng_pose, rng_anatomy, rng_lesion, rng_contrast = np.random.default_rng(seed).spawn(4)
 
     coords, linear = _source_coordinates(rng_pose, axes)
-    lesion_model = {"tumour": _Tumour, "stroke": _Stroke, None: None}[lesion]
-    drawn = lesion_model.draw(rng_lesion) if lesion_model else None
+    drawn = _LESIONS[lesion].draw(rng_lesion) if lesion else None
     if isinstance(drawn, _Tumour):
         drawn.push_tissue(coords, axes, linear)
 
@@ -233,7 +231,7 @@ class _NoiseField:
     """
 
     def __init__(self, rng, center, extent_mm: float, step_mm: float, ndim: int = 3):
-        n = int(math.ceil(extent_mm / step_mm)) + 1
+        n = math.ceil(extent_mm / step_mm) + 1
         values = ndi.gaussian_filter(rng.standard_normal((n,) * ndim), 1.0, mode="wrap")
         values = (values / values.std()).astype(np.float32)
         self._order = 3 if ndim == 2 else 1
@@ -258,7 +256,9 @@ def _planes(rng, axes, step_mm: float, sd: float) -> list[np.ndarray]:
     """Three smooth 2-D fields over the axis pairs whose broadcast sum is a smooth 3-D field."""
     planes = []
     for a, b in _AXIS_PAIRS:
-        field = _NoiseField(rng, (BRAIN_CENTER_MM[a], BRAIN_CENTER_MM[b]), _LATTICE_EXTENT_MM, step_mm, ndim=2)
+        field = _NoiseField(
+            rng, (BRAIN_CENTER_MM[a], BRAIN_CENTER_MM[b]), _LATTICE_EXTENT_MM, step_mm, ndim=2
+        )
         points = np.stack(np.meshgrid(axes[a], axes[b], indexing="ij"))
         planes.append(field(points) * np.float32(sd / math.sqrt(3.0)))
     return planes
@@ -368,7 +368,11 @@ def _mni_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise RuntimeError("unexpected MNI152 template grid")
     volumes = [
         img.get_fdata(dtype=np.float32)
-        for img in (mask, datasets.load_mni152_gm_template(resolution=1), datasets.load_mni152_wm_template(resolution=1))
+        for img in (
+            mask,
+            datasets.load_mni152_gm_template(resolution=1),
+            datasets.load_mni152_wm_template(resolution=1),
+        )
     ]
     return (*volumes, mask.affine[:3, 3].astype(np.float32))
 
@@ -403,13 +407,17 @@ def _mni_classes(coords: np.ndarray, shell: np.ndarray, spacing: float) -> np.nd
     template = _mni_template(2 if spacing >= 1.75 else 1)
     coords -= template.origin[:, None, None, None]
     coords /= np.float32(template.step)
-    sample = functools.partial(ndi.map_coordinates, order=1, mode="nearest", prefilter=False, output=np.float32)
+    sample = functools.partial(
+        ndi.map_coordinates, order=1, mode="nearest", prefilter=False, output=np.float32
+    )
     distance = sample(template.distance, coords)
     classes = _shell_classes(distance, shell)
     inside = distance < 1.0
     points = coords[:, inside]
     brain, grey, white = (sample(m, points) for m in (template.brain, template.grey, template.white))
-    classes[inside] = np.where(brain >= 0.5, _tissue_argmax(brain - grey - white, grey, white), classes[inside])
+    classes[inside] = np.where(
+        brain >= 0.5, _tissue_argmax(brain - grey - white, grey, white), classes[inside]
+    )
     return classes
 
 
@@ -459,7 +467,9 @@ def _procedural_classes(rng, coords: np.ndarray, shell: np.ndarray) -> np.ndarra
     sulcal_depth = np.float32(rng.uniform(15.0, 25.0))
     folds = _NoiseField(rng, BRAIN_CENTER_MM, 260.0, _FOLD_STEP_MM)
 
-    parts = [_ellipsoid_depth(coords, c, np.multiply(r, size)) for c, r in (_CEREBRUM, _CEREBELLUM, _BRAINSTEM)]
+    parts = [
+        _ellipsoid_depth(coords, c, np.multiply(r, size)) for c, r in (_CEREBRUM, _CEREBELLUM, _BRAINSTEM)
+    ]
     depth = np.maximum(np.maximum(parts[0], parts[1]), parts[2])
     classes = _shell_classes(-depth, shell)
     inside = depth > 0
@@ -503,7 +513,7 @@ def _cerebellum_and_stem(tissue, points, cerebrum, cerebellum, stem) -> None:
 
 
 def _deep_structures(tissue, points, cerebrum, size, ventricle_size) -> None:
-    """Deep grey nuclei and ventricles, which scale with ``ventricle_size``."""
+    """Deep grey nuclei, and ventricles widened by ``ventricle_size`` (atrophy)."""
     deep = np.flatnonzero(cerebrum > 12.0)
     if deep.size == 0:
         return
@@ -592,21 +602,27 @@ class _Tumour:
             coords[k][box] += shrink * sum(np.float32(linear[k, j]) * offsets[j] for j in range(3))
 
     def paint(self, classes: np.ndarray, axes) -> tuple[np.ndarray, tuple]:
+        """Write the tumour into ``classes``; return its labels and intensity texture.
+
+        The core (enhancing rim around the necrosis) replaces any brain tissue; the
+        oedema wraps it at least 3 mm thick and spreads further into white matter
+        than into grey matter.
+        """
         label = np.zeros(classes.shape, dtype=np.uint8)
-        margin = 1.0 + 3.0 / self.core.radius  # oedema at least 3 mm around the core
+        margin = 1.0 + 3.0 / self.core.radius
         box = _box(axes, self.core.center, max(self.oedema.reach, self.core.reach * margin) + 1.0)
         tissue = classes[box]
-        brain = (tissue >= CSF) & (tissue <= WHITE_MATTER)
-        parenchyma = (tissue == GREY_MATTER) | (tissue == WHITE_MATTER)
         core_rho, oedema_rho = self.core.rho(axes, box), self.oedema.rho(axes, box)
-        core = brain & (core_rho < 1.0)
+        white, grey = tissue == WHITE_MATTER, tissue == GREY_MATTER
+        core = (tissue >= CSF) & (tissue <= WHITE_MATTER) & (core_rho < 1.0)
         necrotic = core & (core_rho < self.necrosis)
-        oedema = parenchyma & ~core & (
-            (core_rho < margin)
-            | ((tissue == WHITE_MATTER) & (oedema_rho < 1.0))
-            | ((tissue == GREY_MATTER) & (oedema_rho < 0.6))
-        )
-        for mask, value, cls in ((oedema, OEDEMA, _OEDEMATOUS), (core, ENHANCING, _ENHANCING), (necrotic, NECROSIS, _NECROTIC)):
+        spread = (core_rho < margin) | (white & (oedema_rho < 1.0)) | (grey & (oedema_rho < 0.6))
+        oedema = (white | grey) & ~core & spread
+        for mask, value, cls in (
+            (oedema, OEDEMA, _OEDEMATOUS),
+            (core, ENHANCING, _ENHANCING),
+            (necrotic, NECROSIS, _NECROTIC),
+        ):
             label[box][mask] = value
             tissue[mask] = cls
         lesion = label[box] > 0
@@ -617,7 +633,7 @@ class _Tumour:
 
 # Vascular territories (right hemisphere, MNI mm): ranges of the infarct centre and radius.
 _TERRITORIES = {
-    "mca": (((30.0, 52.0), (-40.0, 30.0), (-5.0, 45.0)), (5.0, 30.0)),
+    "mca": (((30.0, 52.0), (-40.0, 30.0), (-5.0, 45.0)), (5.0, 35.0)),
     "aca": (((5.0, 14.0), (0.0, 40.0), (30.0, 60.0)), (5.0, 20.0)),
     "pca": (((8.0, 32.0), (-90.0, -65.0), (-5.0, 20.0)), (5.0, 22.0)),
     "lacunar": (((14.0, 28.0), (-15.0, 15.0), (-2.0, 18.0)), (2.5, 8.0)),
@@ -645,6 +661,7 @@ class _Stroke:
         return cls(tuple(blobs))
 
     def paint(self, classes: np.ndarray, axes) -> tuple[np.ndarray, None]:
+        """Write the infarct into the grey and white matter of ``classes``; return its labels."""
         label = np.zeros(classes.shape, dtype=np.uint8)
         for blob in self.blobs:
             box = _box(axes, blob.center, blob.reach + 1.0)
@@ -655,6 +672,9 @@ class _Stroke:
             tissue[lesion & (tissue != _INFARCT)] = _GLIOSIS
             tissue[lesion & (rho < 0.7)] = _INFARCT
         return label, None
+
+
+_LESIONS = {"tumour": _Tumour, "stroke": _Stroke}
 
 
 # --------------------------------------------------------------------------- contrasts
@@ -669,7 +689,8 @@ def _intensity_tables(rng) -> dict[str, np.ndarray]:
     tables = {}
     for name, base in _INTENSITY.items():
         gain = math.exp(rng.normal(0.0, 0.25))
-        tables[name] = (np.asarray(base) * gain * np.exp(rng.normal(0.0, 0.05, size=len(base)))).astype(np.float32)
+        jitter = np.exp(rng.normal(0.0, 0.05, size=len(base)))
+        tables[name] = (np.asarray(base) * gain * jitter).astype(np.float32)
     t1ce = tables["t1"] * np.float32(math.exp(rng.normal(0.0, 0.25)))
     t1ce[_ENHANCING] = t1ce[WHITE_MATTER] * rng.uniform(1.4, 1.9)
     t1ce[_SCALP] *= rng.uniform(1.0, 1.15)
@@ -678,6 +699,8 @@ def _intensity_tables(rng) -> dict[str, np.ndarray]:
 
 
 def _render_contrasts(rng, classes, axes, texture, skull: bool) -> dict[str, np.ndarray]:
+    """Images of the four contrasts: class intensities, lesion texture, partial-volume
+    blur, a smooth multiplicative bias field and Rician noise."""
     tables = _intensity_tables(rng)
     foreground = None if skull else classes != BACKGROUND
     images = {}
@@ -872,11 +895,15 @@ def write_unlabeled(
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Command-line entry point: write a synthetic dataset and print where it went."""
-    parser = argparse.ArgumentParser(prog="python -m jaxbrain.data.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxbrain.data.synthetic", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("dataset", choices=("brats", "atlas", "unlabeled"))
     parser.add_argument("--out", required=True, help="root directory to write into")
     parser.add_argument("--n", type=int, required=True, help="number of subjects")
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="grid size (default: the dataset's)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="grid size (default: the dataset's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", type=int, choices=(2021, 2023), default=2021, help="BraTS release")
     parser.add_argument("--anatomy", choices=("auto", "mni", "procedural"), default="auto")

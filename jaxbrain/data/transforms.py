@@ -30,10 +30,14 @@ def load_case(case: Case, *, check_labels: bool = True) -> dict:
     NaN/Inf voxels, images of one case on different grids, label values outside the case's
     label convention.
     """
-    arrays, geometries = [], []
-    for path in case.images:
-        x, g = nifti.read_volume(path)
-        arrays.append(x)
+    image, geometries = None, []
+    for c, path in enumerate(case.images):
+        x, g = nifti.read_volume(path, contiguous=False)
+        if image is None:
+            image = np.empty(x.shape + (len(case.images),), np.float32)
+        elif g.source_shape != geometries[0].source_shape:
+            nifti.check_same_grid([case.images[0], path], [geometries[0], g])
+        image[..., c] = x
         geometries.append(g)
     paths = list(case.images)
     record = {"id": case.id}
@@ -47,7 +51,7 @@ def load_case(case: Case, *, check_labels: bool = True) -> dict:
         record["label"] = label.astype(np.uint8)
     else:
         nifti.check_same_grid(paths, geometries)
-    record["image"] = np.stack(arrays, axis=-1)
+    record["image"] = image
     record["geometry"] = geometries[0]
     return record
 
