@@ -1,5 +1,6 @@
-"""SwinUNETR demo: build BrainSegFounder's network in Flax, segment a synthetic 4-channel head
-volume, export the weights to PyTorch, check MONAI's SwinUNETR reproduces the output, and
+"""SwinUNETR demo: build BrainSegFounder's network in Flax, segment a synthetic
+BraTS case (4 channels, written in the BraTS layout and read back through the data pipeline),
+export the weights to PyTorch, check MONAI's SwinUNETR reproduces the output, and
 import them back bit for bit.
 
     python -m jaxbrain.demo                         # feature size 24, 64^3 (a minute on a laptop)
@@ -16,23 +17,16 @@ import time
 import numpy as np
 
 
-def synthetic_head(size: int, channels: int, seed: int = 0) -> np.ndarray:
-    """(1, D, H, W, C): an ellipsoidal head with a brighter 'brain', a dark ventricle system
-    and a bright lesion, with a per-channel contrast and noise."""
-    rng = np.random.default_rng(seed)
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij"), -1)
-    r = np.linalg.norm(g / np.array([0.85, 0.95, 0.8]), axis=-1)
-    head = (r < 0.95).astype(np.float32)
-    brain = (r < 0.8).astype(np.float32)
-    ventricles = (np.linalg.norm((g - [0, 0.05, 0]) / [0.12, 0.3, 0.1], axis=-1) < 1).astype(np.float32)
-    lesion = (np.linalg.norm(g - [0.35, -0.2, 0.25], axis=-1) < 0.15).astype(np.float32)
-    contrasts = [(0.3, 0.8, 0.2, 1.5), (0.4, 0.7, 0.9, 1.2), (0.5, 0.6, 0.3, 0.9), (0.3, 0.5, 1.0, 1.4)]
-    chans = []
-    for c in range(channels):
-        skin, tissue, csf, les = contrasts[c % 4]
-        v = skin * head + (tissue - skin) * brain + (csf - tissue) * ventricles * brain + (les - tissue) * lesion
-        chans.append(v + 0.03 * rng.normal(size=v.shape))
-    return np.stack(chans, -1)[None].astype(np.float32)
+def brats_case(size: int, workdir: str, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(1, size, size, size, 4): a synthetic BraTS 2021 case (on the MNI152 template when
+    nilearn is installed) written to disk in the BraTS layout and read back through the data
+    pipeline (reorientation to RAS, per-channel z-score)."""
+    from jaxbrain.data import layouts, pipeline, synthetic
+    root = os.path.join(workdir, "brats21")
+    synthetic.write_brats(root, 1, shape=(size, size, size), seed=seed)
+    cases = layouts.brats(root)
+    record = pipeline.eval_dataset(cases, preprocess="zscore", shard=(0, 1))[0]
+    return record["image"][None], cases[0].id
 
 
 def main(argv=None) -> int:
@@ -53,7 +47,9 @@ def main(argv=None) -> int:
     depths = tuple(int(d) for d in args.depths.split(","))
     model = SwinUNETR(in_channels=4, out_channels=3, feature_size=args.feature_size, depths=depths,
                       downsample=args.downsample)
-    x = synthetic_head(args.size, 4)
+    workdir = os.path.dirname(args.out) if args.out else tempfile.mkdtemp(prefix="jaxbrain-demo-")
+    x, case_id = brats_case(args.size, workdir)
+    print(f"input: synthetic {case_id} read from {workdir}, shape {x.shape}")
     params = jax.jit(lambda: nn.unbox(model.init(jax.random.key(0), x)["params"]))()
     print(f"SwinUNETR(4 -> 3, feature {args.feature_size}, depths {depths}, {args.downsample}): "
           f"{count_params(params) / 1e6:.2f}M parameters on {jax.devices()[0].device_kind}")
@@ -64,12 +60,12 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     logits = np.asarray(apply(params, x))
     t2 = time.perf_counter()
-    print(f"forward on a synthetic {args.size}^3 head volume (channels-last {x.shape}) -> {logits.shape}: "
+    print(f"forward on the synthetic case (channels-last {x.shape}) -> {logits.shape}: "
           f"compile+run {t1 - t0:.1f} s, run {t2 - t1:.2f} s")
     probs = 1 / (1 + np.exp(-logits))
     print("mean sigmoid per output channel [TC, WT, ET]:", np.round(probs.mean(axis=(0, 1, 2, 3)), 4))
 
-    out = args.out or os.path.join(tempfile.mkdtemp(prefix="jaxbrain-demo-"), "swin_unetr.pt")
+    out = args.out or os.path.join(workdir, "swin_unetr.pt")
     state = save_torch(params, model, out)
     print(f"exported {len(state)} tensors to {out}")
     back, report = load_torch(out, model)

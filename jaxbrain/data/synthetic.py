@@ -722,9 +722,12 @@ def _rician(rng, image: np.ndarray, sigma: np.float32, where: np.ndarray | None)
         out = np.zeros_like(image)
         out[where] = _rician(rng, image[where], sigma, None)
         return out
-    real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
-    imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.sqrt(real * real + imaginary * imaginary)
+    real = rng.standard_normal(image.shape, dtype=np.float32)
+    real *= sigma
+    real += image
+    imaginary = rng.standard_normal(image.shape, dtype=np.float32)
+    imaginary *= sigma
+    return np.sqrt(np.square(real, out=real) + np.square(imaginary, out=imaginary), out=real)
 
 
 # --------------------------------------------------------------------------- writers
