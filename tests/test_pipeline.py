@@ -202,3 +202,28 @@ def test_eval_volumes_write_back_to_source_space(cases, tmp_path):
     np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.asanyarray(source.dataobj))
     shards = [pipeline.eval_dataset(cases, preprocess="zscore", shard=(p, 2)) for p in range(2)]
     assert sorted(r["id"] for s in shards for r in s) == [c.id for c in cases]
+
+
+def test_bad_case_inside_the_pipeline_names_the_file(tmp_path, brats_root):
+    root = str(tmp_path / "copy")
+    shutil.copytree(brats_root, root)
+    bad = os.path.join(root, "BraTS2021_00004", "BraTS2021_00004_t2.nii.gz")
+    data = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 3])
+    cases = layouts.brats(root)
+    ds = pipeline.eval_dataset(cases, preprocess="zscore", shard=(0, 1))
+    with pytest.raises(DataError, match="BraTS2021_00004_t2.nii.gz: corrupt or truncated"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_cache_and_synth_commands(tmp_path, capsys):
+    from jaxbrain.data.__main__ import main
+    data, cache = str(tmp_path / "atlas"), str(tmp_path / "cache")
+    main(["synth", "atlas", "--out", data, "--n", "2", "--shape", "32", "40", "32", "--anatomy", "procedural"])
+    main(["cache", "--layout", "atlas", "--root", data, "--out", cache,
+          "--preprocess", "resize(shape=(16, 16, 16)), zscore"])
+    assert "cached 2 cases" in capsys.readouterr().out
+    cached = pipeline.open_cache(cache, "resize(shape=(16,16,16)),zscore", layouts.atlas(data))
+    record = cached[0].load()
+    assert record["image"].shape == (16, 16, 16, 1) and record["label"].shape == (16, 16, 16)
