@@ -13,7 +13,7 @@ posterior->anterior, axis 2 inferior->superior) and world coordinates in MNI-lik
 millimetres (``Subject.affine``).  Intensities are positive and unnormalised, in a
 scanner-like range of roughly 0..3000.  The same seed and arguments always give
 bitwise-identical arrays; random fields are defined in world millimetres, so one
-seed renders the same head at any resolution.
+seed renders the same head at any resolution (up to sampling).
 
 The anatomy comes either from nilearn's packaged MNI152 (2009a) tissue templates,
 deformed per subject (``anatomy="mni"``), or from a procedural model of nested
@@ -66,7 +66,24 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "ATLAS_CENTER_MM",
+    "ATLAS_FOV_MM",
+    "BACKGROUND",
+    "BRAIN_CENTER_MM",
+    "BRATS_FOV_MM",
+    "CSF",
+    "DEFAULT_FOV_MM",
+    "ENHANCING",
+    "GREY_MATTER",
+    "HEAD_CENTER_MM",
     "MODALITIES",
+    "NECROSIS",
+    "OEDEMA",
+    "SKULL",
+    "STROKE",
+    "UKB_CENTER_MM",
+    "UKB_FOV_MM",
+    "WHITE_MATTER",
     "Subject",
     "grid_affine",
     "synth_subject",
@@ -759,11 +776,25 @@ def _lps_affine(affine: np.ndarray, shape) -> np.ndarray:
     return affine @ flip
 
 
-# version -> (subject id pattern, file suffixes in FLAIR, T1ce, T1, T2 order, label suffix,
-#             separator, stored enhancing label, datalist name)
+@dataclass(frozen=True)
+class _BratsRelease:
+    """File naming of a BraTS release."""
+
+    subject: str  # subject id pattern, formatted with the index
+    separator: str  # between the subject id and the file suffix
+    suffixes: tuple[str, str, str, str]  # FLAIR, T1ce, T1, T2 files, in channel order
+    enhancing: int  # label value stored for the enhancing tumour
+    datalist: str
+
+    def file(self, folder: Path, name: str, suffix: str) -> Path:
+        return folder / f"{name}{self.separator}{suffix}.nii.gz"
+
+
 _BRATS = {
-    2021: ("BraTS2021_{:05d}", ("flair", "t1ce", "t1", "t2"), "seg", "_", ENHANCING, "brats21_folds.json"),
-    2023: ("BraTS-GLI-{:05d}-000", ("t2f", "t1c", "t1n", "t2w"), "seg", "-", 3, "brats23_folds.json"),
+    2021: _BratsRelease(
+        "BraTS2021_{:05d}", "_", ("flair", "t1ce", "t1", "t2"), ENHANCING, "brats21_folds.json"
+    ),
+    2023: _BratsRelease("BraTS-GLI-{:05d}-000", "-", ("t2f", "t1c", "t1n", "t2w"), 3, "brats23_folds.json"),
 }
 _BRATS_CHANNELS = ("flair", "t1ce", "t1", "t2")
 BRATS_FOV_MM = (240.0, 240.0, 155.0)
@@ -788,20 +819,20 @@ def write_brats(
     """
     if version not in _BRATS:
         raise ValueError(f"version must be 2021 or 2023, got {version}")
-    pattern, suffixes, label_suffix, sep, enhancing, datalist_name = _BRATS[version]
+    release = _BRATS[version]
     root = Path(root).resolve()
     affine = grid_affine(shape, BRATS_FOV_MM, BRAIN_CENTER_MM)
     stored_affine = _lps_affine(affine, shape)
     records, datalist = [], []
     for i in range(n):
         subject = synth_subject(seed + i, shape, lesion="tumour", anatomy=anatomy, skull=False, affine=affine)
-        name = pattern.format(i)
+        name = release.subject.format(i)
         folder = root / name
-        images = [folder / f"{name}{sep}{suffix}.nii.gz" for suffix in suffixes]
+        images = [release.file(folder, name, suffix) for suffix in release.suffixes]
         for path, channel in zip(images, _BRATS_CHANNELS):
             _save(path, _lps(_int16(subject.images[channel])), stored_affine, "scanner")
-        label = np.where(subject.label == ENHANCING, enhancing, subject.label).astype(np.uint8)
-        label_path = folder / f"{name}{sep}{label_suffix}.nii.gz"
+        label = np.where(subject.label == ENHANCING, release.enhancing, subject.label).astype(np.uint8)
+        label_path = release.file(folder, name, "seg")
         _save(label_path, _lps(label), stored_affine, "scanner")
         records.append({"id": name, "image": [str(p) for p in images], "label": str(label_path)})
         datalist.append(
@@ -811,7 +842,7 @@ def write_brats(
                 "label": label_path.relative_to(root).as_posix(),
             }
         )
-    (root / datalist_name).write_text(json.dumps({"training": datalist}, indent=2))
+    (root / release.datalist).write_text(json.dumps({"training": datalist}, indent=2))
     return records
 
 
@@ -901,13 +932,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m jaxbrain.data.synthetic", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("dataset", choices=("brats", "atlas", "unlabeled"))
+    parser.add_argument("dataset", choices=("brats", "atlas", "unlabeled"), help="layout to write")
     parser.add_argument("--out", required=True, help="root directory to write into")
     parser.add_argument("--n", type=int, required=True, help="number of subjects")
     parser.add_argument(
         "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="grid size (default: the dataset's)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="subject i is drawn from seed + i")
     parser.add_argument("--version", type=int, choices=(2021, 2023), default=2021, help="BraTS release")
     parser.add_argument("--anatomy", choices=("auto", "mni", "procedural"), default="auto")
     args = parser.parse_args(argv)
