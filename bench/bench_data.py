@@ -45,14 +45,17 @@ def _prepare(root: str, n: int, shape) -> None:
     synthetic.write_brats(root, n, version=2021, shape=tuple(shape), seed=0)
 
 
-def _rate(iterator, batches: int, per_batch: int) -> float:
-    """Items per second over ``batches`` batches after a warm-up batch; then the iterator's
+def _rate(iterator, batches: int, per_batch: int, min_seconds: float = 5.0) -> float:
+    """Items per second over at least ``batches`` batches and ``min_seconds`` after a warm-up
+    batch (finite iterators: pass min_seconds=0); then the iterator's
     worker processes are shut down so they do not compete with the next measurement."""
     next(iterator)  # warm-up: worker start-up, first decode
     t0 = time.perf_counter()
-    for _ in range(batches):
+    done = 0
+    while done < batches or time.perf_counter() - t0 < min_seconds:
         next(iterator)
-    rate = batches * per_batch / (time.perf_counter() - t0)
+        done += 1
+    rate = done * per_batch / (time.perf_counter() - t0)
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
@@ -82,7 +85,7 @@ def jaxbrain_rates(cases, cache_dir, args) -> dict:
             out[f"crops_{name}_{mode}"] = _rate(iter(pipeline.loader(ds, **kw)), args.batches,
                                                 args.batch)
             out[f"volumes_{name}_{mode}"] = _rate(iter(pipeline.loader(ev, **kw)),
-                                                  min(len(cases) - 1, args.batches), 1)
+                                                  min(len(cases) - 1, args.batches), 1, 0)
     return out
 
 
@@ -112,7 +115,8 @@ def monai_rates(cases, args) -> dict:
                              progress=False)
     out["crops_monai_cache"] = _rate(loader(cds, args.batch), args.batches, args.batch)
     ev = mdata.Dataset(files, mt.Compose(load))
-    out["volumes_monai"] = _rate(loader(ev, 1, shuffle=False), min(len(cases) - 1, args.batches), 1)
+    out["volumes_monai"] = _rate(loader(ev, 1, shuffle=False), min(len(cases) - 1, args.batches),
+                                 1, 0)
     return out
 
 
@@ -179,7 +183,8 @@ def main():
     print(f"GPU demand: the SwinUNETR fs48 training step is {res['step_tflop_per_crop']:.2f} TFLOP "
           f"per {args.roi}^3 crop, so one H100 at {args.mfu:.0%} MFU consumes "
           f"{res['crops_demand']:.1f} crops/s; the cache pipeline delivers {best:.1f} crops/s "
-          f"here ({best / res['crops_demand']:.2f}x that demand on {os.cpu_count()} CPUs)")
+          f"on {os.cpu_count()} CPUs here, {best / os.cpu_count():.1f} per core: "
+          f"{res['crops_demand'] * os.cpu_count() / best:.1f} cores feed one H100")
     os.makedirs("bench/results", exist_ok=True)
     with open(f"bench/results/data-{platform.node()}.json", "w") as f:
         json.dump(res, f, indent=1)
