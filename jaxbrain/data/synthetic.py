@@ -1,7 +1,7 @@
 """Synthetic multi-contrast brain MRI, written in the on-disk layouts of real datasets.
 
-No real dataset can be downloaded where this project is built and tested, so every
-demo and test draws its data from this module.  :func:`synth_subject` renders one
+This is the built-in data of every demo and test: realistic subjects generated on the
+fly, read through the same layout code as real data.  :func:`synth_subject` renders one
 subject; :func:`write_brats`, :func:`write_atlas` and :func:`write_unlabeled` write
 cohorts of them as NIfTI files laid out exactly like BraTS, ATLAS and UK Biobank.
 
