@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics and reports (figures, CSV/JSON tables)."""

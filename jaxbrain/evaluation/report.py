@@ -1,0 +1,175 @@
+"""Evaluation reports: overlay figures as PNG files and metric tables as CSV and JSON.
+
+PNG files are written with ``zlib`` and ``struct`` only: 8-bit RGB, no interlacing, every row
+stored with filter type 0.
+
+Overlays show axial slices of canonical RAS arrays (axis 0 left -> right, axis 1 posterior ->
+anterior, axis 2 inferior -> superior, see :mod:`jaxbrain.data.nifti`). Each slice is displayed
+with anterior at the top and the patient's left on the screen's left (neurological
+convention), i.e. the transposed slice flipped upside down.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from jaxbrain.evaluation.metrics import summarize
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+Color = tuple[int, int, int]
+
+# Label value -> colour: necrosis red, oedema green, enhancing tumour yellow (BraTS 2021
+# label 4) or blue (BraTS 2023 label 3). A binary lesion mask (label 1) is drawn red.
+BRATS_COLORS: dict[int, Color] = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}
+
+LABEL_ALPHA = 0.4
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 array as an 8-bit RGB PNG; row 0 is the top of the picture."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise ValueError(f"expected a non-empty (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
+    height, width = rgb.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, 3 * width)],
+                          axis=1)
+    with open(path, "wb") as f:
+        f.write(PNG_SIGNATURE + _chunk(b"IHDR", header)
+                + _chunk(b"IDAT", zlib.compress(rows.tobytes()))
+                + _chunk(b"IEND", b""))
+
+
+def _pick_slices(image: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
+    """Axial slices spread through the labelled extent, each the largest of its share.
+
+    The labelled slices are split into ``count`` consecutive groups and each group gives its
+    slice of largest labelled area (fewer slices when fewer are labelled). With no label the
+    slices are evenly spaced inside the extent of the non-zero image voxels.
+    """
+    area = np.count_nonzero(labelled, axis=(0, 1))
+    indices = np.flatnonzero(area)
+    if indices.size:
+        groups = np.array_split(indices, min(count, indices.size))
+        return [int(group[np.argmax(area[group])]) for group in groups]
+    brain = np.flatnonzero(np.any(image != 0, axis=(0, 1)))
+    first, last = (brain[0], brain[-1]) if brain.size else (0, image.shape[2] - 1)
+    return np.linspace(first, last, count + 2)[1:-1].round().astype(int).tolist()
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    """1st and 99th percentiles of the non-zero voxels (0, 1 when there are none)."""
+    nonzero = image[image != 0]
+    if not nonzero.size:
+        return 0.0, 1.0
+    low, high = np.percentile(nonzero, (1, 99))
+    return float(low), float(high)
+
+
+def _display(axial: np.ndarray) -> np.ndarray:
+    """(X, Y) slice -> (rows, columns) with anterior at the top and patient left on the left."""
+    return axial.T[::-1]
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def _render(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, Color]) -> np.ndarray:
+    """Grey levels in [0, 1] with label colours blended in and label outlines drawn on top."""
+    rgb = np.repeat(255.0 * gray[..., None], 3, axis=-1)
+    for value, color in colors.items():
+        mask = labels == value
+        paint = np.asarray(color, np.float64)
+        rgb[mask] = (1 - LABEL_ALPHA) * rgb[mask] + LABEL_ALPHA * paint
+        rgb[_outline(mask)] = paint
+    return np.round(rgb).astype(np.uint8)
+
+
+def overlay_png(path: str | os.PathLike, image_channel: np.ndarray, label_map: np.ndarray, *,
+                slices: int = 3, ground_truth: np.ndarray | None = None,
+                colors: Mapping[int, Color] | None = None) -> list[int]:
+    """Write axial slices of one image channel with a label map blended in, as one PNG.
+
+    ``image_channel``, ``label_map`` and ``ground_truth`` are (X, Y, Z) canonical RAS arrays.
+    Slices are chosen where the labels (prediction or ground truth) are, spread through their
+    extent and favouring large areas; without labels they are evenly spaced through the
+    non-zero image. Intensities are windowed to the 1st..99th percentile of the non-zero
+    voxels. Labels are blended with their colour (``colors``, default :data:`BRATS_COLORS`;
+    other label values are not drawn) at alpha 0.4 and outlined. The slices are tiled from
+    left to right in inferior -> superior order; with ``ground_truth`` every slice shows the
+    prediction and, to its right, the ground truth. Returns the chosen slice indices (axis 2).
+    """
+    image = np.asarray(image_channel, np.float64)
+    maps = [np.asarray(label_map)] + ([] if ground_truth is None else [np.asarray(ground_truth)])
+    if image.ndim != 3 or any(m.shape != image.shape for m in maps):
+        raise ValueError(f"expected (X, Y, Z) arrays of one shape, got image {image.shape} and "
+                         f"labels {[m.shape for m in maps]}")
+    if slices < 1:
+        raise ValueError(f"slices must be at least 1, got {slices}")
+    colors = BRATS_COLORS if colors is None else colors
+    chosen = _pick_slices(image, np.any([m != 0 for m in maps], axis=0), slices)
+    low, high = _window(image)
+    tiles = []
+    for z in chosen:
+        gray = np.clip((image[:, :, z] - low) / ((high - low) or 1.0), 0.0, 1.0)
+        tiles += [_render(_display(gray), _display(m[:, :, z]), colors) for m in maps]
+    write_png(path, np.concatenate(tiles, axis=1))
+    return chosen
+
+
+def _columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    names = sorted({key for row in rows for key in row} - {"case"})
+    return (["case"] if any("case" in row for row in rows) else []) + names
+
+
+def _json_ready(value: object) -> object:
+    """Plain Python values for JSON; NaN and infinities become null."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(rows: Iterable[Mapping[str, object]], out_dir: str | os.PathLike,
+                  name: str = "metrics") -> tuple[str, str]:
+    """Write per-case metric rows to ``<out_dir>/<name>.csv`` and ``<out_dir>/<name>.json``.
+
+    Rows are flat mappings of scalars, usually with a ``case`` entry. The CSV has one line per
+    row and the columns ``case`` first, then the other keys sorted; a key missing from a row is
+    an empty cell and NaN is written ``nan``. The JSON holds ``{"cases": rows, "summary":
+    summarize(rows)}`` with NaN written as null. Returns the two paths.
+    """
+    rows = [dict(row) for row in rows]
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, f"{name}.csv")
+    json_path = os.path.join(out_dir, f"{name}.json")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_columns(rows), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(json_path, "w") as f:
+        json.dump(_json_ready({"cases": rows, "summary": summarize(rows)}), f, indent=2,
+                  allow_nan=False)
+        f.write("\n")
+    return csv_path, json_path
