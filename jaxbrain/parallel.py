@@ -95,3 +95,29 @@ def batch_sharding(mesh: Mesh, ndim: int = 5) -> NamedSharding:
     """Leading (batch) axis over every data-parallel mesh axis present, the rest replicated."""
     axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
     return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Starts JAX's multi-process runtime when the environment calls for it.
+
+    Explicit ``coordinator`` ("host:port") with ``num_processes`` and ``process_id``; or a
+    SLURM job with more than one task; or a multi-host TPU slice (``TPU_WORKER_HOSTNAMES``
+    naming more than one host), where JAX finds everything itself. Single-process runs need
+    nothing and get ``False``.
+    """
+    import os
+    if jax.distributed.is_initialized():
+        return True
+    if coordinator:
+        if num_processes is None or process_id is None:
+            raise ValueError("distributed: a coordinator needs num_processes and process_id")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+        return True
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    if slurm or tpu_pod:
+        jax.distributed.initialize()
+        return True
+    return False

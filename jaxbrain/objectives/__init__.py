@@ -1,0 +1,11 @@
+"""Training objectives: how a batch becomes a loss and metrics."""
+
+from jaxbrain.objectives.segmentation import Segmentation
+
+OBJECTIVES = {"segmentation": Segmentation}
+
+
+def create(name: str, **kwargs):
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](**kwargs)

@@ -1,0 +1,92 @@
+"""Supervised segmentation: Dice (+ BCE) for sigmoid multi-label outputs such as BraTS
+[TC, WT, ET], Dice + cross-entropy for softmax outputs (one label per voxel).
+
+The Dice loss is MONAI's ``DiceLoss`` with its defaults: per sample and channel
+``1 - (2 * sum(p * g) + 1e-5) / (sum(p) + sum(g) + 1e-5)``, averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SMOOTH = 1e-5
+
+
+def dice_loss(probs: jax.Array, onehot: jax.Array, include_background: bool = True) -> jax.Array:
+    """Mean soft Dice loss over samples and channels; inputs (B, ..., K)."""
+    if not include_background:
+        probs, onehot = probs[..., 1:], onehot[..., 1:]
+    axes = tuple(range(1, probs.ndim - 1))
+    inter = jnp.sum(probs * onehot, axis=axes)
+    denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+    return jnp.mean(1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """Segmentation loss and batch metrics.
+
+    Attributes:
+      kind: "sigmoid" (labels (B, ..., K) of 0/1 channels, e.g. BraTS regions) or "softmax"
+        (labels (B, ...) of class indices; logits (B, ..., K) include background).
+      dice: weight of the Dice loss.
+      ce: weight of binary (sigmoid) or categorical (softmax) cross-entropy.
+      threshold: sigmoid probability above which a voxel counts as positive in metrics.
+    """
+
+    kind: str = "sigmoid"
+    dice: float = 1.0
+    ce: float = 0.0
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.kind not in ("sigmoid", "softmax"):
+            raise ValueError(f"objective.kind must be 'sigmoid' or 'softmax', got {self.kind!r}")
+
+    def targets(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        """Labels as float one-hot / multi-label channels matching ``logits``."""
+        if self.kind == "softmax":
+            return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+        if labels.shape != logits.shape:
+            raise ValueError(f"sigmoid segmentation needs labels shaped like the logits "
+                             f"{logits.shape}, got {labels.shape}")
+        return labels.astype(jnp.float32)
+
+    def probabilities(self, logits: jax.Array) -> jax.Array:
+        logits = logits.astype(jnp.float32)
+        return jax.nn.sigmoid(logits) if self.kind == "sigmoid" else jax.nn.softmax(logits, -1)
+
+    def loss(self, logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+        logits = logits.astype(jnp.float32)
+        target = self.targets(logits, labels)
+        probs = self.probabilities(logits)
+        terms = {}
+        if self.dice:
+            terms["dice_loss"] = dice_loss(probs, target)
+        if self.ce:
+            if self.kind == "sigmoid":
+                terms["ce_loss"] = optax.sigmoid_binary_cross_entropy(logits, target).mean()
+            else:
+                terms["ce_loss"] = optax.softmax_cross_entropy(logits, target).mean()
+        loss = self.dice * terms.get("dice_loss", 0.0) + self.ce * terms.get("ce_loss", 0.0)
+        return loss, {"loss": loss, **terms, **self.metrics(probs, target)}
+
+    def metrics(self, probs: jax.Array, target: jax.Array) -> dict:
+        """Hard Dice per channel over the batch (channels without any positive voxel in both
+        prediction and target count as 1)."""
+        if self.kind == "sigmoid":
+            pred = (probs > self.threshold).astype(jnp.float32)
+        else:
+            pred = jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1], dtype=jnp.float32)
+        axes = tuple(range(pred.ndim - 1))
+        inter = jnp.sum(pred * target, axis=axes)
+        denom = jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes)
+        dice = jnp.where(denom > 0, 2 * inter / jnp.maximum(denom, 1), 1.0)
+        first = 0 if self.kind == "sigmoid" else 1  # softmax: skip background
+        out = {f"dice_{k}": dice[k] for k in range(first, dice.shape[0])}
+        out["dice_mean"] = jnp.mean(dice[first:])
+        return out

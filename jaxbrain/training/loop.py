@@ -1,0 +1,306 @@
+"""The training loop: one loop for every objective.
+
+``train_and_evaluate(config, workdir)`` builds the data pipeline, the model on a device mesh
+(parameters and optimizer state placed by logical-axis rules, the batch sharded over the data
+axes), a jitted and donated train step, Orbax checkpoints and logs, then trains; running it
+again on the same workdir resumes exactly (parameters, optimizer state, RNG and data
+position). SIGTERM saves a checkpoint and returns; a NaN/Inf loss raises
+:class:`NonFiniteLossError` without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from jaxbrain import models, objectives, parallel
+from jaxbrain.data import pipeline
+from jaxbrain.training import data as data_lib
+from jaxbrain.training.checkpoint import Checkpoints, abstract_like
+from jaxbrain.training.metrics_log import MetricWriter, Progress
+from jaxbrain.training.optim import make_optimizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+def build_model(cfg):
+    kwargs = dict(cfg)
+    name = kwargs.pop("name")
+    for key in ("dtype", "param_dtype"):
+        if key in kwargs:
+            kwargs[key] = DTYPES[kwargs[key]]
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)
+    return models.create(name, **kwargs)
+
+
+def _init_params(config, model, dummy, shardings, key):
+    params = jax.jit(lambda k: nn.unbox(model.init(k, dummy)["params"]), out_shardings=shardings)(key)
+    init = config.get("init", {})
+    if init.get("torch"):
+        from jaxbrain.convert import load_torch
+        host = jax.device_get(params)
+        loaded, report = load_torch(init.torch, model, params=host,
+                                    encoder_only=bool(init.get("encoder_only", False)),
+                                    strict=bool(init.get("strict", True)))
+        if jax.process_index() == 0:
+            print(f"initialised from {init.torch}: {report}")
+        params = jax.device_put(loaded, shardings)
+    elif init.get("orbax"):
+        params = jax.device_put(_orbax_params(init.orbax, jax.device_get(params)), shardings)
+    return params
+
+
+def _orbax_params(path: str, like: Any) -> Any:
+    """Parameters of another run (its latest checkpoint) or of ``convert from-torch`` output."""
+    import orbax.checkpoint as ocp
+    ckpts = os.path.join(path, "checkpoints")
+    if os.path.isdir(ckpts):
+        step = ocp.CheckpointManager(ckpts, item_names=("state", "data")).latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{ckpts}: no checkpoint to initialise from")
+        tree = ocp.StandardCheckpointer().restore(os.path.join(ckpts, str(step), "state"))
+        found = tree["params"]
+    elif os.path.isdir(os.path.join(path, "params")):
+        found = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"))
+    else:
+        raise FileNotFoundError(f"{path}: neither a training run (checkpoints/) nor a converted "
+                                "model (params/)")
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(found)[0])
+    missing = [jax.tree_util.keystr(k) for k, _ in want if k not in have]
+    bad = [f"{jax.tree_util.keystr(k)}: {np.shape(have[k])} vs {v.shape}" for k, v in want
+           if k in have and np.shape(have[k]) != v.shape]
+    if missing or bad:
+        raise ValueError(f"{path}: parameters do not fit the model: missing {missing[:5]}, "
+                         f"shape mismatches {bad[:5]}")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
+                                        [np.asarray(have[k]) for k, _ in want])
+
+
+def _save_config(config, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+class _Stop:
+    """SIGTERM (preemption) becomes a flag checked between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def check(self) -> bool:
+        if jax.process_count() > 1:  # every process must agree to stop at the same step
+            flags = multihost_utils.process_allgather(np.array(self.requested))
+            return bool(np.any(flags))
+        return self.requested
+
+
+def make_train_step(model, objective, tx, lr_fn, dtype):
+    def train_step(state, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params):
+            logits = model.apply({"params": params}, batch["image"].astype(dtype), train=True,
+                                 rngs={"dropout": key})
+            return objective.loss(logits, batch["label"])
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, lr=lr_fn(state["step"]), grad_norm=optax.global_norm(grads))
+        return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _global_batch(local: dict, mesh) -> dict:
+    return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, v.ndim), v)
+            for k, v in local.items()}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the last logged metrics."""
+    dist = config.get("distributed", {})
+    parallel.initialize_distributed(dist.get("coordinator"), dist.get("num_processes"),
+                                    dist.get("process_id"))
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    _save_config(config, workdir)
+
+    # Data.
+    dcfg = config.data
+    train_cases, val_cases = data_lib.cases(dcfg, workdir)
+    train_source = data_lib.cached(dcfg, train_cases, dcfg.preprocess, "train")
+    train_ds = pipeline.training_dataset(
+        train_source, preprocess=dcfg.preprocess, augment=dcfg.augment,
+        global_batch_size=config.batch_size, seed=config.seed,
+        crops_per_volume=dcfg.get("crops_per_volume", 1))
+    train_iter = iter(pipeline.loader(train_ds, workers=dcfg.get("workers", 0),
+                                      threads=dcfg.get("threads", 2)))
+
+    # Model, mesh, state.
+    model = build_model(config.model)
+    objective = objectives.create(**config.objective)
+    dtype = DTYPES[config.get("compute_dtype", "float32")]
+    mesh = parallel.make_mesh(dict(config.mesh))
+    rules = parallel.RULES[config.get("sharding", "replicate")]
+    roi = tuple(dcfg.roi)
+    dummy = jnp.zeros((1, *roi, config.model.in_channels), jnp.float32)
+    init_key, state_key = jax.random.split(jax.random.key(config.seed))
+    boxed = jax.eval_shape(lambda: model.init(init_key, dummy))["params"]
+    p_shardings = parallel.param_shardings(boxed, mesh, rules)
+    total_steps = int(config.total_steps)
+    tx, lr_fn = make_optimizer(config.optim, total_steps)
+
+    ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),
+                       best_metric=config.get("best_metric"),
+                       best_mode=config.get("best_mode", "max"))
+    params = _init_params(config, model, dummy, p_shardings, init_key)
+    opt_state = jax.jit(tx.init)(params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
+             "rng": jax.random.key_data(state_key)}
+    state = jax.device_put(state, jax.tree_util.tree_map(
+        lambda a: a.sharding if a.ndim else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        state))
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract_like(state), train_iter)
+        if is_main:
+            print(f"resumed from {ckpt.directory}/{latest}")
+    state_shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
+    step_fn = jax.jit(make_train_step(model, objective, tx, lr_fn, dtype),
+                      in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
+                      donate_argnums=(0,))
+
+    writer = MetricWriter(workdir, enabled=is_main)
+    start = int(jax.device_get(state["step"]))
+    progress = Progress(total_steps, start, enabled=is_main and config.get("progress", True))
+    log_every, ckpt_every = int(config.log_every), int(config.ckpt_every)
+    eval_every = int(config.get("eval_every", 0))
+    validator = _Validator(config, model, objective, dtype, val_cases, mesh) if val_cases else None
+    history, last = [], {}
+    pending = None  # (step, metrics) of the previous step: checked while the next one runs
+
+    def check(step_metrics):
+        step, metrics = step_metrics
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(host["loss"]):
+            ckpt.wait()
+            raise NonFiniteLossError(
+                f"step {step}: loss is {host['loss']}; stopped without saving this state (last "
+                f"good checkpoint: step {ckpt.latest_step()}); lower optim.lr, enable "
+                "optim.grad_clip, or check the data")
+        history.append(host)
+
+    with _Stop() as stop:
+        step = start
+        while step < total_steps:
+            batch = _global_batch(next(train_iter), mesh)
+            state, metrics = step_fn(state, batch)
+            if pending is not None:
+                check(pending)
+            pending = (step + 1, metrics)
+            step += 1
+            if step % log_every == 0 or step == total_steps:
+                check(pending)
+                pending = None
+                last = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                last["steps_per_s"] = progress_rate(progress, step)
+                history.clear()
+                writer.write(step, {f"train/{k}": v for k, v in last.items()})
+                progress.update(step, {"loss": last["loss"], "dice": last.get("dice_mean", float("nan"))})
+            val = None
+            if validator and eval_every and (step % eval_every == 0 or step == total_steps):
+                val = validator(state["params"])
+                writer.write(step, {f"val/{k}": v for k, v in val.items()})
+                last.update({f"val_{k}": v for k, v in val.items()})
+            stopping = stop.check()
+            if step % ckpt_every == 0 or step == total_steps or stopping:
+                if pending is not None:
+                    check(pending)
+                    pending = None
+                ckpt.save(step, state, train_iter,
+                          metrics={f"val_{k}": v for k, v in val.items()} if val else None)
+            if stopping:
+                if is_main:
+                    print(f"\nSIGTERM: saved step {step} to {ckpt.directory}; rerun to resume")
+                break
+    ckpt.close()
+    writer.close()
+    return last
+
+
+def progress_rate(progress: Progress, step: int) -> float:
+    elapsed = time.perf_counter() - progress.t0
+    return (step - progress.start) / elapsed if elapsed > 0 else float("nan")
+
+
+class _Validator:
+    """Sliding-window validation on whole volumes: mean hard Dice per output channel."""
+
+    def __init__(self, config, model, objective, dtype, cases, mesh):
+        from jaxbrain.evaluation.sliding_window import sliding_window_inference
+        ecfg = config.eval
+        preprocess = config.data.preprocess + (", " + ecfg.label_transform
+                                               if ecfg.get("label_transform") else "")
+        limit = ecfg.get("max_cases")
+        self.dataset = pipeline.eval_dataset(cases[:limit] if limit else cases,
+                                             preprocess=preprocess, shard=(0, 1))
+        self.objective = objective
+        self.mesh = mesh
+        self.infer = functools.partial(sliding_window_inference, roi_size=tuple(ecfg.roi),
+                                       overlap=ecfg.get("overlap", 0.5),
+                                       mode=ecfg.get("mode", "gaussian"),
+                                       sw_batch_size=ecfg.get("sw_batch_size", 2))
+        def predict(params, windows):
+            logits = model.apply({"params": params}, windows.astype(dtype))
+            return objective.probabilities(logits)
+
+        self.predict = predict  # one function object: the compiled pass is reused
+
+    def __call__(self, params) -> dict:
+        rows = []
+        for record in self.dataset:
+            image = jax.device_put(record["image"][None], jax.sharding.NamedSharding(
+                self.mesh, jax.sharding.PartitionSpec()))
+            probs = self.infer(jax.tree_util.Partial(self.predict, params), image)
+            probs = np.asarray(jax.device_get(probs))[0]
+            target = np.asarray(record["label"])
+            if self.objective.kind == "softmax":
+                target = np.eye(probs.shape[-1], dtype=np.float32)[target]
+            m = self.objective.metrics(jnp.asarray(probs)[None], jnp.asarray(target, jnp.float32)[None])
+            rows.append({k: float(v) for k, v in m.items()})
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
