@@ -51,6 +51,8 @@ class Segmentation:
         """Labels as float one-hot / multi-label channels matching ``logits``."""
         if self.kind == "softmax":
             return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+        if labels.ndim == logits.ndim - 1 and logits.shape[-1] == 1:  # one binary channel
+            labels = labels[..., None]
         if labels.shape != logits.shape:
             raise ValueError(f"sigmoid segmentation needs labels shaped like the logits "
                              f"{logits.shape}, got {labels.shape}")

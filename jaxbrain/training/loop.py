@@ -146,13 +146,36 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
     return train_step
 
 
+def opt_state_shardings(tx, params, param_shardings, replicated):
+    """Optimizer-state leaves that mirror a parameter (moments) take its sharding; the rest
+    (step counts) are replicated."""
+    by_path = {tuple(map(str, k)): s for k, s in
+               jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+    shapes = {tuple(map(str, k)): v.shape for k, v in
+              jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def pick(path, leaf):
+        keys = tuple(map(str, path))
+        for i in range(len(keys)):
+            if keys[i:] in by_path and shapes[keys[i:]] == leaf.shape:
+                return by_path[keys[i:]]
+        return replicated
+
+    abstract = jax.eval_shape(tx.init, params)
+    return jax.tree_util.tree_map_with_path(pick, abstract)
+
+
 def _global_batch(local: dict, mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, v.ndim), v)
             for k, v in local.items()}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the last logged metrics."""
+def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the last logged metrics.
+
+    ``stop_after`` ends this invocation after that many steps, saving a checkpoint as a
+    preemption would (the run resumes from it when called again).
+    """
     dist = config.get("distributed", {})
     parallel.initialize_distributed(dist.get("coordinator"), dist.get("num_processes"),
                                     dist.get("process_id"))
@@ -189,12 +212,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        best_metric=config.get("best_metric"),
                        best_mode=config.get("best_mode", "max"))
     params = _init_params(config, model, dummy, p_shardings, init_key)
-    opt_state = jax.jit(tx.init)(params)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
-             "rng": jax.random.key_data(state_key)}
-    state = jax.device_put(state, jax.tree_util.tree_map(
-        lambda a: a.sharding if a.ndim else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-        state))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, p_shardings,
+                                                                   replicated))(params)
+    state = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "params": params,
+             "opt_state": opt_state,
+             "rng": jax.device_put(jax.random.key_data(state_key), replicated)}
     latest = ckpt.latest_step()
     if latest is not None:
         state = ckpt.restore(latest, abstract_like(state), train_iter)
@@ -247,7 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 val = validator(state["params"])
                 writer.write(step, {f"val/{k}": v for k, v in val.items()})
                 last.update({f"val_{k}": v for k, v in val.items()})
-            stopping = stop.check()
+            stopping = stop.check() or (stop_after is not None and step - start >= stop_after)
             if step % ckpt_every == 0 or step == total_steps or stopping:
                 if pending is not None:
                     check(pending)
@@ -256,7 +279,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           metrics={f"val_{k}": v for k, v in val.items()} if val else None)
             if stopping:
                 if is_main:
-                    print(f"\nSIGTERM: saved step {step} to {ckpt.directory}; rerun to resume")
+                    print(f"\nstopped: saved step {step} to {ckpt.directory}; rerun to resume")
                 break
     ckpt.close()
     writer.close()
@@ -297,10 +320,8 @@ class _Validator:
             image = jax.device_put(record["image"][None], jax.sharding.NamedSharding(
                 self.mesh, jax.sharding.PartitionSpec()))
             probs = self.infer(jax.tree_util.Partial(self.predict, params), image)
-            probs = np.asarray(jax.device_get(probs))[0]
-            target = np.asarray(record["label"])
-            if self.objective.kind == "softmax":
-                target = np.eye(probs.shape[-1], dtype=np.float32)[target]
-            m = self.objective.metrics(jnp.asarray(probs)[None], jnp.asarray(target, jnp.float32)[None])
+            probs = jnp.asarray(jax.device_get(probs))
+            target = self.objective.targets(probs, jnp.asarray(np.asarray(record["label"]))[None])
+            m = self.objective.metrics(probs, target)
             rows.append({k: float(v) for k, v in m.items()})
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

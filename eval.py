@@ -1,0 +1,59 @@
+r"""Evaluate a training run, or segment NIfTI files with it.
+
+  python eval.py --workdir runs/demo                       # validation cases of the run's config
+  python eval.py --workdir runs/demo --output runs/demo/eval --config configs/brats_swinunetr.py:demo
+  python eval.py --workdir runs/demo --output out --images flair.nii.gz t1ce.nii.gz t1.nii.gz t2.nii.gz
+
+Uses the run's best checkpoint (by its validation metric), else its latest; the run's saved
+config unless --config is given. Writes <output>/<case>_seg.nii.gz in each input's own space,
+<case>_overlay.png, and metrics.csv / metrics.json when labels are available.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "config file[:preset] (default: the run's saved config)")
+flags.DEFINE_string("workdir", None, "training run directory")
+flags.DEFINE_string("output", None, "output directory (default: <workdir>/eval)")
+flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)")
+flags.mark_flags_as_required(["workdir"])
+
+IMAGES: list[str] = []
+
+
+def _take_images(argv: list[str]) -> list[str]:
+    """Removes ``--images A B C`` (space-separated, absl cannot parse it) from argv."""
+    if "--images" not in argv:
+        return argv
+    i = argv.index("--images")
+    j = i + 1
+    while j < len(argv) and not argv[j].startswith("--"):
+        IMAGES.append(argv[j])
+        j += 1
+    if not IMAGES:
+        raise SystemExit("--images needs one NIfTI file per channel")
+    return argv[:i] + argv[j:]
+
+
+def main(argv):
+    del argv
+    import os
+    from jaxbrain.evaluation.evaluate import evaluate, load_run_config
+    from jaxbrain.evaluation.metrics import summarize
+    workdir = flags.FLAGS.workdir
+    config = flags.FLAGS.config or load_run_config(workdir)
+    output = flags.FLAGS.output or os.path.join(workdir, "eval")
+    rows = evaluate(config, workdir, output, images=IMAGES or None, step=flags.FLAGS.step)
+    for row in rows:
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if rows and len(rows[0]) > 2:
+        means = {k: v["mean"] for k, v in summarize(rows).items() if k != "step"}
+        print("mean: " + ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
+    print(f"wrote {len(rows)} case(s) to {output}")
+
+
+if __name__ == "__main__":
+    flags.FLAGS.set_default("verbosity", -1)
+    app.run(main, argv=_take_images(sys.argv))

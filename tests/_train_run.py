@@ -1,0 +1,65 @@
+"""A tiny BraTS-demo training run for the tests, in this process or as a script:
+
+    python tests/_train_run.py WORKDIR DEVICES [COORDINATOR NUM_PROCESSES PROCESS_ID]
+
+The script form sets the number of (fake) CPU devices before JAX starts, optionally joins a
+multi-process run on localhost, trains, and prints the logged training losses as JSON.
+"""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("brats_cfg", os.path.join(ROOT, "configs", "brats_swinunetr.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("demo")
+    roi = (32, 32, 32)
+    c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 4, 1, 2, 0
+    c.batch_size = 8
+    c.progress = False
+    c.optim.update(lr=1e-3, warmup_steps=1)
+    c.data.update(roi=roi, threads=1,
+                  augment=f"rand_crop(roi={roi}, pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
+                          "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
+    c.data.synthetic.update(n=4, shape=(48, 48, 40), anatomy="procedural")
+    c.eval.update(roi=roi, max_cases=1)
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+def main():
+    workdir, devices = sys.argv[1], int(sys.argv[2])
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    overrides = {}
+    if len(sys.argv) > 3:
+        coordinator, num, pid = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        overrides["distributed"] = {"coordinator": coordinator, "num_processes": num, "process_id": pid}
+    sys.path.insert(0, ROOT)
+    from jaxbrain.training.loop import train_and_evaluate
+    config = tiny_config()
+    config.distributed = overrides.get("distributed", {})
+    train_and_evaluate(config, workdir)
+    import jax
+    if jax.process_index() == 0:
+        print(json.dumps({"losses": losses(workdir), "devices": jax.device_count()}))
+
+
+if __name__ == "__main__":
+    main()
