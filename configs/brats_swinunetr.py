@@ -47,7 +47,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = dict(name="swin_unetr", in_channels=4, out_channels=3, feature_size=feature,
                    depths=depths, num_heads=heads, drop_rate=0.0, dropout_path_rate=0.0,
                    downsample="merging_legacy", use_v2=False, remat="remat" in args)
-    c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=0.0, threshold=0.5)
+    c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=0.0, threshold=0.5,
+                       channels=("TC", "WT", "ET"))
     c.optim = dict(name="adamw", lr=1e-4, weight_decay=1e-5, b1=0.9, b2=0.999,
                    schedule="warmup_cosine", warmup_steps=50 * steps_per_epoch, end_lr=0.0,
                    grad_clip=0.0, grad_accum=1)

@@ -1,9 +1,10 @@
 """A tiny BraTS-demo training run for the tests, in this process or as a script:
 
-    python tests/_train_run.py WORKDIR DEVICES [COORDINATOR NUM_PROCESSES PROCESS_ID]
+    python tests/_train_run.py WORKDIR DEVICES STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
 The script form sets the number of (fake) CPU devices before JAX starts, optionally joins a
-multi-process run on localhost, trains, and prints the logged training losses as JSON.
+multi-process run on localhost, trains STEPS steps with parameters and optimizer state
+fully sharded (mesh data x fsdp=2), and prints the logged training losses as JSON.
 """
 
 import json
@@ -23,7 +24,7 @@ def tiny_config(**overrides):
     c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 4, 1, 2, 0
     c.batch_size = 8
     c.progress = False
-    c.optim.update(lr=1e-3, warmup_steps=1)
+    c.optim.update(lr=1e-3, schedule="constant")
     c.data.update(roi=roi, threads=1,
                   augment=f"rand_crop(roi={roi}, pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
                           "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
@@ -45,16 +46,15 @@ def losses(workdir):
 
 
 def main():
-    workdir, devices = sys.argv[1], int(sys.argv[2])
+    workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    overrides = {}
-    if len(sys.argv) > 3:
-        coordinator, num, pid = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-        overrides["distributed"] = {"coordinator": coordinator, "num_processes": num, "process_id": pid}
     sys.path.insert(0, ROOT)
     from jaxbrain.training.loop import train_and_evaluate
-    config = tiny_config()
-    config.distributed = overrides.get("distributed", {})
+    config = tiny_config(total_steps=steps, sharding="fsdp", mesh={"data": -1, "fsdp": 2})
+    config.distributed = {}
+    if len(sys.argv) > 4:
+        config.distributed = {"coordinator": sys.argv[4], "num_processes": int(sys.argv[5]),
+                              "process_id": int(sys.argv[6])}
     train_and_evaluate(config, workdir)
     import jax
     if jax.process_index() == 0:

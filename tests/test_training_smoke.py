@@ -1,12 +1,9 @@
-"""The model trains: loss falls on a toy target, remat and bf16 behave, and a jitted step runs
-with the batch sharded over 8 (fake CPU) devices, matching the single-device step."""
+"""Model-level training properties: remat gives the same gradients, bf16 stays close, dropout
+needs a key, every parameter has logical axis names. (The training loop, its loss curve and
+multi-device runs are tested in test_train.py.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import jax
@@ -29,27 +26,6 @@ def _data():
 def _loss(model, params, x, y):
     logits = model.apply({"params": params}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def test_a_few_adamw_steps_reduce_the_loss():
-    model = SwinUNETR(1, 2, feature_size=12)
-    x, y = _data()
-    params = nn.unbox(model.init(jax.random.key(0), x[:1])["params"])
-    tx = optax.adamw(2e-3)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt):
-        loss, grads = jax.value_and_grad(lambda p: _loss(model, p, x, y))(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt, loss
-
-    losses = []
-    for _ in range(8):
-        params, opt, loss = step(params, opt)
-        losses.append(float(loss))
-    assert np.all(np.isfinite(losses))
-    assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_remat_gives_the_same_gradients_and_bf16_stays_close():
@@ -87,15 +63,3 @@ def test_every_parameter_has_logical_axis_names():
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *SHAPE, 1))))["params"]
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda l: isinstance(l, nn.Partitioned))
     assert leaves and all(isinstance(l, nn.Partitioned) and len(l.names) == l.value.ndim for l in leaves)
-
-
-def test_jitted_step_with_batch_sharded_over_8_cpu_devices():
-    script = os.path.join(os.path.dirname(__file__), "_sharded_step.py")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["mesh"] == {"data": 4, "fsdp": 2} and res["batch_shards"] == 8
-    assert res["sharded_params"] > 0
-    np.testing.assert_allclose(res["sharded"], res["ref"], rtol=1e-5)
-    assert res["max_param_diff"] < 1e-5

@@ -36,12 +36,14 @@ class Segmentation:
       dice: weight of the Dice loss.
       ce: weight of binary (sigmoid) or categorical (softmax) cross-entropy.
       threshold: sigmoid probability above which a voxel counts as positive in metrics.
+      channels: names of the output channels in metric names (default: their indices).
     """
 
     kind: str = "sigmoid"
     dice: float = 1.0
     ce: float = 0.0
     threshold: float = 0.5
+    channels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in ("sigmoid", "softmax"):
@@ -89,6 +91,7 @@ class Segmentation:
         denom = jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes)
         dice = jnp.where(denom > 0, 2 * inter / jnp.maximum(denom, 1), 1.0)
         first = 0 if self.kind == "sigmoid" else 1  # softmax: skip background
-        out = {f"dice_{k}": dice[k] for k in range(first, dice.shape[0])}
+        names = self.channels or [str(k) for k in range(dice.shape[0])]
+        out = {f"dice_{names[k]}": dice[k] for k in range(first, dice.shape[0])}
         out["dice_mean"] = jnp.mean(dice[first:])
         return out

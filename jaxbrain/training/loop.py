@@ -11,7 +11,6 @@ position). SIGTERM saves a checkpoint and returns; a NaN/Inf loss raises
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
