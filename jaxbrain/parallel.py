@@ -121,3 +121,11 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         jax.distributed.initialize()
         return True
     return False
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Waits until every process reaches ``name`` (through the coordination service, so it
+    does not start a collective whose set-up has a short deadline). No-op in one process."""
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s)

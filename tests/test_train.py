@@ -39,7 +39,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.xdist_group("reference_run")
+@pytest.mark.xdist_group(name="reference_run")
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(reference, tmp_path):
     workdir = str(tmp_path)
     train_and_evaluate(tiny_config(), workdir, stop_after=2)
@@ -52,7 +52,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(reference, tmp
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.xdist_group("reference_run")
+@pytest.mark.xdist_group(name="reference_run")
 def test_logs_config_and_tensorboard(reference):
     config = json.load(open(os.path.join(reference, "config.json")))
     assert config["model"]["feature_size"] == 12 and config["total_steps"] == 4
@@ -76,7 +76,7 @@ def _run(args, **kw):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("reference_run")
+@pytest.mark.xdist_group(name="reference_run")
 def test_eight_devices_and_two_processes_match_one_device(reference, tmp_path):
     """Parameters and optimizer state fully sharded (fsdp=2) over 8 fake CPU devices, in one
     process and in two processes of 4 devices, against the single-device run."""
@@ -158,3 +158,27 @@ def test_demo_loss_falls_and_validation_dice_rises(tmp_path):
     curve = losses(str(tmp_path))
     assert curve[-1] < curve[0] - 0.02, curve
     assert trained["val_dice_WT"] > 0.3, trained
+
+
+@pytest.mark.xdist_group(name="reference_run")
+def test_eval_writes_predictions_in_the_source_space(reference, tmp_path):
+    import nibabel as nib
+    from jaxbrain.evaluation.evaluate import evaluate, load_run_config
+    config = load_run_config(reference)
+    rows = evaluate(config, reference, str(tmp_path / "val"))
+    assert len(rows) == 1 and {"dice_TC", "dice_WT", "dice_ET", "hd95_WT"} <= rows[0].keys()
+    case = rows[0]["case"]
+    flair = os.path.join(reference, "data", "brats", case, f"{case}_flair.nii.gz")
+    written = nib.load(str(tmp_path / "val" / f"{case}_seg.nii.gz"))
+    source = nib.load(flair)
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape and set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
+    assert os.path.exists(tmp_path / "val" / "metrics.csv") and os.path.exists(tmp_path / "val" / f"{case}_overlay.png")
+    # Arbitrary files given on the command line (one per channel, in the config's order).
+    images = [os.path.join(reference, "data", "brats", case, f"{case}_{m}.nii.gz") for m in ("flair", "t1ce", "t1", "t2")]
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(SCRIPT), "..", "eval.py"), "--workdir", reference,
+                          "--output", str(tmp_path / "files"), "--images", *images],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = nib.load(str(tmp_path / "files" / f"{case}_flair_seg.nii.gz"))
+    np.testing.assert_allclose(written.affine, source.affine)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 
 import jax
-from jax.experimental import multihost_utils
 
+from jaxbrain import parallel
 from jaxbrain.data import layouts, pipeline, synthetic
 
 _WRITERS = {"brats": synthetic.write_brats, "atlas": synthetic.write_atlas,
@@ -34,8 +34,7 @@ def _synthetic_root(cfg, workdir: str) -> str:
             kwargs["version"] = spec.get("version", 2021)
         _WRITERS[spec.kind](root, int(spec.n), **kwargs)
         open(done, "w").close()
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("synthetic data written")
+    parallel.barrier("synthetic data written")
     return root
 
 
@@ -73,6 +72,5 @@ def cached(cfg, cases_list: list, preprocess: str, split: str) -> list:
     folder = os.path.join(cfg.cache, split)
     if jax.process_index() == 0 and not os.path.exists(os.path.join(folder, pipeline.CACHE_INDEX)):
         pipeline.build_cache(cases_list, preprocess, folder, workers=int(cfg.get("workers", 0)))
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("cache built")
+    parallel.barrier("cache built")
     return pipeline.open_cache(folder, preprocess, cases_list)

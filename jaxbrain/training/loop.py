@@ -251,6 +251,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         step = start
         while step < total_steps:
             batch = _global_batch(next(train_iter), mesh)
+            if step == start:
+                # Compile first, then line the processes up: the first step's collectives
+                # must not wait on a process that is still compiling.
+                step_fn = step_fn.lower(state, batch).compile()
+                parallel.barrier("train step compiled")
             state, metrics = step_fn(state, batch)
             if pending is not None:
                 check(pending)
