@@ -11,7 +11,7 @@ config unless --config is given. Writes <output>/<case>_seg.nii.gz in each input
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "config file[:preset] (default: the run's saved config)")
@@ -39,6 +39,8 @@ def _take_images(argv: list[str]) -> list[str]:
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO lines out unless asked for
+        logging.set_verbosity(logging.WARNING)
     import os
     from jaxbrain.evaluation.evaluate import evaluate, load_run_config
     from jaxbrain.evaluation.metrics import summarize
@@ -55,5 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.FLAGS.set_default("verbosity", -1)
     app.run(main, argv=_take_images(sys.argv))

@@ -7,7 +7,7 @@ r"""Train a model from an ml-collections config.
 Running the same command again on the same workdir resumes where it stopped.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "config file, optionally file.py:preset",
@@ -18,10 +18,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO lines out unless asked for
+        logging.set_verbosity(logging.WARNING)
     from jaxbrain.training.loop import train_and_evaluate
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: keep Orbax's INFO lines out
     app.run(main)
