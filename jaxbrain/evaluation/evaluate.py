@@ -2,7 +2,8 @@
 written as NIfTI label maps in each input's own space, overlay PNGs and metric tables.
 
 BraTS runs (``eval.label_transform == "brats_regions"``) report Dice and HD95 for TC, WT and
-ET and write label maps in the case's BraTS convention (WT -> 2, TC -> 1, ET -> 4 or 3).
+ET, each region thresholded on its own output channel, and write label maps in the case's
+BraTS convention (WT -> 2, TC -> 1, ET -> 4 or 3).
 Single-channel sigmoid runs (ATLAS) report Dice, HD95, lesion-wise F1 and volumes. Softmax
 runs write the argmax class map and report per-class Dice.
 """
@@ -82,10 +83,11 @@ class Segmenter:
             return labels_lib.regions_to_brats(probs, convention, threshold)
         return (probs[..., 0] > threshold).astype(np.uint8)
 
-    def case_metrics(self, pred: np.ndarray, target: np.ndarray, convention: str,
-                     spacing) -> dict:
-        if self.brats:
-            return metrics_lib.brats_region_metrics(labels_lib.brats_to_regions(pred, convention),
+    def case_metrics(self, probs: np.ndarray, pred: np.ndarray, target: np.ndarray,
+                     convention: str, spacing) -> dict:
+        if self.brats:  # each region thresholded on its own channel, as BraTS models are scored
+            regions = (probs > self.objective.threshold).astype(np.uint8)
+            return metrics_lib.brats_region_metrics(regions,
                                                     labels_lib.brats_to_regions(target, convention),
                                                     spacing=spacing)
         if self.objective.kind == "softmax":
@@ -123,7 +125,7 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
                            ground_truth=record.get("label"))
         row = {"case": record["id"], "step": step}
         if "label" in record:
-            row.update(segmenter.case_metrics(pred, record["label"], convention,
+            row.update(segmenter.case_metrics(probs, pred, record["label"], convention,
                                               tuple(geometry.spacing)))
         rows.append(row)
     if any(len(r) > 2 for r in rows):
