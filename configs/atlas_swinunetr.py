@@ -16,12 +16,7 @@ held out for validation (or pass a datalist with folds via data.datalist).
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-SIZES = {
-    "62m": ((2, 2, 2, 2), 48, (3, 6, 12, 24)),
-    "64m": ((2, 2, 6, 2), 48, (3, 6, 12, 24)),
-    "69m": ((2, 2, 18, 2), 48, (3, 6, 12, 24)),
-    "277m": ((2, 2, 18, 2), 96, (4, 8, 16, 32)),
-}
+from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

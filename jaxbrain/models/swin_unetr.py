@@ -30,6 +30,15 @@ from jaxbrain.models.blocks import (
     Dtype, DropPath, PatchConv, ResBlock, UpBlock, conv3d, dense, layer_norm,
     layer_norm_no_affine, partitioned, stats_dtype, trunc_normal_002)
 
+# BrainSegFounder model sizes (4 in, 3 out): depths, feature size, heads; 62.19M / 64.08M
+# (BF-S, the headline) / 69.73M / 277.12M parameters.
+BRAINSEGFOUNDER_SIZES: dict[str, tuple[tuple[int, ...], int, tuple[int, ...]]] = {
+    "62m": ((2, 2, 2, 2), 48, (3, 6, 12, 24)),
+    "64m": ((2, 2, 6, 2), 48, (3, 6, 12, 24)),
+    "69m": ((2, 2, 18, 2), 48, (3, 6, 12, 24)),
+    "277m": ((2, 2, 18, 2), 96, (4, 8, 16, 32)),
+}
+
 MERGE_ORDERS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "merging_legacy": ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1),
                        (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1)),
