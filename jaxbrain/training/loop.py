@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -256,6 +255,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                 # must not wait on a process that is still compiling.
                 step_fn = step_fn.lower(state, batch).compile()
                 parallel.barrier("train step compiled")
+                progress.restart(start)
             state, metrics = step_fn(state, batch)
             if pending is not None:
                 check(pending)
@@ -265,7 +265,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                 check(pending)
                 pending = None
                 last = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-                last["steps_per_s"] = progress_rate(progress, step)
+                last["steps_per_s"] = progress.rate(step)
                 history.clear()
                 writer.write(step, {f"train/{k}": v for k, v in last.items()})
                 progress.update(step, {"loss": last["loss"], "dice": last.get("dice_mean", float("nan"))})
@@ -288,11 +288,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     ckpt.close()
     writer.close()
     return last
-
-
-def progress_rate(progress: Progress, step: int) -> float:
-    elapsed = time.perf_counter() - progress.t0
-    return (step - progress.start) / elapsed if elapsed > 0 else float("nan")
 
 
 class _Validator:

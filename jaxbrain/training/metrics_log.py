@@ -169,18 +169,28 @@ def _parse_event(body: bytes) -> tuple[int, dict[str, float]]:
 
 
 class Progress:
-    """A one-line progress display: step, steps/s, ETA and the latest metrics."""
+    """A one-line progress display: step, steps/s, ETA and the latest metrics.
+
+    The rate counts from :meth:`restart` (the loop calls it once the step is compiled, so
+    compilation does not dilute steps/s or the ETA)."""
 
     def __init__(self, total: int, start: int, *, enabled: bool = True, stream=sys.stderr):
-        self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
-        self.t0 = time.perf_counter()
+        self.total, self.enabled, self.stream = total, enabled, stream
+        self.restart(start)
+
+    def restart(self, step: int) -> None:
+        self.start, self.t0 = step, time.perf_counter()
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the last restart (NaN before a step has been done)."""
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start
+        return done / elapsed if elapsed > 0 and done > 0 else float("nan")
 
     def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
         if not self.enabled:
             return
-        done = step - self.start
-        elapsed = time.perf_counter() - self.t0
-        rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+        rate = self.rate(step)
         eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
         shown = " ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items())
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
