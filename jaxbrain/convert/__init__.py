@@ -19,13 +19,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jaxbrain.convert import core, swin_unetr
+from jaxbrain.convert import core, ssl_head, swin_unetr
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
-from jaxbrain.models import SwinTransformer, SwinUNETR
+from jaxbrain.models import SSLHead, SwinTransformer, SwinUNETR
 
 FAMILIES = {
     SwinUNETR: swin_unetr.FAMILY,
     SwinTransformer: swin_unetr.FAMILY,
+    SSLHead: ssl_head.FAMILY,
 }
 
 

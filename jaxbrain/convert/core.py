@@ -90,6 +90,8 @@ class Family:
     is_transposed_conv: Callable[[Path], bool] = lambda path: False
     encoder_prefix: str | None = None            # torch prefix exchanged with encoder_only=True
     hints: Callable[[Any, State, State], list[str]] = lambda model, src, expected: []
+    # .pt files: the object saved around the tensors (the original training script's layout)
+    wrap: Callable[[dict], Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,7 +184,10 @@ def read_state_dict(source: str | os.PathLike | Mapping, trust_pickle: bool = Fa
     return state, name
 
 
-def write_state_dict(state: State, path: str | os.PathLike) -> None:
+def write_state_dict(state: State, path: str | os.PathLike,
+                     wrap: Callable[[dict], Any] | None = None) -> None:
+    """Writes tensors to .safetensors (flat, canonical names) or .pt/.pth/.bin (``wrap`` may
+    nest them, e.g. {"state_dict": {"module." + name: tensor}}, as a training script saved)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
@@ -194,7 +199,8 @@ def write_state_dict(state: State, path: str | os.PathLike) -> None:
         raise ValueError(f"output {path!r}: expected a .pt, .pth, .bin or .safetensors file name")
     import torch
     # torch.tensor copies: arrays viewed from JAX buffers are read-only
-    torch.save({k: torch.tensor(v) for k, v in arrays.items()}, path)
+    tensors = {k: torch.tensor(v) for k, v in arrays.items()}
+    torch.save(wrap(tensors) if wrap is not None else tensors, path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -295,7 +301,7 @@ def save(params, model, family: Family, path) -> State:
         state[family.torch_key(model, p)] = flax_to_torch_array(p, a, family.is_transposed_conv(p))
     state.update(family.buffers(model))
     if path is not None:
-        write_state_dict(state, path)
+        write_state_dict(state, path, family.wrap)
     return state
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 
 REGISTRY = {
     "swin_unetr": SwinUNETR,
     "swin_transformer": SwinTransformer,
+    "ssl_head": SSLHead,
 }
 
 
@@ -16,4 +18,4 @@ def create(name: str, **kwargs):
     return REGISTRY[name](**kwargs)
 
 
-__all__ = ["MERGE_ORDERS", "REGISTRY", "SwinTransformer", "SwinUNETR", "count_params", "create"]
+__all__ = ["MERGE_ORDERS", "REGISTRY", "SSLHead", "SwinTransformer", "SwinUNETR", "count_params", "create"]

@@ -1,0 +1,93 @@
+"""The SSL model against a PyTorch replica of the published one: outputs, strict checkpoint
+interchange in the original layout, and the trilinear upsampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from jaxbrain.convert import load_torch, save_torch
+from jaxbrain.models import SSLHead
+from jaxbrain.models.blocks import upsample2x_linear
+
+from _util import from_torch_output, head_volume, jitted_apply, random_params, rel_l2, to_torch_input
+from torch_ssl_replica import DataParallelLike, SSLReplica
+
+CFG = dict(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), downsample="merging")
+IN = 2
+
+
+def _torch_outputs(net, x):
+    with torch.no_grad():
+        rot, con, rec = net.eval()(to_torch_input(x))
+    return {"rotation": rot.numpy(), "contrastive": con.numpy(),
+            "reconstruction": from_torch_output(rec)}
+
+
+def _compare(ours, theirs):
+    for key in ("rotation", "contrastive", "reconstruction"):
+        assert np.asarray(ours[key]).shape == theirs[key].shape, key
+        assert rel_l2(ours[key], theirs[key]) < 1e-4, key
+
+
+def test_upsample_matches_torch_trilinear():
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 4, 6)).astype(np.float32)
+    ours = np.asarray(upsample2x_linear(x))
+    up = torch.nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)
+    theirs = from_torch_output(up(to_torch_input(x)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_export_loads_strictly_into_the_published_layout(tmp_path):
+    model = SSLHead(IN, **CFG)
+    params = random_params(model, seed=4)
+    path = tmp_path / "ssl.pt"
+    save_torch(params, model, path)
+    saved = torch.load(path, weights_only=True)
+    assert set(saved) == {"state_dict", "global_step"}
+    keys = set(saved["state_dict"])
+    assert {"module.rotation_head.weight", "module.contrastive_head.weight",
+            "module.conv.0.weight", "module.conv.20.bias"} <= keys
+    assert all(k.startswith("module.") for k in keys)
+    net = SSLReplica(IN, CFG["feature_size"], CFG["depths"], CFG["num_heads"])
+    DataParallelLike(net).load_state_dict(saved["state_dict"], strict=True)
+    assert saved["state_dict"]["module.rotation_head.weight"].shape == (4, 16 * 12)
+    x = head_volume((64, 64, 64), IN, seed=5)
+    _compare(jitted_apply(model)(params, x), _torch_outputs(net, x))
+    # ... and back, bit for bit.
+    back, report = load_torch(path, model)
+    assert report.ok and report.source_format.startswith("SwinUNETR SSL head")
+    import jax
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+
+
+def test_import_from_replica_state_dict():
+    torch.manual_seed(1)
+    net = SSLReplica(IN, CFG["feature_size"], CFG["depths"], CFG["num_heads"])
+    model = SSLHead(IN, **CFG)
+    params, report = load_torch(DataParallelLike(net).state_dict(), model)
+    assert report.ok and not report.unused and not report.missing
+    x = head_volume((64, 32, 64), IN, seed=6)
+    _compare(jitted_apply(model)(params, x), _torch_outputs(net, x))
+
+
+def test_ssl_encoder_loads_into_swin_unetr():
+    """Fine-tuning starts from an SSL checkpoint's encoder; the heads are reported ignored."""
+    from jaxbrain.models import SwinUNETR
+    import jax
+    net = SSLReplica(IN, CFG["feature_size"], CFG["depths"], CFG["num_heads"])
+    seg = SwinUNETR(IN, 3, **CFG)
+    init = seg.init(jax.random.key(0), np.zeros((1, 32, 32, 32, IN), np.float32))["params"]
+    params, report = load_torch(DataParallelLike(net).state_dict(), seg, params=init,
+                                encoder_only=True)
+    assert report.ok
+    assert any(k.startswith("rotation_head") for k in report.ignored)
+    w = net.swinViT.patch_embed.proj.weight.detach().numpy()
+    np.testing.assert_array_equal(params["swinViT"]["patch_embed"]["kernel"],
+                                  w.transpose(2, 3, 4, 1, 0))
+
+
+def test_too_small_input_is_rejected():
+    import jax
+    model = SSLHead(IN, **CFG)
+    with pytest.raises(ValueError, match="two"):
+        jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 32, IN), np.float32))
