@@ -58,6 +58,28 @@ def test_zscore_matches_monai():
     assert (ours[x == 0] == 0).all()
 
 
+def test_scale_range_matches_monai():
+    from monai.transforms import ScaleIntensityRange
+    x = _image()
+    ours = T.ScaleRange(a_min=50.0, a_max=400.0)({"image": x})["image"]
+    ref = ScaleIntensityRange(a_min=50.0, a_max=400.0, b_min=0.0, b_max=1.0, clip=True)(x)
+    np.testing.assert_allclose(ours, np.asarray(ref), atol=1e-6)
+
+
+def test_scale_percentiles_per_channel_over_nonzero():
+    x = _image()
+    ours = T.ScalePercentiles(1.0, 99.0)({"image": x})["image"]
+    assert (ours[x == 0] == 0).all() and ours.min() >= 0 and ours.max() <= 1
+    for c in range(x.shape[-1]):
+        nz = x[..., c] != 0
+        lo, hi = np.percentile(x[..., c][nz], [1.0, 99.0])
+        inside = nz & (x[..., c] > lo) & (x[..., c] < hi)
+        np.testing.assert_allclose(ours[..., c][inside], (x[..., c][inside] - lo) / (hi - lo),
+                                   rtol=1e-5)
+    with pytest.raises(ValueError, match="lower < upper"):
+        T.ScalePercentiles(50, 10)
+
+
 @pytest.mark.parametrize("margin,k", [(0, 1), (2, 1), (0, 16)])
 def test_crop_foreground_matches_monai(margin, k):
     from monai.transforms import CropForeground

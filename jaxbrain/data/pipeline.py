@@ -36,6 +36,8 @@ TRANSFORMS: dict[str, Callable] = {
     "crop_foreground": T.CropForeground,
     "pad": T.Pad,
     "zscore": T.ZScore,
+    "scale_range": T.ScaleRange,
+    "scale_percentiles": T.ScalePercentiles,
     "brats_regions": T.BratsRegions,
     "rand_crop": T.RandCrop,
     "rand_flip": T.RandFlip,

@@ -182,6 +182,51 @@ class ZScore:
         return {**record, "image": image}
 
 
+class ScaleRange:
+    """Linear map of [a_min, a_max] to [b_min, b_max], clipped: MONAI's
+    ``ScaleIntensityRange(clip=True)``, as the SSL recipes scale their inputs."""
+
+    random = False
+
+    def __init__(self, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0,
+                 clip: bool = True):
+        if a_max == a_min:
+            raise ValueError(f"scale_range: a_min and a_max are both {a_min}")
+        self.a_min, self.a_max, self.b_min, self.b_max, self.clip = a_min, a_max, b_min, b_max, clip
+
+    def __call__(self, record, rng=None):
+        image = np.asarray(record["image"], np.float32)
+        out = (image - self.a_min) / (self.a_max - self.a_min) * (self.b_max - self.b_min) + self.b_min
+        if self.clip:
+            out = np.clip(out, min(self.b_min, self.b_max), max(self.b_min, self.b_max))
+        return {**record, "image": out.astype(np.float32)}
+
+
+class ScalePercentiles:
+    """Per channel, the ``lower`` and ``upper`` percentiles of the nonzero voxels map to 0 and
+    1 (clipped); zero voxels (background of skull-stripped scans) stay 0. MRI intensities have
+    no absolute scale, so this is the MRI counterpart of ``scale_range``."""
+
+    random = False
+
+    def __init__(self, lower: float = 0.5, upper: float = 99.5):
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"scale_percentiles: need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, record, rng=None):
+        image = np.array(record["image"], np.float32)
+        for c in range(image.shape[-1]):
+            channel = image[..., c]
+            mask = channel != 0
+            if not mask.any():
+                continue
+            lo, hi = np.percentile(channel[mask], [self.lower, self.upper])
+            scaled = (channel[mask] - lo) / (hi - lo if hi > lo else 1.0)
+            channel[mask] = np.clip(scaled, 0.0, 1.0)
+        return {**record, "image": image}
+
+
 class BratsRegions:
     """BraTS label map -> [TC, WT, ET] uint8 channels, using the record's label convention."""
 

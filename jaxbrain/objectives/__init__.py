@@ -1,8 +1,14 @@
-"""Training objectives: how a batch becomes a loss and metrics."""
+"""Training objectives: how a batch becomes a loss and metrics.
+
+An objective has ``compute(apply, batch, key) -> (loss, metrics)``, where ``apply`` runs the
+model in training mode on an input and ``key`` drives on-device augmentation. Objectives that
+depend on how the batch is split over devices have ``for_mesh(batch_shards)``.
+"""
 
 from jaxbrain.objectives.segmentation import Segmentation
+from jaxbrain.objectives.ssl import SSL
 
-OBJECTIVES = {"segmentation": Segmentation}
+OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL}
 
 
 def create(name: str, **kwargs):

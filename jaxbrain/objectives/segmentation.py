@@ -64,6 +64,11 @@ class Segmentation:
         logits = logits.astype(jnp.float32)
         return jax.nn.sigmoid(logits) if self.kind == "sigmoid" else jax.nn.softmax(logits, -1)
 
+    def compute(self, apply, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        """Loss and metrics of ``apply`` (the model in training mode) on a batch."""
+        del key  # no augmentation on device
+        return self.loss(apply(batch["image"]), batch["label"])
+
     def loss(self, logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
         logits = logits.astype(jnp.float32)
         target = self.targets(logits, labels)

@@ -4,6 +4,7 @@
     data.root          dataset folder (or datalist / subject list); None with data.synthetic
     data.datalist      MONAI-style JSON with folds, relative to root (brats: brats21_folds.json)
     data.fold          validation fold of the datalist
+    data.subject_list  layout "subjects" with a folder as root: its CSV/JSON list (subjects.csv)
     data.val_every     without folds: every k-th case (by sorted id) is held out for validation
     data.synthetic     {"kind": "brats"|"atlas"|"unlabeled", "n", "shape", "anatomy"}: write
                        synthetic data under workdir/data once and use it
@@ -51,8 +52,12 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
         labels = cfg.get("labels", "brats2021")
         train, val = layouts.split_fold(layouts.datalist(path, labels=labels), int(cfg.fold))
     else:
-        kwargs = {"channels": tuple(cfg.channels)} if cfg.layout == "subjects" else {}
-        found = layouts.find_cases(cfg.layout, root, **kwargs)
+        kwargs, source = {}, root
+        if cfg.layout == "subjects":
+            kwargs = {"channels": tuple(cfg.channels)}
+            if os.path.isdir(root):
+                source = os.path.join(root, cfg.get("subject_list") or "subjects.csv")
+        found = layouts.find_cases(cfg.layout, source, **kwargs)
         every = int(cfg.get("val_every", 0))
         if every:
             val = [c for i, c in enumerate(found) if i % every == every - 1]

@@ -11,10 +11,12 @@ position). SIGTERM saves a checkpoint and returns; a NaN/Inf loss raises
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,7 @@ from jaxbrain.training.metrics_log import MetricWriter, Progress
 from jaxbrain.training.optim import make_optimizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PROGRESS_METRICS = ("loss", "dice_mean", "rotation_acc", "reconstruction_loss")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,25 +51,104 @@ def build_model(cfg):
     return models.create(name, **kwargs)
 
 
+PATCH_EMBED = ("swinViT", "patch_embed", "kernel")
+
+
+def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
+    """A pretrained patch-embedding kernel (..., C_old, F) for ``channels`` input channels.
+
+    ``average``: every new channel gets the mean kernel over the old channels; ``repeat``: new
+    channel j gets old channel j mod C_old. Both are scaled by C_old / channels, so that inputs
+    whose channels look alike give the embedding the pretrained magnitude.
+    """
+    old = kernel.shape[-2]
+    if mode == "average":
+        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2)
+    elif mode == "repeat":
+        out = np.take(kernel, np.arange(channels) % old, axis=-2)
+    else:
+        raise ValueError(f"init.channels: expected 'fresh', 'average' or 'repeat', got {mode!r}")
+    return (out * (old / channels)).astype(kernel.dtype)
+
+
+def _merge_pretrained(found: dict, like: Any, source: str, *, encoder_only: bool,
+                      channels: str) -> Any:
+    """``like`` (freshly initialised parameters) with values from ``found`` (a flat
+    {path tuple: array}); with ``encoder_only`` only ``swinViT`` is taken. A patch embedding
+    for another channel count is adapted (``channels``) or left fresh."""
+    flat_like = flax.traverse_util.flatten_dict(nn.unbox(like))
+    found = dict(found)
+    have, want = found.get(PATCH_EMBED), flat_like.get(PATCH_EMBED)
+    if have is not None and want is not None and np.shape(have)[-2] != want.shape[-2] \
+            and np.shape(have)[:-2] == want.shape[:-2] and np.shape(have)[-1] == want.shape[-1]:
+        if channels == "fresh":  # the original: a new, randomly initialised embedding
+            bias = PATCH_EMBED[:-1] + ("bias",)
+            found.update({PATCH_EMBED: np.asarray(want), bias: np.asarray(flat_like[bias])})
+        else:
+            found[PATCH_EMBED] = adapt_channels(np.asarray(have), want.shape[-2], channels)
+        if jax.process_index() == 0:
+            print(f"patch embedding: {np.shape(have)[-2]} -> {want.shape[-2]} input channels "
+                  f"({channels})")
+    out, missing, bad = {}, [], []
+    for key, value in flat_like.items():
+        if encoder_only and key[0] != "swinViT":
+            out[key] = np.asarray(value)
+        elif key not in found:
+            missing.append("/".join(key))
+        elif np.shape(found[key]) != value.shape:
+            bad.append(f"{'/'.join(key)}: {np.shape(found[key])} vs {value.shape}")
+        else:
+            out[key] = np.asarray(found[key]).astype(value.dtype)
+    if missing or bad:
+        raise ValueError(f"{source}: parameters do not fit the model: missing {missing[:5]}, "
+                         f"shape mismatches {bad[:5]}")
+    return flax.traverse_util.unflatten_dict(out)
+
+
 def _init_params(config, model, dummy, shardings, key):
     params = jax.jit(lambda k: nn.unbox(model.init(k, dummy)["params"]), out_shardings=shardings)(key)
     init = config.get("init", {})
+    encoder_only = bool(init.get("encoder_only", False))
+    channels = init.get("channels", "average")
     if init.get("torch"):
-        from jaxbrain.convert import load_torch
+        from jaxbrain.convert import family_of, load_torch
+        from jaxbrain.convert.core import (flax_to_torch_array, read_state_dict,
+                                           torch_to_flax_array)
         host = jax.device_get(params)
-        loaded, report = load_torch(init.torch, model, params=host,
-                                    encoder_only=bool(init.get("encoder_only", False)),
+        state, _ = read_state_dict(init.torch)
+        state, _ = family_of(model).canonicalize(state)
+        flat = flax.traverse_util.flatten_dict(nn.unbox(host))
+        name = "swinViT.patch_embed.proj.weight"
+        if name in state and PATCH_EMBED in flat and state[name].shape[1] != flat[PATCH_EMBED].shape[-2]:
+            if channels == "fresh":  # the original: a new, randomly initialised embedding
+                kernel = np.asarray(flat[PATCH_EMBED])
+                state["swinViT.patch_embed.proj.bias"] = np.asarray(
+                    flat[("swinViT", "patch_embed", "bias")])
+            else:
+                kernel = adapt_channels(torch_to_flax_array(PATCH_EMBED, state[name], False),
+                                        flat[PATCH_EMBED].shape[-2], channels)
+            if jax.process_index() == 0:
+                print(f"patch embedding: {state[name].shape[1]} -> {kernel.shape[-2]} input "
+                      f"channels ({channels})")
+            state[name] = flax_to_torch_array(PATCH_EMBED, kernel, False)
+        loaded, report = load_torch(state, model, params=host, encoder_only=encoder_only,
                                     strict=bool(init.get("strict", True)))
         if jax.process_index() == 0:
             print(f"initialised from {init.torch}: {report}")
         params = jax.device_put(loaded, shardings)
     elif init.get("orbax"):
-        params = jax.device_put(_orbax_params(init.orbax, jax.device_get(params)), shardings)
+        found = _orbax_params(init.orbax)
+        merged = _merge_pretrained(found, jax.device_get(params), init.orbax,
+                                   encoder_only=encoder_only, channels=channels)
+        params = jax.device_put(merged, shardings)
+        if jax.process_index() == 0:
+            print(f"initialised {'the encoder ' if encoder_only else ''}from {init.orbax}")
     return params
 
 
-def _orbax_params(path: str, like: Any) -> Any:
-    """Parameters of another run (its latest checkpoint) or of ``convert from-torch`` output."""
+def _orbax_params(path: str) -> dict:
+    """Parameters (flat {path tuple: array}) of another run (its latest checkpoint) or of
+    ``convert from-torch`` output."""
     import orbax.checkpoint as ocp
     ckpts = os.path.join(path, "checkpoints")
     if os.path.isdir(ckpts):
@@ -80,16 +162,7 @@ def _orbax_params(path: str, like: Any) -> Any:
     else:
         raise FileNotFoundError(f"{path}: neither a training run (checkpoints/) nor a converted "
                                 "model (params/)")
-    want = jax.tree_util.tree_flatten_with_path(like)[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(found)[0])
-    missing = [jax.tree_util.keystr(k) for k, _ in want if k not in have]
-    bad = [f"{jax.tree_util.keystr(k)}: {np.shape(have[k])} vs {v.shape}" for k, v in want
-           if k in have and np.shape(have[k]) != v.shape]
-    if missing or bad:
-        raise ValueError(f"{path}: parameters do not fit the model: missing {missing[:5]}, "
-                         f"shape mismatches {bad[:5]}")
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
-                                        [np.asarray(have[k]) for k, _ in want])
+    return flax.traverse_util.flatten_dict(found)
 
 
 def _save_config(config, workdir: str) -> None:
@@ -129,11 +202,13 @@ class _Stop:
 def make_train_step(model, objective, tx, lr_fn, dtype):
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        augment_key = jax.random.fold_in(key, 1)
 
         def loss_fn(params):
-            logits = model.apply({"params": params}, batch["image"].astype(dtype), train=True,
-                                 rngs={"dropout": key})
-            return objective.loss(logits, batch["label"])
+            def apply(x):
+                return model.apply({"params": params}, x.astype(dtype), train=True,
+                                   rngs={"dropout": key})
+            return objective.compute(apply, batch, augment_key)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -197,6 +272,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     objective = objectives.create(**config.objective)
     dtype = DTYPES[config.get("compute_dtype", "float32")]
     mesh = parallel.make_mesh(dict(config.mesh))
+    if hasattr(objective, "for_mesh"):
+        objective = objective.for_mesh(math.prod(mesh.shape[a] for a in parallel.BATCH_AXES
+                                                  if a in mesh.shape))
     rules = parallel.RULES[config.get("sharding", "replicate")]
     roi = tuple(dcfg.roi)
     dummy = jnp.zeros((1, *roi, config.model.in_channels), jnp.float32)
@@ -231,7 +309,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     progress = Progress(total_steps, start, enabled=is_main and config.get("progress", True))
     log_every, ckpt_every = int(config.log_every), int(config.ckpt_every)
     eval_every = int(config.get("eval_every", 0))
-    validator = _Validator(config, model, objective, dtype, val_cases, mesh) if val_cases else None
+    validator = (_Validator(config, model, objective, dtype, val_cases, mesh)
+                 if val_cases and eval_every and hasattr(objective, "probabilities") else None)
     history, last = [], {}
     pending = None  # (step, metrics) of the previous step: checked while the next one runs
 
@@ -268,7 +347,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                 last["steps_per_s"] = progress.rate(step)
                 history.clear()
                 writer.write(step, {f"train/{k}": v for k, v in last.items()})
-                progress.update(step, {"loss": last["loss"], "dice": last.get("dice_mean", float("nan"))})
+                progress.update(step, {k: last[k] for k in PROGRESS_METRICS if k in last})
             val = None
             if validator and eval_every and (step % eval_every == 0 or step == total_steps):
                 val = validator(state["params"])

@@ -1,0 +1,85 @@
+r"""BrainSegFounder stage 1: self-supervised pretraining on healthy brains (UK Biobank).
+
+  python train.py --config configs/brainsegfounder_stage1.py --workdir runs/bsf_stage1 \
+      --config.data.root=/data/ukb/subjects.csv --config.batch_size=128
+  python train.py --config configs/brainsegfounder_stage1.py:demo --workdir runs/bsf_stage1
+
+Presets (``:arg``): model size ``62m`` | ``64m`` (default, BF-S) | ``69m`` | ``277m``; ``demo``
+(a small model on synthetic UK Biobank-style subjects, minutes on a CPU); ``bf16``, ``remat``.
+
+Recipe: 2 channels [T1, T2-FLAIR] (skull-stripped, MNI), random 96^3 crops, 2 per volume;
+each crop gives two views (rotation by k * 90 degrees, noise cutout up to 30% of the
+voxels, box pasting from another sample); loss = rotation CE + NT-Xent (temperature 0.5) +
+L1 reconstruction, weights 1; AdamW lr 4e-4 (the published README's 5e-4 also works), weight
+decay 0.1, 500 warm-up steps then cosine; batch 2 per device (set batch_size to
+2 x devices: the original trained on 64-128 A100s). Intensities are scaled per channel to
+[0, 1] between the 0.5th and 99.5th percentiles of the brain voxels (the original used a fixed
+ScaleIntensityRange; use ``scale_range(a_min=..., a_max=...)`` in data.preprocess for that).
+Contrastive negatives come from the whole global batch (``objective.negatives="local"``:
+the original's per-device negatives).
+
+``data.root`` is a subject list (CSV ``subject,t1,flair`` or JSON) or a folder holding
+``subjects.csv``; ``data.channels`` names its columns.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = [a for a in arg.split(",") if a]
+    size = next((a for a in args if a in SIZES), "64m")
+    depths, feature, heads = SIZES[size]
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 2                     # global; the original: 2 per GPU
+    c.total_steps = 100_000
+    c.log_every = 100
+    c.eval_every = 0
+    c.ckpt_every = 1000
+    c.keep_checkpoints = 3
+    c.best_metric = placeholder(str)
+    c.compute_dtype = "bfloat16" if "bf16" in args else "float32"
+    c.mesh = {"data": -1, "fsdp": 1}
+    c.sharding = "replicate"
+
+    c.model = dict(name="ssl_head", in_channels=2, feature_size=feature, depths=depths,
+                   num_heads=heads, dropout_path_rate=0.0, downsample="merging_legacy",
+                   use_v2=False, remat="remat" in args)
+    c.objective = dict(name="ssl", rotation=1.0, contrastive=1.0, reconstruction=1.0,
+                       temperature=0.5, negatives="global", max_drop=0.3, box_min=0.05,
+                       box_max=0.25, max_boxes=None)
+    c.optim = dict(name="adamw", lr=4e-4, weight_decay=0.1, b1=0.9, b2=0.999,
+                   schedule="warmup_cosine", warmup_steps=500, end_lr=0.0, grad_clip=0.0,
+                   grad_accum=1)
+    # init.channels: how a pretrained patch embedding meets another channel count:
+    # "average" | "repeat" (adapted, trained on) or "fresh" (a new embedding, the original).
+    c.init = dict(torch=placeholder(str), orbax=placeholder(str), encoder_only=False,
+                  strict=True, channels="average")
+
+    roi = (96, 96, 96)
+    c.data = dict(
+        layout="subjects", root=placeholder(str), subject_list="subjects.csv",
+        channels=("t1", "flair"), roi=roi, crops_per_volume=2, cache=placeholder(str),
+        workers=0, threads=4, synthetic=None, val_every=0,
+        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
+        augment=f"rand_crop(roi={roi})")
+
+    if "demo" in args:
+        demo(c, kind="unlabeled", n=8, shape=(72, 88, 72))
+    return c
+
+
+def demo(c, *, kind: str, n: int, shape, **synthetic) -> None:
+    """The small, CPU-sized version of an SSL config (shared by the stage-2 configs)."""
+    roi = (32, 64, 64)                   # H == W for the rotation; 1 x 2 x 2 bottleneck tokens
+    c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
+    c.total_steps, c.log_every, c.ckpt_every = 200, 10, 100
+    c.optim.update(lr=1e-3, warmup_steps=10)
+    c.data.update(
+        roi=roi, threads=2,
+        synthetic=dict(kind=kind, n=n, shape=shape, seed=0, anatomy="auto", **synthetic),
+        preprocess="scale_percentiles(lower=0.5, upper=99.5)",
+        augment=f"rand_crop(roi={roi})")
