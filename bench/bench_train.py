@@ -28,7 +28,6 @@ written to bench/results/train-<device>.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -45,11 +44,8 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per 
 
 
 def _config(args, root: str, steps: int, cache: str | None):
-    spec = importlib.util.spec_from_file_location("brats_cfg", os.path.join(ROOT, "configs",
-                                                                            "brats_swinunetr.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("demo")
+    from jaxbrain.training.config import load_config_file
+    c = load_config_file(os.path.join(ROOT, "configs", "brats_swinunetr.py"), "demo")
     roi = (args.roi,) * 3
     c.model.feature_size = args.feature
     c.batch_size = args.batch

@@ -15,11 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("brats_cfg", os.path.join(ROOT, "configs", "brats_swinunetr.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("demo")
+    from jaxbrain.training.config import load_config_file
+    c = load_config_file(os.path.join(ROOT, "configs", "brats_swinunetr.py"), "demo")
     roi = (32, 32, 32)
     c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 4, 1, 2, 0
     c.batch_size = 8

@@ -3,11 +3,14 @@
   python -m jaxbrain.convert inspect brainsegfounder_ssl.pt
   python -m jaxbrain.convert from-torch model.pt ckpt/ --model swin_unetr --set downsample=merging_legacy
   python -m jaxbrain.convert to-torch ckpt/ exported.pt
+  python -m jaxbrain.convert to-torch runs/bsf_stage1 stage1_ssl.pt     # a training run
 
 ``from-torch`` writes an Orbax checkpoint of the parameters (``ckpt/params``) and the model's
 constructor arguments (``ckpt/model.json``); arguments not given with ``--set`` are read off the
 checkpoint's shapes where possible. ``to-torch`` reads both back and writes a PyTorch state dict
-(.pt/.pth/.bin) or .safetensors file.
+(.pt/.pth/.bin) or .safetensors file; given a training run's workdir it exports the run's best
+(else latest) checkpoint of the model in its config.json. SSL models (``ssl_head``) are written
+in the original's checkpoint layout ({"state_dict": {"module.swinViT...": ...}}).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def _inferred_kwargs(name: str, state: dict) -> dict:
     cfg = swin_unetr.infer_config(state)
     if name == "swin_transformer":
         cfg = {("embed_dim" if k == "feature_size" else k): v for k, v in cfg.items() if k != "out_channels"}
+    elif name == "ssl_head":
+        cfg.pop("out_channels", None)
     return cfg
 
 
@@ -87,7 +92,8 @@ def cmd_from_torch(args) -> int:
     if args.encoder_only or args.non_strict:
         import jax
         from jaxbrain.convert.core import unbox
-        shape = swin_unetr.dummy_input(model)
+        from jaxbrain.convert import family_of
+        shape = family_of(model).dummy_input(model)
         init = unbox(model.init(jax.random.key(args.seed), np.zeros(shape, np.float32))["params"])
     params, report = load_torch(state, model, strict=not args.non_strict, params=init,
                                 encoder_only=args.encoder_only)
@@ -108,6 +114,8 @@ def cmd_to_torch(args) -> int:
     from jaxbrain.convert import save_torch
 
     src = os.path.abspath(args.checkpoint)
+    if os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(os.path.join(src, "checkpoints")):
+        return _run_to_torch(src, args)
     meta = os.path.join(src, MODEL_JSON)
     spec = {}
     if os.path.exists(meta):
@@ -130,6 +138,23 @@ def cmd_to_torch(args) -> int:
     return 0
 
 
+def _run_to_torch(workdir: str, args) -> int:
+    """A training run (train.py's workdir): its model from config.json, its parameters from
+    the best checkpoint (by the validation metric), else the latest, or ``--step``."""
+    from jaxbrain.convert import save_torch
+    from jaxbrain.evaluation.evaluate import load_params, load_run_config
+    from jaxbrain.training.loop import build_model
+    config = load_run_config(workdir)
+    cfg = dict(config.model)
+    cfg.update(_parse_sets(args.set))
+    model = build_model(cfg)
+    params, step = load_params(workdir, args.step)
+    state = save_torch(params, model, args.output)
+    print(f"wrote {args.output}: {len(state)} tensors of {config.model.name} from {workdir} "
+          f"step {step}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxbrain.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("from-torch", help="PyTorch checkpoint -> Orbax checkpoint")
     p.add_argument("checkpoint", help=".pt/.pth/.bin/.safetensors")
     p.add_argument("output", help="directory for the Orbax checkpoint")
-    p.add_argument("--model", default="swin_unetr", help="swin_unetr (default) or swin_transformer")
+    p.add_argument("--model", default="swin_unetr",
+                   help="swin_unetr (default), swin_transformer or ssl_head")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model constructor argument, e.g. --set downsample=merging_legacy")
     p.add_argument("--no-infer", action="store_true", help="do not read arguments off the checkpoint")
@@ -156,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_from_torch)
 
     p = sub.add_parser("to-torch", help="Orbax checkpoint -> PyTorch state dict")
-    p.add_argument("checkpoint", help="directory written by from-torch (or an Orbax params directory)")
+    p.add_argument("checkpoint", help="a training run (train.py --workdir), a directory written by "
+                   "from-torch, or an Orbax params directory")
+    p.add_argument("--step", type=int, default=None,
+                   help="training runs: this checkpoint step (default: best, else latest)")
     p.add_argument("output", help=".pt/.pth/.bin or .safetensors")
     p.add_argument("--model", default=None, help="model name when the directory has no model.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

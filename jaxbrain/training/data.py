@@ -8,6 +8,8 @@
     data.val_every     without folds: every k-th case (by sorted id) is held out for validation
     data.synthetic     {"kind": "brats"|"atlas"|"unlabeled", "n", "shape", "anatomy"}: write
                        synthetic data under workdir/data once and use it
+    data.train_fraction  train on this fraction of the training cases (a fixed random subset
+                       drawn with data.subset_seed), for label-efficiency studies
     data.cache         cache folder (built on first use), or None to decode .nii.gz
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 from jaxbrain import parallel
 from jaxbrain.data import layouts, pipeline, synthetic
@@ -66,6 +69,13 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
             train, val = found, []
     if not train:
         raise ValueError(f"config.data: no training cases under {root}")
+    fraction = float(cfg.get("train_fraction", 1.0))
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.data.train_fraction must be in (0, 1], got {fraction}")
+    if fraction < 1.0:
+        keep = max(1, int(round(fraction * len(train))))
+        chosen = np.random.default_rng(int(cfg.get("subset_seed", 0))).permutation(len(train))[:keep]
+        train = [train[i] for i in sorted(chosen)]
     return train, val
 
 

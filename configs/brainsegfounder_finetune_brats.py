@@ -1,0 +1,19 @@
+r"""BrainSegFounder fine-tuning on BraTS from a stage-2 checkpoint (the BraTS recipe of
+``brats_swinunetr``, encoder initialised from self-supervised pretraining).
+
+  python train.py --config configs/brainsegfounder_finetune_brats.py --workdir runs/bsf_brats \
+      --config.data.root=/data/BraTS2021 --config.init.orbax=runs/bsf_stage2
+  python train.py --config configs/brainsegfounder_finetune_brats.py --workdir runs/bsf_brats \
+      --config.data.root=/data/BraTS2021 --config.init.torch=ssl_stage2.pt   # PyTorch SSL file
+
+Presets as ``brats_swinunetr`` (``demo``, sizes, ``bf16``, ``remat``). ``data.train_fraction``
+trains on a fixed random subset of the training cases (label-efficiency studies).
+"""
+
+from jaxbrain.training.config import sibling
+
+
+def get_config(arg: str = ""):
+    c = sibling(__file__, "brats_swinunetr", arg)
+    c.init.update(encoder_only=True, channels="average", required=True)
+    return c

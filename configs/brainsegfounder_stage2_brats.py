@@ -1,0 +1,41 @@
+r"""BrainSegFounder stage 2 on BraTS: the same self-supervised objective on the target data
+(4 channels [FLAIR, T1ce, T1, T2]), starting from the stage-1 encoder.
+
+  python train.py --config configs/brainsegfounder_stage2_brats.py --workdir runs/bsf_stage2 \
+      --config.data.root=/data/BraTS2021 --config.init.orbax=runs/bsf_stage1
+
+Presets: as stage 1 (``62m`` | ``64m`` | ``69m`` | ``277m``, ``demo``, ``bf16``, ``remat``).
+
+Recipe: lr 6e-6, batch 2, 50,000 steps (the published range is 50k-100k), training cases of
+the datalist fold (the fold's validation cases stay unseen for fine-tuning); the encoder
+(``swinViT``) comes from stage 1 (``init.orbax``: a stage-1 run or ``convert from-torch``
+output; ``init.torch``: a PyTorch SSL checkpoint), the SSL heads start fresh. The stage-1
+patch embedding has 2 input channels: ``init.channels="average"`` (default) or ``"repeat"``
+adapts it to 4, ``"fresh"`` replaces it with a new one as the original did. Either way the
+embedding is trained here (the original's stayed at its random initialisation).
+"""
+
+from ml_collections.config_dict import placeholder
+
+from jaxbrain.training.config import sibling, sibling_module
+
+
+def get_config(arg: str = ""):
+    args = [a for a in arg.split(",") if a]
+    c = sibling(__file__, "brainsegfounder_stage1", ",".join(a for a in args if a != "demo"))
+    c.model.in_channels = 4
+    c.total_steps = 50_000
+    c.optim.update(lr=6e-6)
+    c.init.update(encoder_only=True, channels="average", required=True)
+    roi = tuple(c.data.roi)
+    c.data = dict(
+        layout="brats", root=placeholder(str), datalist="brats21_folds.json", fold=0,
+        labels="brats2021", roi=roi, crops_per_volume=2, cache=placeholder(str), workers=0,
+        threads=4, synthetic=None,
+        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
+        augment=f"rand_crop(roi={roi})")
+    if "demo" in args:
+        sibling_module(__file__, "brainsegfounder_stage1").demo(
+            c, kind="brats", n=10, shape=(96, 96, 64), version=2021)
+        c.optim.update(lr=5e-4)
+    return c
