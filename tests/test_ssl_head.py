@@ -10,7 +10,7 @@ from jaxbrain.models import SSLHead
 from jaxbrain.models.blocks import upsample2x_linear
 
 from _util import from_torch_output, head_volume, jitted_apply, random_params, rel_l2, to_torch_input
-from torch_ssl_replica import DataParallelLike, SSLReplica
+from torch_ssl import DataParallelLike, SSLReplica
 
 CFG = dict(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), downsample="merging")
 IN = 2

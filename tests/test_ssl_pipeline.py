@@ -91,7 +91,7 @@ def test_stage1_stage2_finetune_chain(tmp_path):
     # replica, and imports back unchanged.
     import torch
     from jaxbrain.convert.__main__ import main as convert
-    from torch_ssl_replica import DataParallelLike, SSLReplica
+    from torch_ssl import DataParallelLike, SSLReplica
     pt = str(tmp_path / "stage2.pt")
     assert convert(["to-torch", s2, pt]) == 0
     saved = torch.load(pt, weights_only=True)
