@@ -153,6 +153,7 @@ def _orbax_params(path: str) -> dict:
     """Parameters (flat {path tuple: array}) of another run (its latest checkpoint) or of
     ``convert from-torch`` output."""
     import orbax.checkpoint as ocp
+    path = os.path.abspath(path)
     ckpts = os.path.join(path, "checkpoints")
     if os.path.isdir(ckpts):
         step = ocp.CheckpointManager(ckpts, item_names=("state", "data")).latest_step()
@@ -161,7 +162,7 @@ def _orbax_params(path: str) -> dict:
         tree = ocp.StandardCheckpointer().restore(os.path.join(ckpts, str(step), "state"))
         found = tree["params"]
     elif os.path.isdir(os.path.join(path, "params")):
-        found = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"))
+        found = ocp.StandardCheckpointer().restore(os.path.join(path, "params"))
     else:
         raise FileNotFoundError(f"{path}: neither a training run (checkpoints/) nor a converted "
                                 "model (params/)")
