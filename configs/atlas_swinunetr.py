@@ -49,7 +49,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data = dict(
         layout="atlas", root=placeholder(str), datalist=placeholder(str), fold=0, val_every=5,
         labels="binary", roi=roi, crops_per_volume=1, cache=placeholder(str), workers=0,
-        threads=4, synthetic=None,
+        threads=4, synthetic=None, train_fraction=1.0, subset_seed=0,
         preprocess=f"zscore, resize(shape={roi})",
         augment="rand_flip(prob=0.5), rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
     c.eval = dict(roi=roi, overlap=0.5, mode="gaussian", sw_batch_size=1, threshold=0.5,

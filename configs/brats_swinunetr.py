@@ -53,7 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data = dict(
         layout="brats", root=placeholder(str), datalist="brats21_folds.json", fold=0,
         labels="brats2021", roi=roi, crops_per_volume=1, cache=placeholder(str), workers=0,
-        threads=4, synthetic=None,
+        threads=4, synthetic=None, train_fraction=1.0, subset_seed=0,
         preprocess="zscore",
         augment=(f"rand_crop(roi={roi}), brats_regions, rand_flip(prob=0.5), "
                  "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)"))

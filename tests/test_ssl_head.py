@@ -73,10 +73,9 @@ def test_import_from_replica_state_dict():
 def test_ssl_encoder_loads_into_swin_unetr():
     """Fine-tuning starts from an SSL checkpoint's encoder; the heads are reported ignored."""
     from jaxbrain.models import SwinUNETR
-    import jax
     net = SSLReplica(IN, CFG["feature_size"], CFG["depths"], CFG["num_heads"])
     seg = SwinUNETR(IN, 3, **CFG)
-    init = seg.init(jax.random.key(0), np.zeros((1, 32, 32, 32, IN), np.float32))["params"]
+    init = random_params(seg, seed=7)
     params, report = load_torch(DataParallelLike(net).state_dict(), seg, params=init,
                                 encoder_only=True)
     assert report.ok

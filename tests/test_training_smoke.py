@@ -13,7 +13,7 @@ import flax.linen as nn
 
 from jaxbrain.models import SwinUNETR
 
-from _util import head_volume, rel_l2
+from _util import head_volume, random_params, rel_l2
 
 SHAPE = (32, 32, 32)
 
@@ -31,9 +31,10 @@ def _loss(model, params, x, y):
 def test_remat_gives_the_same_gradients_and_bf16_stays_close():
     x, y = _data()
     with jax.enable_x64(True):  # exact comparison: float64 leaves no rounding noise
-        base = SwinUNETR(1, 2, feature_size=12, dtype=jnp.float64, param_dtype=jnp.float64)
+        base = SwinUNETR(1, 2, feature_size=12, depths=(1, 1, 1, 1), dtype=jnp.float64,
+                         param_dtype=jnp.float64)
         x64 = x.astype(np.float64)
-        params = nn.unbox(base.init(jax.random.key(1), x64[:1])["params"])
+        params = jax.tree_util.tree_map(lambda a: a.astype(np.float64), random_params(base, seed=1))
         grad = jax.jit(jax.grad(lambda p, m: _loss(m, p, x64, y)), static_argnums=1)
         g0 = grad(params, base)
         g1 = grad(params, base.clone(remat=True))
@@ -41,10 +42,10 @@ def test_remat_gives_the_same_gradients_and_bf16_stays_close():
             # (at 32^3 the bottleneck is one voxel, so encoder10's gradient is exactly zero)
             assert a.dtype == jnp.float64
             assert np.linalg.norm(np.asarray(b) - np.asarray(a)) <= 1e-10 * np.linalg.norm(a)
-    base = SwinUNETR(1, 2, feature_size=12)
-    params = nn.unbox(base.init(jax.random.key(1), x[:1])["params"])
-    f32 = base.apply({"params": params}, x)
-    bf16 = base.clone(dtype=jnp.bfloat16).apply({"params": params}, x)
+    base = SwinUNETR(1, 2, feature_size=12, depths=(1, 1, 1, 1))
+    params = random_params(base, seed=1)
+    f32 = jax.jit(lambda p: base.apply({"params": p}, x))(params)
+    bf16 = jax.jit(lambda p: base.clone(dtype=jnp.bfloat16).apply({"params": p}, x))(params)
     assert bf16.dtype == jnp.float32 and rel_l2(bf16, f32) < 5e-2
 
 

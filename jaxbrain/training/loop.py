@@ -106,11 +106,11 @@ def _merge_pretrained(found: dict, like: Any, source: str, *, encoder_only: bool
 
 
 def _init_params(config, model, dummy, shardings, key):
-    params = jax.jit(lambda k: nn.unbox(model.init(k, dummy)["params"]), out_shardings=shardings)(key)
     init = config.get("init", {})
     if init.get("required") and not (init.get("torch") or init.get("orbax")):
         raise ValueError("this config starts from pretrained weights: set --config.init.orbax="
                          "<previous run or converted model> or --config.init.torch=<.pt file>")
+    params = jax.jit(lambda k: nn.unbox(model.init(k, dummy)["params"]), out_shardings=shardings)(key)
     encoder_only = bool(init.get("encoder_only", False))
     channels = init.get("channels", "average")
     if init.get("torch"):
