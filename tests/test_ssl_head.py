@@ -90,3 +90,35 @@ def test_too_small_input_is_rejected():
     model = SSLHead(IN, **CFG)
     with pytest.raises(ValueError, match="two"):
         jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 32, IN), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["average", "repeat", "fresh"])
+def test_torch_ssl_checkpoint_initialises_a_model_with_more_channels(tmp_path, mode):
+    """Stage 2 from a PyTorch stage-1 file: 2-channel patch embedding -> 4 channels."""
+    import flax
+    import jax
+    from ml_collections import ConfigDict
+    from jaxbrain.training import loop
+    cfg = dict(CFG, depths=(1, 1, 1, 1))
+    torch.manual_seed(3)
+    net = SSLReplica(2, cfg["feature_size"], cfg["depths"], cfg["num_heads"])
+    path = tmp_path / "stage1.pt"
+    torch.save({"state_dict": DataParallelLike(net).state_dict(), "global_step": 10}, path)
+    model = SSLHead(4, **cfg)
+    config = ConfigDict({"init": {"torch": str(path), "encoder_only": True, "channels": mode}})
+    params = loop._init_params(config, model, np.zeros((1, 64, 32, 32, 4), np.float32), None,
+                               jax.random.key(0))
+    flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+    w = net.swinViT.patch_embed.proj.weight.detach().numpy().transpose(2, 3, 4, 1, 0)  # (k,k,k,2,F)
+    got = flat[("swinViT", "patch_embed", "kernel")]
+    assert got.shape == w.shape[:3] + (4, w.shape[-1])
+    if mode == "average":
+        np.testing.assert_allclose(got, np.repeat(w.mean(3, keepdims=True), 4, 3) * 0.5, rtol=1e-6)
+    elif mode == "repeat":
+        np.testing.assert_allclose(got, w[..., [0, 1, 0, 1], :] * 0.5, rtol=1e-6)
+    else:
+        assert not np.allclose(got[..., :2, :], w)
+    qkv = net.swinViT.layers1[0].blocks[0].attn.qkv.weight.detach().numpy().T
+    np.testing.assert_array_equal(flat[("swinViT", "layers1", "blocks_0", "attn", "qkv", "kernel")], qkv)
+    rot = net.rotation_head.weight.detach().numpy().T  # heads: encoder_only keeps them fresh
+    assert not np.allclose(flat[("rotation_head", "kernel")], rot)
