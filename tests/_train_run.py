@@ -20,6 +20,7 @@ def tiny_config(**overrides):
     roi = (32, 32, 32)
     c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 4, 1, 2, 0
     c.batch_size = 8
+    c.model.depths = (1, 1, 1, 1)  # compile time; the demo-recipe test restores (2, 2, 2, 2)
     c.progress = False
     c.optim.update(lr=1e-3, schedule="constant")
     c.data.update(roi=roi, threads=1,

@@ -102,6 +102,7 @@ def _train_cmd(workdir):
             "--config", os.path.join(root, "configs", "brats_swinunetr.py:demo"), "--workdir", workdir,
             "--config.total_steps=1000", "--config.ckpt_every=1000", "--config.log_every=1",
             "--config.eval_every=0", "--config.batch_size=1", "--config.data.roi=(32,32,32)",
+            "--config.model.depths=(1,1,1,1)",
             "--config.data.synthetic.n=3", "--config.data.synthetic.shape=(40,40,32)",
             "--config.data.synthetic.anatomy=procedural", "--config.data.fold=1",
             "--config.data.augment=rand_crop(roi=(32,32,32)), brats_regions"]
@@ -151,7 +152,8 @@ def test_demo_loss_falls_and_validation_dice_rises(tmp_path):
     """The BraTS demo recipe at test size (48x48x40 synthetic volumes, 32^3 crops): after 40
     steps the training loss has fallen and the whole-tumour validation Dice (sliding window
     over the held-out case) is above 0.3."""
-    config = tiny_config(**{"total_steps": 40, "log_every": 10, "eval_every": 40, "batch_size": 2})
+    config = tiny_config(**{"total_steps": 40, "log_every": 10, "eval_every": 40, "batch_size": 2,
+                            "model.depths": (2, 2, 2, 2)})
     config.optim.update(lr=2e-3, schedule="warmup_cosine", warmup_steps=5)
     config.data.synthetic.update(n=6)
     trained = train_and_evaluate(config, str(tmp_path))
