@@ -22,25 +22,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
+
+from bench_swin_unetr import _median_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _crops(args) -> np.ndarray:
@@ -78,7 +68,7 @@ def bench_jax(args) -> dict:
         holder["state"], m = step(holder["state"], batch)
         jax.block_until_ready(m)
 
-    return {"views_s": _median(run_views, args.repeats), "step_s": _median(run_step, args.repeats)}
+    return {"views_s": _median_time(run_views, args.repeats)[0], "step_s": _median_time(run_step, args.repeats)[0]}
 
 
 def bench_torch(args) -> dict:
@@ -102,7 +92,7 @@ def bench_torch(args) -> dict:
         ssl_loss(net, x).backward()
         opt.step()
 
-    return {"views_s": _median(run_views, args.repeats), "step_s": _median(run_step, args.repeats)}
+    return {"views_s": _median_time(run_views, args.repeats)[0], "step_s": _median_time(run_step, args.repeats)[0]}
 
 
 def main():

@@ -83,3 +83,19 @@ def demo(c, *, kind: str, n: int, shape, **synthetic) -> None:
         synthetic=dict(kind=kind, n=n, shape=shape, seed=0, anatomy="auto", **synthetic),
         preprocess="scale_percentiles(lower=0.5, upper=99.5)",
         augment=f"rand_crop(roi={roi})")
+
+
+def target_stage(c, *, in_channels: int, **data) -> None:
+    """Turns the stage-1 config ``c`` into stage 2 on a target dataset (``data``: its layout
+    fields): lr 6e-6, 50,000 steps, the encoder from stage 1 (required), its patch
+    embedding adapted to ``in_channels``, the same crops and intensity scaling."""
+    c.model.in_channels = in_channels
+    c.total_steps = 50_000
+    c.optim.update(lr=6e-6)
+    c.init.update(encoder_only=True, channels="average", required=True)
+    roi = tuple(c.data.roi)
+    c.data = dict(
+        roi=roi, crops_per_volume=2, cache=placeholder(str), workers=0, threads=4,
+        synthetic=None,
+        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
+        augment=f"rand_crop(roi={roi})", **data)

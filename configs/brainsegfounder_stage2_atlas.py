@@ -18,19 +18,12 @@ from jaxbrain.training.config import sibling, sibling_module
 def get_config(arg: str = ""):
     args = [a for a in arg.split(",") if a]
     c = sibling(__file__, "brainsegfounder_stage1", ",".join(a for a in args if a != "demo"))
-    c.model.in_channels = 1
-    c.total_steps = 50_000
-    c.optim.update(lr=6e-6)
-    c.init.update(encoder_only=True, channels="average", required=True)
-    roi = tuple(c.data.roi)
-    c.data = dict(
+    stage1 = sibling_module(__file__, "brainsegfounder_stage1")
+    stage1.target_stage(
+        c, in_channels=1,
         layout="atlas", root=placeholder(str), datalist=placeholder(str), fold=0, val_every=5,
-        labels="binary", roi=roi, crops_per_volume=2, cache=placeholder(str), workers=0,
-        threads=4, synthetic=None,
-        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
-        augment=f"rand_crop(roi={roi})")
+        labels="binary")
     if "demo" in args:
-        sibling_module(__file__, "brainsegfounder_stage1").demo(
-            c, kind="atlas", n=10, shape=(80, 96, 80))
+        stage1.demo(c, kind="atlas", n=10, shape=(80, 96, 80))
         c.optim.update(lr=5e-4)
     return c

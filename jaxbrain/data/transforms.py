@@ -160,6 +160,18 @@ class Pad:
         return _crop_or_pad(record, start, size)
 
 
+def _map_nonzero(record: dict, fn) -> dict:
+    """The record with each channel's nonzero voxels replaced by ``fn(values)`` (float32);
+    zero voxels, and channels without any nonzero voxel, stay as they are."""
+    image = np.array(record["image"], np.float32)
+    for c in range(image.shape[-1]):
+        channel = image[..., c]
+        mask = channel != 0
+        if mask.any():
+            channel[mask] = np.asarray(fn(channel[mask])).astype(np.float32)
+    return {**record, "image": image}
+
+
 class ZScore:
     """Per-channel (x - mean) / std over nonzero voxels; zero voxels stay zero.
 
@@ -170,16 +182,11 @@ class ZScore:
     random = False
 
     def __call__(self, record, rng=None):
-        image = np.array(record["image"], np.float32)
-        for c in range(image.shape[-1]):
-            channel = image[..., c]
-            mask = channel != 0
-            if not mask.any():
-                continue
-            values = channel[mask].astype(np.float64)
+        def normalise(values):
+            values = values.astype(np.float64)
             mean, std = values.mean(), values.std()
-            channel[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
-        return {**record, "image": image}
+            return (values - mean) / (std if std > 0 else 1.0)
+        return _map_nonzero(record, normalise)
 
 
 class ScaleRange:
@@ -215,16 +222,10 @@ class ScalePercentiles:
         self.lower, self.upper = lower, upper
 
     def __call__(self, record, rng=None):
-        image = np.array(record["image"], np.float32)
-        for c in range(image.shape[-1]):
-            channel = image[..., c]
-            mask = channel != 0
-            if not mask.any():
-                continue
-            lo, hi = np.percentile(channel[mask], [self.lower, self.upper])
-            scaled = (channel[mask] - lo) / (hi - lo if hi > lo else 1.0)
-            channel[mask] = np.clip(scaled, 0.0, 1.0)
-        return {**record, "image": image}
+        def scale(values):
+            lo, hi = np.percentile(values, [self.lower, self.upper])
+            return np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+        return _map_nonzero(record, scale)
 
 
 class BratsRegions:

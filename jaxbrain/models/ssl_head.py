@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbrain.models.blocks import dense, instance_norm, conv3d, upsample2x_linear
-from jaxbrain.models.swin_unetr import SwinTransformer
+from jaxbrain.models.swin_unetr import SwinTransformer, SwinUNETR
 
 Dtype = Any
 
@@ -48,14 +48,8 @@ class SSLHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def encoder_kwargs(self) -> dict:
-        return dict(in_channels=self.in_channels, embed_dim=self.feature_size,
-                    depths=tuple(self.depths), num_heads=tuple(self.num_heads),
-                    window_size=self.window_size, patch_size=self.patch_size,
-                    mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-                    attn_drop_rate=self.attn_drop_rate, drop_path_rate=self.dropout_path_rate,
-                    downsample=self.downsample, use_v2=self.use_v2, remat=self.remat,
-                    dtype=self.dtype, param_dtype=self.param_dtype)
+    # The same field names as SwinUNETR: its mapping to SwinTransformer arguments serves both.
+    encoder_kwargs = nn.nowrap(SwinUNETR.encoder_kwargs)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
