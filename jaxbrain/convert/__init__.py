@@ -19,14 +19,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jaxbrain.convert import core, ssl_head, swin_unetr
+from jaxbrain.convert import core, pctnet, ssl_head, swin_unetr
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
-from jaxbrain.models import SSLHead, SwinTransformer, SwinUNETR
+from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR
 
 FAMILIES = {
     SwinUNETR: swin_unetr.FAMILY,
     SwinTransformer: swin_unetr.FAMILY,
     SSLHead: ssl_head.FAMILY,
+    PCTNet: pctnet.FAMILY,
 }
 
 
@@ -40,7 +41,7 @@ def family_of(model: Any) -> core.Family:
 
 def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = True, *,
                params: Any = None, encoder_only: bool = False,
-               trust_pickle: bool = False) -> tuple[dict, LoadReport]:
+               trust_pickle: bool = False, new_head: bool = False) -> tuple[dict, LoadReport]:
     """Reads a PyTorch checkpoint (a path to .pt/.pth/.bin/.safetensors, or a state dict) into
     Flax parameters for ``model``.
 
@@ -51,16 +52,26 @@ def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = T
       encoder_only: exchange only the Swin encoder (``swinViT.*``); other checkpoint keys (SSL
         heads, a decoder) are reported as ignored, other model parameters kept from ``params``.
       trust_pickle: allow arbitrary pickled objects in a .pt file (only for trusted files).
+      new_head: output layers whose shape differs (another class count) are reported and
+        kept from ``params`` instead of failing the load.
+
+    Models with running statistics (PCT-Net's BatchNorm) return their variables,
+    ``{"params": ..., "batch_stats": ...}``, and take them as ``params=``.
     """
     return core.load(source, model, family_of(model), strict=strict, params=params,
-                     encoder_only=encoder_only, trust_pickle=trust_pickle)
+                     encoder_only=encoder_only, trust_pickle=trust_pickle, new_head=new_head)
 
 
-def save_torch(params: Any, model: Any, path: str | os.PathLike | None) -> dict:
+def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
+               template: str | os.PathLike | Mapping | None = None) -> dict:
     """Writes ``params`` as the PyTorch state dict of the matching PyTorch model (.pt, .pth,
     .bin or .safetensors), buffers such as ``relative_position_index`` included. Returns the
-    state dict as NumPy arrays (``path=None`` only returns it)."""
-    return core.save(params, model, family_of(model), path)
+    state dict as NumPy arrays (``path=None`` only returns it). Tensors the original holds
+    beyond the model (PCT-Net's other resolution modes) are taken from ``template`` (a
+    checkpoint) where it has them, else initialised as PyTorch would."""
+    if template is not None:
+        template, _ = read_state_dict(template)
+    return core.save(params, model, family_of(model), path, template)
 
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "family_of", "load_torch",

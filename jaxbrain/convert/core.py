@@ -47,6 +47,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
     kept: list[str] = dataclasses.field(default_factory=list)
+    new_head: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
     hints: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -70,11 +71,18 @@ class LoadReport:
     def __str__(self) -> str:
         head = (f"{self.source} [{self.source_format}] -> {self.target}: loaded {len(self.loaded)}"
                 f", missing {len(self.missing)}, unused {len(self.unused)}, mismatched "
-                f"{len(self.mismatched)}, ignored {len(self.ignored)}, kept {len(self.kept)}")
+                f"{len(self.mismatched)}, ignored {len(self.ignored)}, kept {len(self.kept)}"
+                + (f", new head {len(self.new_head)}" if self.new_head else ""))
         body = self.problems()
         if self.ignored:
-            body += f"\n  ignored by request ({len(self.ignored)}): " + ", ".join(self.ignored[:8])
+            body += (f"\n  ignored (not part of this model, or by request) ({len(self.ignored)}): "
+                     + ", ".join(self.ignored[:8]))
             body += " ..." if len(self.ignored) > 8 else ""
+        if self.new_head:
+            body += (f"\n  output layers of another shape, left as initialised (new_head) "
+                     f"({len(self.new_head)}):")
+            body += "".join(f"\n    {k}  checkpoint {a} vs model {b}" for k, a, b in self.new_head)
+        body = body.lstrip("\n")
         return head + ("\n" + body if body else "")
 
 
@@ -92,6 +100,15 @@ class Family:
     hints: Callable[[Any, State, State], list[str]] = lambda model, src, expected: []
     # .pt files: the object saved around the tensors (the original training script's layout)
     wrap: Callable[[dict], Any] | None = None
+    # Variable collections exchanged (paths then start with the collection name when there is
+    # more than "params", e.g. BatchNorm running statistics in "batch_stats").
+    collections: tuple[str, ...] = ("params",)
+    # Checkpoint keys that the original holds but this model does not use (reported as ignored).
+    ignored: Callable[[Any, str], bool] = lambda model, key: False
+    # Tensors the original's state dict holds beyond this model's (written on export).
+    extra: Callable[[Any], State] = lambda model: {}
+    # Output-layer keys whose shape depends on the class count (skipped with new_head=True).
+    is_head: Callable[[str], bool] = lambda key: False
 
 
 # ----------------------------------------------------------------------------------------
@@ -99,6 +116,8 @@ class Family:
 
 
 def flax_to_torch_array(path: Path, a: np.ndarray, transposed_conv: bool) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer):  # counters: PyTorch keeps them as int64
+        return a.astype(np.int64)
     if path[-1] != "kernel":
         return a
     if a.ndim == 2:  # Dense (in, out) -> Linear (out, in)
@@ -118,7 +137,7 @@ def torch_to_flax_array(path: Path, a: np.ndarray, transposed_conv: bool) -> np.
 
 
 def torch_shape(path: Path, shape: tuple, transposed_conv: bool) -> tuple:
-    return flax_to_torch_array(path, np.empty(shape, np.uint8), transposed_conv).shape
+    return flax_to_torch_array(path, np.empty(shape, np.float16), transposed_conv).shape
 
 
 # ----------------------------------------------------------------------------------------
@@ -215,17 +234,26 @@ def unbox(params: Any) -> dict:
 
 
 def target_shapes(model: Any, family: Family) -> dict[Path, jax.ShapeDtypeStruct]:
+    """Flat {path: shape} of what the family exchanges: the parameters, or with several
+    collections every collection (paths then start with the collection's name)."""
     shape = family.dummy_input(model)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape)))
-    return traverse_util.flatten_dict(unbox(variables["params"]))
+    if family.collections == ("params",):
+        return traverse_util.flatten_dict(unbox(variables["params"]))
+    return traverse_util.flatten_dict({c: nn.meta.unbox(variables[c]) for c in family.collections})
 
 
 def _describe(model: Any) -> str:
     return type(model).__name__
 
 
-def load(source, model, family: Family, strict: bool = True, params=None,
-         encoder_only: bool = False, trust_pickle: bool = False):
+def to_flax(source, model, family: Family, *, encoder_only: bool = False,
+            trust_pickle: bool = False):
+    """Every checkpoint tensor that names one of the model's variables, in Flax layout and
+    whatever its shape: ``({path: array}, report, targets)``. The report lists what the
+    checkpoint lacks, what it holds beyond the model, and buffers whose values differ; the
+    shapes are left to the caller (``load`` checks them; training initialisation adapts an
+    input layer to another channel count)."""
     state, name = read_state_dict(source, trust_pickle)
     state, fmt = family.canonicalize(state)
     targets = target_shapes(model, family)
@@ -233,48 +261,58 @@ def load(source, model, family: Family, strict: bool = True, params=None,
     scope = family.encoder_prefix if encoder_only else None
     if encoder_only and scope is None:
         raise ValueError(f"{family.name} has no encoder to load alone (encoder_only=True)")
-
-    expected_buffers = family.buffers(model)
-    for key, expected in expected_buffers.items():
+    for key, expected in family.buffers(model).items():
         if key in state:
             got = state.pop(key)
             if got.shape != expected.shape or not np.array_equal(got, expected):
                 report.mismatched.append((key, f"{got.shape} (values differ)", expected.shape))
     keys = {family.torch_key(model, p): p for p in targets}
-    out: dict[Path, np.ndarray] = {}
+    found: dict[Path, np.ndarray] = {}
     for key, path in keys.items():
-        transposed = family.is_transposed_conv(path)
-        want = tuple(targets[path].shape)
         if scope is not None and not key.startswith(scope):
             report.kept.append(key)
-            continue
-        if key not in state:
-            report.missing.append((key, torch_shape(path, want, transposed)))
-            continue
-        arr = torch_to_flax_array(path, state[key], transposed)
-        if arr.shape != want:
-            report.mismatched.append((key, state[key].shape, torch_shape(path, want, transposed)))
-            continue
-        out[path] = np.asarray(arr, dtype=targets[path].dtype)
-        report.loaded.append(key)
+        elif key not in state:
+            report.missing.append((key, torch_shape(path, tuple(targets[path].shape),
+                                                    family.is_transposed_conv(path))))
+        else:
+            found[path] = torch_to_flax_array(path, state[key], family.is_transposed_conv(path))
     for key, arr in state.items():
         if key in keys:
             continue
-        if scope is not None and not key.startswith(scope):
+        if (scope is not None and not key.startswith(scope)) or family.ignored(model, key):
             report.ignored.append(key)
         else:
             report.unused.append((key, arr.shape))
-    if not report.ok:
+    if not report.ok or any(a.shape != tuple(targets[p].shape) for p, a in found.items()):
         report.hints = family.hints(model, state, {k: targets[p] for k, p in keys.items()})
-        if strict:
-            raise CheckpointMismatchError(
-                f"checkpoint {name} [{fmt}] does not match {_describe(model)}:\n{report.problems()}\n"
-                "Pass strict=False (--non-strict) to load what matches and get this report.", report)
+    return found, report, targets
+
+
+def load(source, model, family: Family, strict: bool = True, params=None,
+         encoder_only: bool = False, trust_pickle: bool = False, new_head: bool = False):
+    found, report, targets = to_flax(source, model, family, encoder_only=encoder_only,
+                                     trust_pickle=trust_pickle)
+    out: dict[Path, np.ndarray] = {}
+    for path, arr in found.items():
+        key = family.torch_key(model, path)
+        want = tuple(targets[path].shape)
+        if arr.shape != want:
+            entry = (key, torch_shape(path, arr.shape, family.is_transposed_conv(path)),
+                     torch_shape(path, want, family.is_transposed_conv(path)))
+            (report.new_head if new_head and family.is_head(key) else report.mismatched).append(entry)
+            continue
+        out[path] = np.asarray(arr, dtype=targets[path].dtype)
+        report.loaded.append(key)
+    if not report.ok and strict:
+        raise CheckpointMismatchError(
+            f"checkpoint {report.source} [{report.source_format}] does not match "
+            f"{_describe(model)}:\n{report.problems()}\n"
+            "Pass strict=False (--non-strict) to load what matches and get this report.", report)
     unfilled = [keys_path for keys_path in targets if keys_path not in out]
     if unfilled:
         if params is None:
             raise ValueError(
-                f"{len(unfilled)} parameters are not filled from {name} (e.g. "
+                f"{len(unfilled)} parameters are not filled from {report.source} (e.g. "
                 f"{family.torch_key(model, unfilled[0])}); pass params= (for instance "
                 "model.init(...)['params']) to supply their values.\n" + str(report))
         given = traverse_util.flatten_dict(unbox(params))
@@ -285,7 +323,9 @@ def load(source, model, family: Family, strict: bool = True, params=None,
     return traverse_util.unflatten_dict(out), report
 
 
-def save(params, model, family: Family, path) -> State:
+def save(params, model, family: Family, path, template: Mapping | None = None) -> State:
+    """The model's state dict (and ``family.extra``: tensors the original holds beyond this
+    model, taken from ``template`` where it has them with the same shape)."""
     flat = traverse_util.flatten_dict(unbox(params))
     targets = target_shapes(model, family)
     if set(flat) != set(targets):
@@ -300,6 +340,9 @@ def save(params, model, family: Family, path) -> State:
             raise ValueError(f"params {'/'.join(p)} has shape {a.shape}, model expects {targets[p].shape}")
         state[family.torch_key(model, p)] = flax_to_torch_array(p, a, family.is_transposed_conv(p))
     state.update(family.buffers(model))
+    for key, value in family.extra(model).items():
+        given = None if template is None else template.get(key)
+        state[key] = value if given is None or np.shape(given) != value.shape else np.asarray(given)
     if path is not None:
         write_state_dict(state, path, family.wrap)
     return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 
@@ -9,6 +10,7 @@ REGISTRY = {
     "swin_unetr": SwinUNETR,
     "swin_transformer": SwinTransformer,
     "ssl_head": SSLHead,
+    "pctnet": PCTNet,
 }
 
 
@@ -18,4 +20,4 @@ def create(name: str, **kwargs):
     return REGISTRY[name](**kwargs)
 
 
-__all__ = ["MERGE_ORDERS", "REGISTRY", "SSLHead", "SwinTransformer", "SwinUNETR", "count_params", "create"]
+__all__ = ["MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer", "SwinUNETR", "count_params", "create"]

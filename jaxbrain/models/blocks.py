@@ -85,24 +85,32 @@ def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_d
 
 
 class Conv(nn.Module):
-    """Stride-1 3D convolution with 'same' zero padding, kernel 1 or 3, kernel layout
-    (k, k, k, in, out) as ``nn.Conv``. Kernel 3 goes through ``conv3d.conv3x3x3`` (fast on CPU
-    too), kernel 1 is a matrix product."""
+    """Stride-1 3D convolution with 'same' zero padding, kernel layout (k0, k1, k2, in, out) as
+    ``nn.Conv``. ``kernel`` is an int (cubic) or a per-axis triple of odd sizes. 3x3x3 goes
+    through ``conv3d.conv3x3x3`` (fast on CPU too), 1x1x1 is a matrix product, other shapes
+    (e.g. the in-plane (1, 3, 3)) use XLA's convolution."""
 
     features: int
-    kernel: int = 3
+    kernel: int | tuple[int, int, int] = 3
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.kernel not in (1, 3):
-            raise ValueError(f"kernel={self.kernel}: only 1 and 3 are supported")
+        ks = (self.kernel,) * 3 if isinstance(self.kernel, int) else tuple(self.kernel)
+        if len(ks) != 3 or any(k % 2 == 0 for k in ks):
+            raise ValueError(f"kernel={self.kernel}: expected odd sizes for 3 spatial axes")
         k = self.param("kernel", partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
-                       (self.kernel,) * 3 + (x.shape[-1], self.features), self.param_dtype)
+                       ks + (x.shape[-1], self.features), self.param_dtype)
         x, k = x.astype(self.dtype), k.astype(self.dtype)
-        y = conv3x3x3(x, k) if self.kernel == 3 else x @ k.reshape(x.shape[-1], self.features)
+        if ks == (3, 3, 3):
+            y = conv3x3x3(x, k)
+        elif ks == (1, 1, 1):
+            y = x @ k.reshape(x.shape[-1], self.features)
+        else:
+            y = jax.lax.conv_general_dilated(x, k, (1, 1, 1), [(s // 2, s // 2) for s in ks],
+                                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
         if self.use_bias:
             bias = self.param("bias", partitioned(nn.initializers.zeros, ("conv_out",)),
                               (self.features,), self.param_dtype)
@@ -110,7 +118,7 @@ class Conv(nn.Module):
         return y
 
 
-def conv3d(features: int, kernel: int, name: str, dtype: Dtype, param_dtype: Dtype,
+def conv3d(features: int, kernel: int | tuple[int, int, int], name: str, dtype: Dtype, param_dtype: Dtype,
            use_bias: bool = False) -> Conv:
     return Conv(features, kernel, use_bias, dtype, param_dtype, name=name)
 
@@ -153,24 +161,33 @@ class PatchConv(nn.Module):
 
 
 class UpConv2x(nn.Module):
-    """ConvTranspose3d(kernel 2, stride 2, no bias): each input voxel becomes a 2x2x2 block.
-    Computed as one matrix product and a reshape. Kernel layout (2, 2, 2, in, out)."""
+    """ConvTranspose3d with kernel = stride = ``factor`` (default 2 on every axis): each input
+    voxel becomes a factor-shaped block. Computed as one matrix product and a reshape. Kernel
+    layout (f0, f1, f2, in, out)."""
 
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    factor: tuple[int, int, int] = (2, 2, 2)
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, d, h, w, cin = x.shape
+        f = tuple(self.factor)
         kernel = self.param(
             "kernel",
             partitioned(torch_default_init, ("conv_kernel",) * 3 + ("conv_in", "conv_out")),
-            (2, 2, 2, cin, self.features),
+            (*f, cin, self.features),
             self.param_dtype,
         )
         y = jnp.einsum("bdhwi,xyzio->bdxhywzo", x.astype(self.dtype), kernel.astype(self.dtype))
-        return y.reshape(b, 2 * d, 2 * h, 2 * w, self.features)
+        y = y.reshape(b, f[0] * d, f[1] * h, f[2] * w, self.features)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("conv_out",)),
+                              (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 class DropPath(nn.Module):

@@ -52,23 +52,47 @@ MERGE_ORDERS: dict[str, tuple[tuple[int, int, int], ...]] = {
 # Static geometry, computed once per shape in NumPy (it becomes a compile-time constant).
 
 
-def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]):
-    """Window and shift actually used on a grid: an axis no longer than the window uses the
-    whole axis as its window and is not shifted."""
+def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int],
+                     rule: str = "per_axis"):
+    """Window and shift actually used on a grid.
+
+    ``per_axis`` (MONAI): an axis no longer than the window uses the whole axis as its window
+    and is not shifted. ``cubic`` (MIS-FM): when the smallest axis is no longer than the
+    window, every axis gets a cubic window of that smallest size and nothing is shifted.
+    """
+    if rule == "cubic":
+        m = min(size)
+        if m <= min(window):
+            return (m,) * 3, (0, 0, 0)
+        return tuple(window), tuple(shift)
+    if rule != "per_axis":
+        raise ValueError(f"window rule {rule!r}: expected 'per_axis' or 'cubic'")
     ws = tuple(s if s <= w else w for s, w in zip(size, window))
     ss = tuple(0 if s <= w else sh for s, w, sh in zip(size, window, shift))
     return ws, ss
 
 
 @functools.lru_cache(maxsize=None)
-def relative_position_index(window: tuple[int, int, int]) -> np.ndarray:
+def relative_position_index(window: tuple[int, int, int], variant: str = "swin") -> np.ndarray:
     """(n, n) index into the (2w0-1)(2w1-1)(2w2-1)-row bias table, n = w0*w1*w2; the buffer
-    MONAI stores as ``attn.relative_position_index``."""
+    MONAI stores as ``attn.relative_position_index``.
+
+    ``variant="misfm"`` is MIS-FM's (PCT-Net's) index, which strides the first relative
+    coordinate by 3*w1 - 1 instead of (2*w1 - 1)(2*w2 - 1) and the second by 2*w1 - 1: distinct
+    offsets share table rows and most of the table is never read. Its checkpoints were trained
+    with it, so it is the default there.
+    """
+    if variant not in ("swin", "misfm"):
+        raise ValueError(f"relative position index {variant!r}: expected 'swin' or 'misfm'")
     coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(3, -1)
     rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
     rel = rel + np.array(window) - 1
-    rel[..., 0] *= (2 * window[1] - 1) * (2 * window[2] - 1)
-    rel[..., 1] *= 2 * window[2] - 1
+    if variant == "misfm":
+        rel[..., 0] *= 3 * window[1] - 1
+        rel[..., 1] *= 2 * window[1] - 1
+    else:
+        rel[..., 0] *= (2 * window[1] - 1) * (2 * window[2] - 1)
+        rel[..., 1] *= 2 * window[2] - 1
     return rel.sum(-1).astype(np.int64)
 
 
@@ -241,6 +265,7 @@ class WindowAttention(nn.Module):
     proj_drop: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    relative_index: str = "swin"  # or "misfm": see relative_position_index
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: tuple[np.ndarray, np.ndarray] | None,
@@ -259,7 +284,7 @@ class WindowAttention(nn.Module):
         q = q * jnp.asarray((c // h) ** -0.5, q.dtype)
         acc = stats_dtype(self.dtype)
         # MONAI slices the configured window's index even when the window has shrunk.
-        index = relative_position_index(self.window_size)[:n, :n].reshape(-1)
+        index = relative_position_index(self.window_size, self.relative_index)[:n, :n].reshape(-1)
         bias = table.astype(acc).T[:, index].reshape(h, n, n)
         mask = None if mask is None else (jnp.asarray(mask[0], acc), jnp.asarray(mask[1]))
         dropout = self.attn_drop > 0.0 and not deterministic
@@ -311,13 +336,19 @@ class SwinBlock(nn.Module):
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # MIS-FM's blocks: the "cubic" window rule, a bias table sized by the window in use, and
+    # its relative position index ("misfm").
+    window_rule: str = "per_axis"
+    relative_index: str = "swin"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         b, d, h, w, c = x.shape
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         shift = tuple(s // 2 for s in self.window_size) if self.shift else (0, 0, 0)
-        ws, ss = effective_window((d, h, w), self.window_size, shift)
+        ws, ss = effective_window((d, h, w), self.window_size, shift, self.window_rule)
+        # MONAI sizes the bias table by the configured window, MIS-FM by the window in use.
+        table_window = self.window_size if self.window_rule == "per_axis" else ws
         pads = [(-s) % win for s, win in zip((d, h, w), ws)]
         dims = (d + pads[0], h + pads[1], w + pads[2])
 
@@ -328,8 +359,8 @@ class SwinBlock(nn.Module):
         if shifted:
             y = jnp.roll(y, shift=tuple(-s for s in ss), axis=(1, 2, 3))
         mask = shift_mask_patterns(dims, ws, ss) if shifted else None
-        y = WindowAttention(c, self.num_heads, self.window_size, self.qkv_bias, self.attn_drop,
-                            self.drop, name="attn", **args)(
+        y = WindowAttention(c, self.num_heads, table_window, self.qkv_bias, self.attn_drop,
+                            self.drop, relative_index=self.relative_index, name="attn", **args)(
             window_partition(y, ws), mask, deterministic)
         y = window_reverse(y, ws, b, dims)
         if shifted:
