@@ -32,7 +32,7 @@ def _init(config):
     model = loop.build_model(config.model)
     roi = tuple(config.data.roi)
     dummy = np.zeros((1, *roi, config.model.in_channels), np.float32)
-    params = loop._init_params(config, model, dummy, None, jax.random.key(config.seed + 1))
+    params = loop._init_variables(config, model, dummy, None, jax.random.key(config.seed + 1))["params"]
     return flax.traverse_util.flatten_dict(jax.device_get(params))
 
 

@@ -151,3 +151,165 @@ def test_transform_specs():
         pipeline.parse_transforms(["zscor"])
     with pytest.raises(ValueError, match="resize"):
         pipeline.parse_transforms(["resize(size=3)"])
+
+
+# --- Volume Fusion crop augmentations (PyMIC's Crop4VolumeFusion) ------------------------------
+# The PyMIC functions restated in NumPy on channel-first arrays, with Python's ``random`` replaced
+# by the same draws from a NumPy generator, in the order the transforms make them.
+
+def _pymic_random_resized_crop(image, output_size, scale_lower, scale_upper, rng, order=1):
+    from scipy import ndimage
+    input_size = image.shape
+    u = rng.random(3)
+    scale = [scale_lower[i] + (scale_upper[i] - scale_lower[i]) * u[i] for i in range(3)]
+    crop_size = [min(int(output_size[i] * scale[i]), input_size[1 + i]) for i in range(3)]
+    crop_min = [int(rng.integers(input_size[1 + i] - crop_size[i] + 1)) for i in range(3)]
+    crop = image[:, crop_min[0]:crop_min[0] + crop_size[0], crop_min[1]:crop_min[1] + crop_size[1],
+                 crop_min[2]:crop_min[2] + crop_size[2]] * 1
+    zoom = [1.0] + [(output_size[i] + 0.0) / crop_size[i] for i in range(3)]
+    # mode="nearest": scipy's default "constant" sometimes zeroes the last voxel of an axis by
+    # rounding; inside the grid the two modes are the same.
+    return ndimage.zoom(crop, zoom, order=order, mode="nearest")
+
+
+def _pymic_adaptive_contrast_adjust(image, p0, p1):
+    image = np.array(image, np.float64)
+    v_min, v_max = image.min(), image.max()
+    v0, v1 = np.percentile(image, p0), np.percentile(image, p1)
+    mask_l, mask_m, mask_u = image < v0, (image >= v0) * (image <= v1), image > v1
+    image[mask_l] = (image[mask_l] - v_min) * 0.1 / (v0 - v_min)
+    image[mask_m] = (image[mask_m] - v0) / (v1 - v0) * 0.8 + 0.1
+    image[mask_u] = 0.9 + 0.1 * (image[mask_u] - v1) / (v_max - v1)
+    return image
+
+
+def _pymic_gamma_correction(image, gamma_min, gamma_max, rng):
+    v_min, v_max = image.min(), image.max()
+    if v_min < v_max:
+        image = (image - v_min) / (v_max - v_min)
+        gamma = rng.random() * (gamma_max - gamma_min) + gamma_min
+        image = np.power(image, gamma) * (v_max - v_min) + v_min
+    return image
+
+
+def _cf(x):
+    return np.moveaxis(x, -1, 0)
+
+
+@pytest.mark.parametrize("shape,roi", [((20, 18, 16), (12, 10, 8)), ((9, 14, 30), (16, 16, 16)),
+                                        ((5, 6, 7), (8, 8, 8))])
+def test_rand_resized_crop_matches_pymic(shape, roi):
+    gen = np.random.default_rng(1)
+    image = gen.random(shape + (2,)).astype(np.float32)
+    label = gen.integers(0, 4, shape).astype(np.uint8)
+    t = T.RandResizedCrop(roi)
+    for seed in range(10):
+        out = t({"image": image, "label": label}, np.random.default_rng(seed))
+        want = _pymic_random_resized_crop(_cf(image), roi, t.scale_min, t.scale_max,
+                                          np.random.default_rng(seed))
+        np.testing.assert_allclose(_cf(out["image"]), want, atol=1e-5)
+        want = _pymic_random_resized_crop(label[None], roi, t.scale_min, t.scale_max,
+                                          np.random.default_rng(seed), order=0)[0]
+        np.testing.assert_array_equal(out["label"], want)
+        assert out["image"].dtype == np.float32 and out["label"].dtype == np.uint8
+
+
+def test_rand_resized_crop_shapes_and_geometry():
+    from jaxbrain.data.nifti import Geometry
+    for shape in [(40, 40, 40), (10, 50, 7), (3, 3, 3), (1, 64, 2)]:
+        x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+        image = np.stack([x + 2 * y + 3 * z], axis=-1)  # linear: interpolation is exact
+        geometry = Geometry(np.eye(4), shape, np.array([[0, 1], [1, 1], [2, 1]], np.float64),
+                            np.eye(4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), shape)
+        record = {"image": image, "label": (x > 1).astype(np.uint8), "geometry": geometry}
+        for seed in range(25):
+            out = T.RandResizedCrop((16, 12, 8))(record, np.random.default_rng(seed))
+            assert out["image"].shape == (16, 12, 8, 1) and out["label"].shape == (16, 12, 8)
+            g = out["geometry"]
+            assert g.shape == (16, 12, 8)
+            coords = [np.arange(n) * s + o for n, s, o in zip(g.shape, g.scale, g.offset)]
+            cx, cy, cz = np.meshgrid(*coords, indexing="ij")
+            np.testing.assert_allclose(out["image"][..., 0], cx + 2 * cy + 3 * cz, atol=1e-3)
+    # scale 1 on a large enough image is a plain random crop
+    image = np.random.default_rng(0).random((20, 20, 20, 1)).astype(np.float32)
+    out = T.RandResizedCrop(8, 1.0, 1.0)({"image": image}, np.random.default_rng(3))["image"]
+    hits = [(i, j, k) for i in range(13) for j in range(13) for k in range(13)
+            if np.array_equal(image[i:i + 8, j:j + 8, k:k + 8], out)]
+    assert len(hits) == 1
+
+
+def test_rand_contrast_matches_pymic():
+    gen = np.random.default_rng(2)
+    image = gen.normal(size=(12, 12, 12, 2)).astype(np.float32)
+    image[:4, ..., 1] = 0  # a zero background: v0 at the minimum
+    t = T.RandContrast()
+    for seed in range(10):
+        out = t({"image": image}, np.random.default_rng(seed))["image"]
+        rng = np.random.default_rng(seed)
+        p0, p1 = rng.uniform(0.1, 2.0), rng.uniform(98.0, 99.9)
+        for c in range(2):
+            np.testing.assert_allclose(out[..., c], _pymic_adaptive_contrast_adjust(image[..., c], p0, p1),
+                                       atol=1e-6)
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+        assert out[..., 0].min() == 0 and out[..., 0].max() == 1
+        order = np.argsort(image[..., 0], axis=None)
+        assert np.all(np.diff(out[..., 0].ravel()[order]) >= 0)
+    constant = t({"image": np.full((4, 4, 4, 1), 3.0, np.float32)}, np.random.default_rng(0))["image"]
+    np.testing.assert_allclose(constant, 0.1)
+
+
+def test_rand_gamma_matches_pymic_and_keeps_range_and_order():
+    gen = np.random.default_rng(3)
+    image = gen.random((10, 10, 10, 2)).astype(np.float32)
+    image[0, 0, 0], image[-1, -1, -1] = 0.0, 1.0
+    image[..., 1] = image[..., 1] * 5 - 2
+    gammas = []
+    for seed in range(20):
+        out = T.RandGamma()({"image": image}, np.random.default_rng(seed))["image"]
+        for c in range(2):
+            want = _pymic_gamma_correction(image[..., c].astype(np.float64), 0.7, 1.5,
+                                           np.random.default_rng(seed))
+            np.testing.assert_allclose(out[..., c], want, rtol=1e-6, atol=1e-6)
+            assert out[..., c].min() == image[..., c].min() and out[..., c].max() == image[..., c].max()
+            order = np.argsort(image[..., c], axis=None)
+            assert np.all(np.diff(out[..., c].ravel()[order]) >= 0)
+        gammas.append(np.log(out[1, 1, 1, 0]) / np.log(image[1, 1, 1, 0]))  # range [0, 1]
+    assert 0.7 <= min(gammas) < 0.9 and 1.3 < max(gammas) <= 1.5
+    flat = np.full((3, 3, 3, 1), 0.4, np.float32)
+    np.testing.assert_array_equal(T.RandGamma()({"image": flat}, np.random.default_rng(0))["image"], flat)
+
+
+def test_rand_invert_frequency():
+    image = np.random.default_rng(4).random((3, 3, 3, 2)).astype(np.float32)
+    t = T.RandInvert(prob=0.25)
+    inverted = 0
+    for seed in range(2000):
+        out = t({"image": image}, np.random.default_rng(seed))["image"]
+        if out is image:
+            continue
+        np.testing.assert_array_equal(out, 1 - image)
+        inverted += 1
+    assert abs(inverted / 2000 - 0.25) < 0.03
+    assert T.RandInvert(prob=0.0)({"image": image}, np.random.default_rng(0))["image"] is image
+
+
+def test_volume_fusion_augmentation_specs_and_arguments():
+    ts = pipeline.parse_transforms("rand_resized_crop(roi=(8, 8, 8), scale_min=(1.0, 0.5, 0.5)), rand_flip, "
+                                   "rand_contrast, rand_gamma(gamma=(0.8, 1.2)), rand_invert(prob=0.1)")
+    assert [type(t).__name__ for t in ts] == ["RandResizedCrop", "RandFlip", "RandContrast", "RandGamma",
+                                              "RandInvert"]
+    assert ts[0].scale_min == (1.0, 0.5, 0.5) and ts[3].gamma == (0.8, 1.2) and ts[4].prob == 0.1
+    image = np.random.default_rng(5).normal(size=(20, 16, 12, 1)).astype(np.float32)
+    out = T.apply(ts, {"image": image}, np.random.default_rng(0))["image"]
+    assert out.shape == (8, 8, 8, 1) and out.min() >= 0 and out.max() <= 1
+    bad = [(T.RandResizedCrop, dict(roi=(8, 8)), "roi: expected a positive integer or 3"),
+           (T.RandResizedCrop, dict(roi=8, scale_min=0), "scale_min: expected a positive number"),
+           (T.RandResizedCrop, dict(roi=8, scale_min=2.0), "scale_min <= scale_max"),
+           (T.RandContrast, dict(lower=(2.0, 1.0)), "lower: expected low <= high"),
+           (T.RandContrast, dict(upper=(98.0, 101.0)), "0 <= lower <= upper <= 100"),
+           (T.RandGamma, dict(gamma=1.2), r"gamma: expected a \(low, high\) pair"),
+           (T.RandGamma, dict(gamma=(0.0, 1.0)), "gamma: expected positive values"),
+           (T.RandInvert, dict(prob=1.5), "prob: expected a probability in")]
+    for cls, kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            cls(**kwargs)

@@ -10,7 +10,12 @@ constructor arguments (``ckpt/model.json``); arguments not given with ``--set`` 
 checkpoint's shapes where possible. ``to-torch`` reads both back and writes a PyTorch state dict
 (.pt/.pth/.bin) or .safetensors file; given a training run's workdir it exports the run's best
 (else latest) checkpoint of the model in its config.json. SSL models (``ssl_head``) are written
-in the original's checkpoint layout ({"state_dict": {"module.swinViT...": ...}}).
+in the original's checkpoint layout ({"state_dict": {"module.swinViT...": ...}}), PCT-Net
+in MIS-FM's ({"model_state_dict": ...}, all three resolution modes; ``--template`` supplies
+the two the model does not hold):
+
+  python -m jaxbrain.convert from-torch pctnet_ct10k_volf.pt ckpt/ --model pctnet \
+      --set input_size=[64,128,128] --set resolution_mode=1
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ def _build_model(name: str, kwargs: dict):
 
 
 def _inferred_kwargs(name: str, state: dict) -> dict:
-    from jaxbrain.convert import swin_unetr
+    from jaxbrain.convert import pctnet, swin_unetr
+    if name == "pctnet":
+        return pctnet.infer_config(state)
     cfg = swin_unetr.infer_config(state)
     if name == "swin_transformer":
         cfg = {("embed_dim" if k == "feature_size" else k): v for k, v in cfg.items() if k != "out_channels"}
@@ -77,11 +84,18 @@ def cmd_from_torch(args) -> int:
     import orbax.checkpoint as ocp
     from jaxbrain.convert import load_torch, read_state_dict, swin_unetr
 
+    from jaxbrain.convert import pctnet
+
     state, _ = read_state_dict(args.checkpoint, args.trust_pickle)
-    canonical, _ = swin_unetr.canonicalize(state)
+    canonical, _ = (pctnet if args.model == "pctnet" else swin_unetr).canonicalize(state)
     kwargs = _inferred_kwargs(args.model, canonical) if not args.no_infer else {}
     kwargs.update(_parse_sets(args.set))
-    if "downsample" not in kwargs:
+    if args.model == "pctnet":
+        if "input_size" not in kwargs or "resolution_mode" not in kwargs:
+            raise SystemExit("PCT-Net's Swin blocks are fixed to one input size, which the "
+                             "checkpoint does not record: give --set input_size=[64,128,128] "
+                             "--set resolution_mode=N (0, 1 or 2: which stem and head to take)")
+    elif "downsample" not in kwargs:
         raise SystemExit("say which PatchMerging order the checkpoint was trained with: "
                          "--set downsample=merging_legacy (MONAI < 1.5, BrainSegFounder) or "
                          "--set downsample=merging (MONAI >= 1.5) or mergingv2")
@@ -89,14 +103,15 @@ def cmd_from_torch(args) -> int:
         raise SystemExit("the checkpoint has no output layer: give --set out_channels=N")
     model = _build_model(args.model, kwargs)
     init = None
-    if args.encoder_only or args.non_strict:
+    if args.encoder_only or args.non_strict or args.new_head:
         import jax
         from jaxbrain.convert.core import unbox
         from jaxbrain.convert import family_of
         shape = family_of(model).dummy_input(model)
-        init = unbox(model.init(jax.random.key(args.seed), np.zeros(shape, np.float32))["params"])
+        init = unbox(model.init(jax.random.key(args.seed), np.zeros(shape, np.float32)))
+        init = init if len(family_of(model).collections) > 1 else init["params"]
     params, report = load_torch(state, model, strict=not args.non_strict, params=init,
-                                encoder_only=args.encoder_only)
+                                encoder_only=args.encoder_only, new_head=args.new_head)
     print(report)
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
@@ -131,9 +146,9 @@ def cmd_to_torch(args) -> int:
     if not os.path.isdir(params_dir):
         raise SystemExit(f"{params_dir}: not an Orbax checkpoint directory")
     params = ocp.StandardCheckpointer().restore(params_dir)
-    if isinstance(params, dict) and set(params) == {"params"}:
+    if isinstance(params, dict) and "params" in params and "batch_stats" not in params:
         params = params["params"]
-    state = save_torch(params, model, args.output)
+    state = save_torch(params, model, args.output, template=args.template)
     print(f"wrote {args.output}: {len(state)} tensors for {name}({kwargs})")
     return 0
 
@@ -142,14 +157,16 @@ def _run_to_torch(workdir: str, args) -> int:
     """A training run (train.py's workdir): its model from config.json, its parameters from
     the best checkpoint (by the validation metric), else the latest, or ``--step``."""
     from jaxbrain.convert import save_torch
-    from jaxbrain.evaluation.evaluate import load_params, load_run_config
+    from jaxbrain.evaluation.evaluate import load_run_config, load_variables
     from jaxbrain.training.loop import build_model
     config = load_run_config(workdir)
     cfg = dict(config.model)
     cfg.update(_parse_sets(args.set))
     model = build_model(cfg)
-    params, step = load_params(workdir, args.step)
-    state = save_torch(params, model, args.output)
+    variables, step = load_variables(workdir, args.step)
+    if set(variables) == {"params"}:
+        variables = variables["params"]
+    state = save_torch(variables, model, args.output, template=args.template)
     print(f"wrote {args.output}: {len(state)} tensors of {config.model.name} from {workdir} "
           f"step {step}")
     return 0
@@ -170,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help=".pt/.pth/.bin/.safetensors")
     p.add_argument("output", help="directory for the Orbax checkpoint")
     p.add_argument("--model", default="swin_unetr",
-                   help="swin_unetr (default), swin_transformer or ssl_head")
+                   help="swin_unetr (default), swin_transformer, ssl_head or pctnet")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model constructor argument, e.g. --set downsample=merging_legacy")
     p.add_argument("--no-infer", action="store_true", help="do not read arguments off the checkpoint")
     p.add_argument("--encoder-only", action="store_true",
                    help="load only swinViT.* (e.g. from an SSL checkpoint); the rest is freshly initialised")
     p.add_argument("--non-strict", action="store_true", help="load what matches; report the rest")
+    p.add_argument("--new-head", action="store_true",
+                   help="output layers of another class count (--set out_channels=N) start fresh")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for parameters not loaded")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled Python objects (trusted files only)")
     p.set_defaults(fn=cmd_from_torch)
@@ -190,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model name when the directory has no model.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model constructor argument (overrides model.json)")
+    p.add_argument("--template", default=None,
+                   help="PCT-Net: take the tensors the model does not hold (the other resolution "
+                   "modes' stems and heads) from this checkpoint, e.g. the released one")
     p.set_defaults(fn=cmd_to_torch)
 
     args = parser.parse_args(argv)

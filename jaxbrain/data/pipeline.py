@@ -43,6 +43,10 @@ TRANSFORMS: dict[str, Callable] = {
     "rand_flip": T.RandFlip,
     "rand_rot90": T.RandRot90,
     "rand_scale_shift": T.RandScaleShift,
+    "rand_resized_crop": T.RandResizedCrop,
+    "rand_contrast": T.RandContrast,
+    "rand_gamma": T.RandGamma,
+    "rand_invert": T.RandInvert,
 }
 
 

@@ -343,6 +343,157 @@ class RandScaleShift:
         return {**record, "image": image}
 
 
+def _triple(name: str, value, kind=float) -> tuple:
+    """``value`` as 3 positive numbers (a scalar is repeated), or ValueError naming ``name``."""
+    what = "positive integer" if kind is int else "positive number"
+    try:
+        v = np.broadcast_to(np.asarray(value, np.float64), (3,))
+    except (ValueError, TypeError):
+        v = None
+    if v is None or not (v > 0).all() or (kind is int and (v != np.round(v)).any()):
+        raise ValueError(f"{name}: expected a {what} or 3 of them, got {value!r}")
+    return tuple(kind(x) for x in v)
+
+
+def _pair(name: str, value) -> tuple[float, float]:
+    """``value`` as a (low, high) pair with low <= high, or ValueError naming ``name``."""
+    try:
+        lo, hi = (float(x) for x in value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name}: expected a (low, high) pair, got {value!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"{name}: expected low <= high, got {value!r}")
+    return lo, hi
+
+
+def _map_channels(record: dict, fn) -> dict:
+    """The record with each image channel (all voxels) replaced by ``fn(channel)`` (float32)."""
+    image = np.array(record["image"], np.float32)
+    for c in range(image.shape[-1]):
+        image[..., c] = fn(image[..., c])
+    return {**record, "image": image}
+
+
+def adaptive_contrast_adjust(x: np.ndarray, p0: float, p1: float) -> np.ndarray:
+    """Piecewise-linear map with the ``p0`` and ``p1`` percentiles v0, v1 of all of ``x``:
+    [min, v0) -> [0, 0.1), [v0, v1] -> [0.1, 0.9], (v1, max] -> (0.9, 1]; output in [0, 1].
+
+    PyMIC's ``adaptive_contrast_adjust``, except that v1 == v0 (e.g. a constant input) maps
+    that segment to 0.1 instead of dividing by zero.
+    """
+    x = np.asarray(x, np.float64)
+    v_min, v_max = x.min(), x.max()
+    v0, v1 = np.percentile(x, [p0, p1])
+    low = (x - v_min) * (0.1 / (v0 - v_min if v0 > v_min else 1.0))
+    mid = (x - v0) * (0.8 / (v1 - v0 if v1 > v0 else 1.0)) + 0.1
+    high = 0.9 + (x - v1) * (0.1 / (v_max - v1 if v_max > v1 else 1.0))
+    out = np.where(x < v0, low, np.where(x > v1, high, mid))
+    return np.clip(out, 0.0, 1.0)
+
+
+def gamma_correction(x: np.ndarray, gamma: float) -> np.ndarray:
+    """``((x - min) / (max - min)) ** gamma * (max - min) + min`` over all of ``x``: the range
+    is kept and the order of values too; a constant ``x`` is returned as is. PyMIC's
+    ``gamma_correction`` with its random gamma given."""
+    x = np.asarray(x, np.float64)
+    v_min, v_max = x.min(), x.max()
+    if not v_min < v_max:
+        return x
+    out = np.power((x - v_min) / (v_max - v_min), gamma) * (v_max - v_min) + v_min
+    return np.clip(out, v_min, v_max)
+
+
+class RandResizedCrop:
+    """Crop of random size and position, resized to ``roi``: PyMIC's ``random_resized_crop``
+    (the spatial part of ``Crop4VolumeFusion``).
+
+    Per axis a scale s ~ U(scale_min, scale_max) gives a crop of min(int(roi * s), image size)
+    voxels (at least 1) at a uniform position; the crop is resized to ``roi`` by linear
+    interpolation with corner voxels aligned (``scipy.ndimage.zoom(order=1)``; labels nearest).
+    An image smaller than ``roi`` along an axis is cropped whole there and zoomed up. Unlike
+    scipy's zoom with its default ``mode="constant"``, the last voxel along an axis is never
+    zeroed by rounding.
+    """
+
+    random = True
+
+    def __init__(self, roi: Sequence[int], scale_min=(0.7, 0.7, 0.7), scale_max=(1.5, 1.5, 1.5)):
+        self.roi = _triple("rand_resized_crop roi", roi, int)
+        self.scale_min = _triple("rand_resized_crop scale_min", scale_min)
+        self.scale_max = _triple("rand_resized_crop scale_max", scale_max)
+        if any(lo > hi for lo, hi in zip(self.scale_min, self.scale_max)):
+            raise ValueError(f"rand_resized_crop: expected scale_min <= scale_max per axis, got "
+                             f"{self.scale_min} and {self.scale_max}")
+
+    def __call__(self, record, rng):
+        shape = record["image"].shape[:3]
+        scale = rng.uniform(self.scale_min, self.scale_max)
+        crop = [max(1, min(int(r * s), n)) for r, s, n in zip(self.roi, scale, shape)]
+        start = [int(rng.integers(n - c + 1)) for n, c in zip(shape, crop)]
+        step = [(c - 1) / (r - 1) if r > 1 else 0.0 for c, r in zip(crop, self.roi)]
+        out = dict(record)
+        for key, mode in (("image", "linear"), ("label", "nearest")):
+            if key in record:
+                out[key] = nifti.remap(_window(record[key], start, crop), step, (0, 0, 0), self.roi, mode)
+        if "geometry" in record:
+            out["geometry"] = record["geometry"].cropped(start, crop).remapped(step, (0, 0, 0), self.roi)
+        return out
+
+
+class RandContrast:
+    """Adaptive contrast adjustment to [0, 1] (:func:`adaptive_contrast_adjust`) with
+    percentiles p0 ~ U(lower), p1 ~ U(upper), drawn once per record and applied to each
+    channel over all its voxels: the contrast step of PyMIC's ``Crop4VolumeFusion``."""
+
+    random = True
+
+    def __init__(self, lower=(0.1, 2.0), upper=(98.0, 99.9)):
+        self.lower = _pair("rand_contrast lower", lower)
+        self.upper = _pair("rand_contrast upper", upper)
+        if not (0 <= self.lower[0] and self.lower[1] <= self.upper[0] and self.upper[1] <= 100):
+            raise ValueError(f"rand_contrast: expected 0 <= lower <= upper <= 100 (percentiles), "
+                             f"got lower={lower!r}, upper={upper!r}")
+
+    def __call__(self, record, rng):
+        p0, p1 = rng.uniform(*self.lower), rng.uniform(*self.upper)
+        return _map_channels(record, lambda x: adaptive_contrast_adjust(x, p0, p1))
+
+
+class RandGamma:
+    """Gamma correction (:func:`gamma_correction`) with gamma ~ U(gamma), drawn once per record
+    and applied to each channel within its own [min, max]: PyMIC's ``gamma_correction`` as
+    ``Crop4VolumeFusion`` uses it (``gamma_correction(patch, 0.7, 1.5)``)."""
+
+    random = True
+
+    def __init__(self, gamma=(0.7, 1.5)):
+        self.gamma = _pair("rand_gamma gamma", gamma)
+        if not self.gamma[0] > 0:
+            raise ValueError(f"rand_gamma gamma: expected positive values, got {gamma!r}")
+
+    def __call__(self, record, rng):
+        gamma = rng.uniform(*self.gamma)
+        return _map_channels(record, lambda x: gamma_correction(x, gamma))
+
+
+class RandInvert:
+    """image -> 1 - image (all channels) with probability ``prob``, for images in [0, 1] (after
+    ``rand_contrast``). ``Crop4VolumeFusion`` inverts both of its crops together with
+    probability 0.25; here each record (crop) is inverted independently."""
+
+    random = True
+
+    def __init__(self, prob: float = 0.25):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"rand_invert prob: expected a probability in [0, 1], got {prob!r}")
+        self.prob = float(prob)
+
+    def __call__(self, record, rng):
+        if rng.random() >= self.prob:
+            return record
+        return {**record, "image": np.subtract(1.0, record["image"], dtype=np.float32)}
+
+
 def apply(transforms: Sequence, record: dict, rng: np.random.Generator | None = None) -> dict:
     """Applies ``transforms`` in order; random ones need ``rng``."""
     for t in transforms:

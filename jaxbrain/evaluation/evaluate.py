@@ -38,8 +38,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_params(workdir: str, step: int | None = None):
-    """Parameters of the run's best checkpoint (by its validation metric), else its latest."""
+def load_variables(workdir: str, step: int | None = None):
+    """Model variables ({"params": ..., and e.g. "batch_stats"}) of the run's best checkpoint
+    (by its validation metric), else its latest, or of ``step``."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
     if step is None:
@@ -47,29 +48,29 @@ def load_params(workdir: str, step: int | None = None):
     if step is None:
         raise FileNotFoundError(f"{directory}: no checkpoint")
     state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-    return state["params"], step
+    return {"params": state["params"], **state.get("model_state", {})}, step
 
 
 class Segmenter:
     """Whole-volume prediction with a trained model."""
 
-    def __init__(self, config, params):
+    def __init__(self, config, variables):
         self.config = config
         self.model = build_model(config.model)
         self.objective = objectives.create(**config.objective)
         self.brats = config.eval.get("label_transform") == "brats_regions"
         dtype = DTYPES[config.get("compute_dtype", "float32")]
 
-        def predict(p, windows):
-            return self.objective.probabilities(self.model.apply({"params": p}, windows.astype(dtype)))
+        def predict(v, windows):
+            return self.objective.probabilities(self.model.apply(v, windows.astype(dtype)))
 
         self._predict = predict
-        self.params = params
+        self.variables = variables
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """(X, Y, Z, C) preprocessed image -> (X, Y, Z, K) probabilities."""
         e = self.config.eval
-        probs = sliding_window_inference(jax.tree_util.Partial(self._predict, self.params),
+        probs = sliding_window_inference(jax.tree_util.Partial(self._predict, self.variables),
                                          image[None], tuple(e.roi), overlap=e.get("overlap", 0.5),
                                          mode=e.get("mode", "gaussian"),
                                          sw_batch_size=e.get("sw_batch_size", 2))
@@ -101,8 +102,8 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
              step: int | None = None, overlays: int = 3) -> list[dict]:
     """Segments the validation cases (or one case given as ``images``, one file per channel)
     and writes ``output/<case>_seg.nii.gz``, ``<case>_overlay.png`` and metrics.csv/json."""
-    params, step = load_params(workdir, step)
-    segmenter = Segmenter(config, params)
+    variables, step = load_variables(workdir, step)
+    segmenter = Segmenter(config, variables)
     if images:
         name = os.path.basename(images[0]).split(".nii")[0]
         cases = [Case(id=name, images=tuple(images), labels=config.data.get("labels", "binary"))]

@@ -348,6 +348,11 @@ class PCTNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        """Path of the layer that reads the input channels."""
+        return ("embedding", "proj")
+
+    @nn.nowrap
     def pyramid_size(self) -> tuple[int, int, int]:
         """The grid of the first ConvTrans block (the input size over the stem's scale)."""
         if self.resolution_mode not in SCALES:

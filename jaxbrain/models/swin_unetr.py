@@ -455,6 +455,11 @@ class SwinTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        """Path of the layer that reads the input channels."""
+        return ("patch_embed",)
+
     def _windows(self) -> tuple[int, int, int]:
         w = self.window_size
         return (w,) * 3 if isinstance(w, int) else tuple(w)
@@ -511,6 +516,11 @@ class SwinUNETR(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        """Path of the layer that reads the input channels."""
+        return ("swinViT", "patch_embed")
 
     @nn.nowrap
     def encoder_kwargs(self) -> dict:

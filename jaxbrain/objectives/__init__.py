@@ -7,8 +7,9 @@ depend on how the batch is split over devices have ``for_mesh(batch_shards)``.
 
 from jaxbrain.objectives.segmentation import Segmentation
 from jaxbrain.objectives.ssl import SSL
+from jaxbrain.objectives.volume_fusion import VolumeFusion
 
-OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL}
+OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion}
 
 
 def create(name: str, **kwargs):

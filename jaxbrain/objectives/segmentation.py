@@ -16,6 +16,20 @@ import optax
 SMOOTH = 1e-5
 
 
+def upsampled_outputs(outputs, spatial) -> tuple[jax.Array, ...]:
+    """A model's output(s) as a tuple of logits at ``spatial`` size: deep-supervision outputs
+    (a tuple, coarse scales after the first) are upsampled trilinearly (half-pixel centres,
+    as ``F.interpolate(mode="trilinear", align_corners=False)``)."""
+    outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+    out = []
+    for o in outputs:
+        if tuple(o.shape[1:4]) != tuple(spatial):
+            o = jax.image.resize(o.astype(jnp.float32), (o.shape[0], *spatial, o.shape[-1]),
+                                 "trilinear", antialias=False)
+        out.append(o)
+    return tuple(out)
+
+
 def dice_loss(probs: jax.Array, onehot: jax.Array, include_background: bool = True) -> jax.Array:
     """Mean soft Dice loss over samples and channels; inputs (B, ..., K)."""
     if not include_background:
@@ -37,6 +51,9 @@ class Segmentation:
       ce: weight of binary (sigmoid) or categorical (softmax) cross-entropy.
       threshold: sigmoid probability above which a voxel counts as positive in metrics.
       channels: names of the output channels in metric names (default: their indices).
+      deep_supervision: weights of a deep-supervision model's outputs (full size first; the
+        coarse ones are upsampled to the label size), normalised to sum 1; default 1, 1/2,
+        1/4, ... Metrics are those of the full-size output.
     """
 
     kind: str = "sigmoid"
@@ -44,6 +61,7 @@ class Segmentation:
     ce: float = 0.0
     threshold: float = 0.5
     channels: tuple[str, ...] | None = None
+    deep_supervision: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in ("sigmoid", "softmax"):
@@ -69,7 +87,16 @@ class Segmentation:
         del key  # no augmentation on device
         return self.loss(apply(batch["image"]), batch["label"])
 
-    def loss(self, logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, logits, labels: jax.Array) -> tuple[jax.Array, dict]:
+        if isinstance(logits, (tuple, list)):
+            outputs = upsampled_outputs(logits, labels.shape[1:4])
+            weights = self.deep_supervision or tuple(0.5 ** i for i in range(len(outputs)))
+            if len(weights) != len(outputs):
+                raise ValueError(f"objective.deep_supervision has {len(weights)} weights for "
+                                 f"{len(outputs)} outputs")
+            parts = [self.loss(o, labels) for o in outputs]
+            loss = sum(w * p[0] for w, p in zip(weights, parts)) / sum(weights)
+            return loss, {**parts[0][1], "loss": loss}
         logits = logits.astype(jnp.float32)
         target = self.targets(logits, labels)
         probs = self.probabilities(logits)

@@ -51,15 +51,12 @@ def build_model(cfg):
     return models.create(name, **kwargs)
 
 
-PATCH_EMBED = ("swinViT", "patch_embed", "kernel")
-
-
 def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
-    """A pretrained patch-embedding kernel (..., C_old, F) for ``channels`` input channels.
+    """A pretrained input-layer kernel (..., C_old, F) for ``channels`` input channels.
 
     ``average``: every new channel gets the mean kernel over the old channels; ``repeat``: new
     channel j gets old channel j mod C_old. Both are scaled by C_old / channels, so that inputs
-    whose channels look alike give the embedding the pretrained magnitude.
+    whose channels look alike give the layer the pretrained magnitude.
     """
     old = kernel.shape[-2]
     if mode == "average":
@@ -71,87 +68,95 @@ def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
     return (out * (old / channels)).astype(kernel.dtype)
 
 
-def _merge_pretrained(found: dict, like: Any, source: str, *, encoder_only: bool,
-                      channels: str) -> Any:
-    """``like`` (freshly initialised parameters) with values from ``found`` (a flat
-    {path tuple: array}); with ``encoder_only`` only ``swinViT`` is taken. A patch embedding
-    for another channel count is adapted (``channels``) or left fresh."""
+def _merge_pretrained(found: dict, like: dict, source: str, *, encoder: tuple | None,
+                      input_layer: tuple, channels: str, new_head: bool) -> dict:
+    """``like`` (freshly initialised variables, {"params": ..., "batch_stats": ...}) with the
+    values of ``found`` (a flat {(collection, *path): array}).
+
+    ``encoder``: take only variables under this path (the rest stays fresh). An input layer
+    (``input_layer``) for another channel count is adapted (``channels``) or left fresh;
+    with ``new_head``, output layers whose last axis (the class count) differs stay fresh.
+    Anything else that does not fit is an error naming the variables.
+    """
     flat_like = flax.traverse_util.flatten_dict(nn.unbox(like))
     found = dict(found)
-    have, want = found.get(PATCH_EMBED), flat_like.get(PATCH_EMBED)
+    kpath = input_layer + ("kernel",)
+    have, want = found.get(kpath), flat_like.get(kpath)
     if have is not None and want is not None and np.shape(have)[-2] != want.shape[-2] \
             and np.shape(have)[:-2] == want.shape[:-2] and np.shape(have)[-1] == want.shape[-1]:
-        if channels == "fresh":  # the original: a new, randomly initialised embedding
-            bias = PATCH_EMBED[:-1] + ("bias",)
-            found.update({PATCH_EMBED: np.asarray(want), bias: np.asarray(flat_like[bias])})
+        if channels == "fresh":  # the originals: a new, randomly initialised input layer
+            bias = input_layer + ("bias",)
+            found.update({kpath: np.asarray(want), bias: np.asarray(flat_like[bias])})
         else:
-            found[PATCH_EMBED] = adapt_channels(np.asarray(have), want.shape[-2], channels)
+            found[kpath] = adapt_channels(np.asarray(have), want.shape[-2], channels)
         if jax.process_index() == 0:
-            print(f"patch embedding: {np.shape(have)[-2]} -> {want.shape[-2]} input channels "
-                  f"({channels})")
-    out, missing, bad = {}, [], []
+            print(f"{'/'.join(input_layer[1:])}: {np.shape(have)[-2]} -> {want.shape[-2]} input "
+                  f"channels ({channels})")
+    out, missing, bad, heads = {}, [], [], []
     for key, value in flat_like.items():
-        if encoder_only and key[0] != "swinViT":
+        got = found.get(key)
+        if encoder is not None and key[:len(encoder)] != encoder:
             out[key] = np.asarray(value)
-        elif key not in found:
+        elif got is None:
             missing.append("/".join(key))
-        elif np.shape(found[key]) != value.shape:
-            bad.append(f"{'/'.join(key)}: {np.shape(found[key])} vs {value.shape}")
+        elif np.shape(got) != value.shape:
+            if new_head and np.shape(got)[:-1] == value.shape[:-1]:
+                heads.append(f"{'/'.join(key)} {np.shape(got)} -> {value.shape}")
+                out[key] = np.asarray(value)
+            else:
+                bad.append(f"{'/'.join(key)}: {np.shape(got)} vs {value.shape}")
         else:
-            out[key] = np.asarray(found[key]).astype(value.dtype)
+            out[key] = np.asarray(got).astype(value.dtype)
     if missing or bad:
-        raise ValueError(f"{source}: parameters do not fit the model: missing {missing[:5]}, "
-                         f"shape mismatches {bad[:5]}")
+        hint = (" (another class count: set init.new_head=True to start the output layers "
+                "fresh)" if bad and not new_head else "")
+        raise ValueError(f"{source}: variables do not fit the model: missing {missing[:5]}, "
+                         f"shape mismatches {bad[:5]}{hint}")
+    if heads and jax.process_index() == 0:
+        print(f"new output layers (init.new_head): {', '.join(heads)}")
     return flax.traverse_util.unflatten_dict(out)
 
 
-def _init_params(config, model, dummy, shardings, key):
+def _init_variables(config, model, dummy, shardings, key) -> dict:
+    """The model's variables ({"params": ..., and e.g. "batch_stats"}): initialised, or from
+    pretrained weights (``init.torch`` / ``init.orbax``; ``init.encoder_only``,
+    ``init.channels``, ``init.new_head``)."""
     init = config.get("init", {})
     if init.get("required") and not (init.get("torch") or init.get("orbax")):
         raise ValueError("this config starts from pretrained weights: set --config.init.orbax="
                          "<previous run or converted model> or --config.init.torch=<.pt file>")
-    params = jax.jit(lambda k: nn.unbox(model.init(k, dummy)["params"]), out_shardings=shardings)(key)
+    variables = jax.jit(lambda k: nn.unbox(model.init(k, dummy)), out_shardings=shardings)(key)
+    source = init.get("torch") or init.get("orbax")
+    if not source:
+        return variables
     encoder_only = bool(init.get("encoder_only", False))
-    channels = init.get("channels", "average")
     if init.get("torch"):
-        from jaxbrain.convert import family_of, load_torch
-        from jaxbrain.convert.core import (flax_to_torch_array, read_state_dict,
-                                           torch_to_flax_array)
-        host = jax.device_get(params)
-        state, _ = read_state_dict(init.torch)
-        state, _ = family_of(model).canonicalize(state)
-        flat = flax.traverse_util.flatten_dict(nn.unbox(host))
-        name = "swinViT.patch_embed.proj.weight"
-        if name in state and PATCH_EMBED in flat and state[name].shape[1] != flat[PATCH_EMBED].shape[-2]:
-            if channels == "fresh":  # the original: a new, randomly initialised embedding
-                kernel = np.asarray(flat[PATCH_EMBED])
-                state["swinViT.patch_embed.proj.bias"] = np.asarray(
-                    flat[("swinViT", "patch_embed", "bias")])
-            else:
-                kernel = adapt_channels(torch_to_flax_array(PATCH_EMBED, state[name], False),
-                                        flat[PATCH_EMBED].shape[-2], channels)
-            if jax.process_index() == 0:
-                print(f"patch embedding: {state[name].shape[1]} -> {kernel.shape[-2]} input "
-                      f"channels ({channels})")
-            state[name] = flax_to_torch_array(PATCH_EMBED, kernel, False)
-        loaded, report = load_torch(state, model, params=host, encoder_only=encoder_only,
-                                    strict=bool(init.get("strict", True)))
-        if jax.process_index() == 0:
-            print(f"initialised from {init.torch}: {report}")
-        params = jax.device_put(loaded, shardings)
-    elif init.get("orbax"):
-        found = _orbax_params(init.orbax)
-        merged = _merge_pretrained(found, jax.device_get(params), init.orbax,
-                                   encoder_only=encoder_only, channels=channels)
-        params = jax.device_put(merged, shardings)
-        if jax.process_index() == 0:
-            print(f"initialised {'the encoder ' if encoder_only else ''}from {init.orbax}")
-    return params
+        from jaxbrain.convert import family_of
+        from jaxbrain.convert.core import to_flax
+        family = family_of(model)
+        found, report, _ = to_flax(init.torch, model, family, encoder_only=encoder_only)
+        if not report.ok and init.get("strict", True):
+            raise ValueError(f"{init.torch} does not fit {type(model).__name__}:\n"
+                             f"{report.problems()}\n(init.strict=False loads what fits)")
+        if family.collections == ("params",):
+            found = {("params",) + k: v for k, v in found.items()}
+    else:
+        found = _orbax_variables(init.orbax)
+    if encoder_only and not hasattr(model, "encoder_kwargs"):
+        raise ValueError(f"init.encoder_only: {type(model).__name__} has no separate encoder")
+    merged = _merge_pretrained(found, jax.device_get(variables), source,
+                               encoder=("params", "swinViT") if encoder_only else None,
+                               input_layer=("params",) + model.input_layer(),
+                               channels=init.get("channels", "average"),
+                               new_head=bool(init.get("new_head", False)))
+    if jax.process_index() == 0:
+        print(f"initialised {'the encoder ' if encoder_only else ''}from {source}")
+    return jax.device_put(merged, shardings) if shardings is not None else merged
 
 
-def _orbax_params(path: str) -> dict:
-    """Parameters (flat {path tuple: array}) of another run (its latest checkpoint) or of
-    ``convert from-torch`` output."""
+def _orbax_variables(path: str) -> dict:
+    """Variables (flat {(collection, *path): array}) of another run (its latest checkpoint)
+    or of ``convert from-torch`` output."""
     import orbax.checkpoint as ocp
     path = os.path.abspath(path)
     ckpts = os.path.join(path, "checkpoints")
@@ -160,13 +165,24 @@ def _orbax_params(path: str) -> dict:
         if step is None:
             raise FileNotFoundError(f"{ckpts}: no checkpoint to initialise from")
         tree = ocp.StandardCheckpointer().restore(os.path.join(ckpts, str(step), "state"))
-        found = tree["params"]
+        found = {"params": tree["params"], **tree.get("model_state", {})}
     elif os.path.isdir(os.path.join(path, "params")):
-        found = ocp.StandardCheckpointer().restore(os.path.join(path, "params"))
+        tree = ocp.StandardCheckpointer().restore(os.path.join(path, "params"))
+        found = tree if "params" in tree and "batch_stats" in tree else {"params": tree}
     else:
         raise FileNotFoundError(f"{path}: neither a training run (checkpoints/) nor a converted "
                                 "model (params/)")
     return flax.traverse_util.flatten_dict(found)
+
+
+def _orbax_params(path: str) -> dict:
+    """The parameters alone (flat {path: array}) of ``_orbax_variables``."""
+    return {k[1:]: v for k, v in _orbax_variables(path).items() if k[0] == "params"}
+
+
+def variables_of(state: dict) -> dict:
+    """The model variables held in a train state: params and any other collections."""
+    return {"params": state["params"], **state.get("model_state", {})}
 
 
 def _save_config(config, workdir: str) -> None:
@@ -208,17 +224,33 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         augment_key = jax.random.fold_in(key, 1)
 
-        def loss_fn(params):
-            def apply(x):
-                return model.apply({"params": params}, x.astype(dtype), train=True,
-                                   rngs={"dropout": key})
-            return objective.compute(apply, batch, augment_key)
+        model_state = state.get("model_state", {})
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        def loss_fn(params):
+            updated = {}
+
+            def apply(x):
+                variables = {"params": params, **model_state}
+                if not model_state:
+                    return model.apply(variables, x.astype(dtype), train=True,
+                                       rngs={"dropout": key})
+                # Running statistics (BatchNorm) are updated by the forward pass.
+                out, new = model.apply(variables, x.astype(dtype), train=True,
+                                       rngs={"dropout": key}, mutable=list(model_state))
+                updated.update(new)
+                return out
+
+            loss, metrics = objective.compute(apply, batch, augment_key)
+            return loss, (metrics, dict(updated))
+
+        (_, (metrics, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, lr=lr_fn(state["step"]), grad_norm=optax.global_norm(grads))
-        return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+        if model_state:
+            new_state["model_state"] = {**model_state, **updated}
+        return new_state, metrics
 
     return train_step
 
@@ -283,21 +315,27 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     roi = tuple(dcfg.roi)
     dummy = jnp.zeros((1, *roi, config.model.in_channels), jnp.float32)
     init_key, state_key = jax.random.split(jax.random.key(config.seed))
-    boxed = jax.eval_shape(lambda: model.init(init_key, dummy))["params"]
-    p_shardings = parallel.param_shardings(boxed, mesh, rules)
+    abstract = jax.eval_shape(lambda: model.init(init_key, dummy))
+    p_shardings = parallel.param_shardings(abstract["params"], mesh, rules)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    v_shardings = {c: p_shardings if c == "params" else
+                   jax.tree_util.tree_map(lambda _: replicated, nn.unbox(tree))
+                   for c, tree in abstract.items()}
     total_steps = int(config.total_steps)
     tx, lr_fn = make_optimizer(config.optim, total_steps)
 
     ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),
                        best_metric=config.get("best_metric"),
                        best_mode=config.get("best_mode", "max"))
-    params = _init_params(config, model, dummy, p_shardings, init_key)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    variables = _init_variables(config, model, dummy, v_shardings, init_key)
+    params = variables.pop("params")
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, p_shardings,
                                                                    replicated))(params)
     state = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "params": params,
              "opt_state": opt_state,
              "rng": jax.device_put(jax.random.key_data(state_key), replicated)}
+    if variables:  # collections besides params, e.g. BatchNorm's running statistics
+        state["model_state"] = variables
     latest = ckpt.latest_step()
     if latest is not None:
         state = ckpt.restore(latest, abstract_like(state), train_iter)
@@ -354,7 +392,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                 progress.update(step, {k: last[k] for k in PROGRESS_METRICS if k in last})
             val = None
             if validator and eval_every and (step % eval_every == 0 or step == total_steps):
-                val = validator(state["params"])
+                val = validator(variables_of(state))
                 writer.write(step, {f"val/{k}": v for k, v in val.items()})
                 last.update({f"val_{k}": v for k, v in val.items()})
             stopping = stop.check() or (stop_after is not None and step - start >= stop_after)
@@ -390,18 +428,18 @@ class _Validator:
                                        overlap=ecfg.get("overlap", 0.5),
                                        mode=ecfg.get("mode", "gaussian"),
                                        sw_batch_size=ecfg.get("sw_batch_size", 2))
-        def predict(params, windows):
-            logits = model.apply({"params": params}, windows.astype(dtype))
+        def predict(variables, windows):
+            logits = model.apply(variables, windows.astype(dtype))
             return objective.probabilities(logits)
 
         self.predict = predict  # one function object: the compiled pass is reused
 
-    def __call__(self, params) -> dict:
+    def __call__(self, variables) -> dict:
         rows = []
         for record in self.dataset:
             image = jax.device_put(record["image"][None], jax.sharding.NamedSharding(
                 self.mesh, jax.sharding.PartitionSpec()))
-            probs = self.infer(jax.tree_util.Partial(self.predict, params), image)
+            probs = self.infer(jax.tree_util.Partial(self.predict, variables), image)
             probs = jnp.asarray(jax.device_get(probs))
             target = self.objective.targets(probs, jnp.asarray(np.asarray(record["label"]))[None])
             m = self.objective.metrics(probs, target)
