@@ -44,9 +44,11 @@ def _axis_ints(key, lo, hi):
     return [jax.random.randint(jax.random.fold_in(key, a), (), lo[a], hi[a] + 1) for a in range(3)]
 
 
-def block_labels(key: jax.Array, spatial: tuple[int, int, int], *, classes: int = 5,
-                 fg_ratio: float = 0.7, block_min=(8, 8, 8), block_max=(32, 32, 32)) -> jax.Array:
-    """The block-grid label map of one sample, (D, H, W) int32 in {0..classes-1}."""
+def block_layout(key: jax.Array, spatial: tuple[int, int, int], *, classes: int = 5,
+                 fg_ratio: float = 0.7, block_min=(8, 8, 8), block_max=(32, 32, 32)) -> dict:
+    """The random draws of one sample's block grid: block ``sizes`` and ``offsets`` (3,),
+    ``counts`` of whole blocks per axis (3,), and ``table``: the class of every block in
+    raster order (0 for background; entries past the block count are 0)."""
     k_size, k_off, k_pick, k_cls = jax.random.split(key, 4)
     sizes = _axis_ints(k_size, block_min, block_max)
     offsets = [jax.random.randint(jax.random.fold_in(k_off, a), (), 0, spatial[a] % sizes[a] + 1)
@@ -62,7 +64,13 @@ def block_labels(key: jax.Array, spatial: tuple[int, int, int], *, classes: int 
     u = jnp.where(index < n_blocks, jax.random.uniform(k_pick, (most,)), 2.0)
     rank = jnp.argsort(jnp.argsort(u))
     k = jax.random.randint(k_cls, (most,), 1, classes)
-    table = jnp.where(rank < n_fg, k, 0)
+    return dict(sizes=jnp.stack(sizes), offsets=jnp.stack(offsets), counts=jnp.stack(counts),
+                table=jnp.where(rank < n_fg, k, 0).astype(jnp.int32))
+
+
+def render_blocks(layout: dict, spatial: tuple[int, int, int]) -> jax.Array:
+    """The (D, H, W) label map of a block layout."""
+    sizes, offsets, counts, table = (layout[k] for k in ("sizes", "offsets", "counts", "table"))
     ids, inside = [], []
     for a in range(3):
         z = jnp.arange(spatial[a]) - offsets[a]
@@ -72,31 +80,40 @@ def block_labels(key: jax.Array, spatial: tuple[int, int, int], *, classes: int 
     block = (ids[0][:, None, None] * (counts[1] * counts[2]) + ids[1][None, :, None] * counts[2]
              + ids[2][None, None, :])
     mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    return jnp.where(mask, table[jnp.clip(block, 0, most - 1)], 0).astype(jnp.int32)
+    return jnp.where(mask, table[jnp.clip(block, 0, table.shape[0] - 1)], 0).astype(jnp.int32)
 
 
-def box_labels(key: jax.Array, spatial: tuple[int, int, int], *, classes: int = 5,
-               box_count=(10, 40), box_min=(8, 8, 8), box_max=(40, 80, 80)) -> jax.Array:
-    """The random-box label map of one sample, (D, H, W) int32 in {0..classes-1}."""
+def box_layout(key: jax.Array, spatial: tuple[int, int, int], *, classes: int = 5,
+               box_count=(10, 40), box_min=(8, 8, 8), box_max=(40, 80, 80)) -> dict:
+    """The random draws of one sample's boxes: ``count`` (boxes used), and per box (up to
+    ``box_count[1]``) its drawn ``sides`` (M, 3), ``starts`` / ``ends`` (M, 3, cut at the
+    border) and class ``k`` (M,)."""
     k_n, k_size, k_centre, k_cls = jax.random.split(key, 4)
     most = box_count[1]
     count = jax.random.randint(k_n, (), box_count[0], box_count[1] + 1)
-    starts, ends = [], []
+    sides, starts, ends = [], [], []
     for a, n in enumerate(spatial):
         size = jax.random.randint(jax.random.fold_in(k_size, a), (most,), box_min[a], box_max[a] + 1)
         centre = jax.random.randint(jax.random.fold_in(k_centre, a), (most,), 0, n)
         lo = centre - size // 2
+        sides.append(size)
         starts.append(jnp.maximum(lo, 0))
         ends.append(jnp.minimum(lo + size, n))
-    k = jax.random.randint(k_cls, (most,), 1, classes)
+    return dict(count=count, sides=jnp.stack(sides, -1), starts=jnp.stack(starts, -1),
+                ends=jnp.stack(ends, -1), k=jax.random.randint(k_cls, (most,), 1, classes))
+
+
+def render_boxes(layout: dict, spatial: tuple[int, int, int]) -> jax.Array:
+    """The (D, H, W) label map of a box layout: boxes painted in order, later ones on top."""
     grids = [jnp.arange(n) for n in spatial]
 
     def paint(j, label):
-        ins = [(g >= s[j]) & (g < e[j]) for g, s, e in zip(grids, starts, ends)]
+        ins = [(g >= layout["starts"][j, a]) & (g < layout["ends"][j, a])
+               for a, g in enumerate(grids)]
         box = ins[0][:, None, None] & ins[1][None, :, None] & ins[2][None, None, :]
-        return jnp.where(box & (j < count), k[j], label)
+        return jnp.where(box & (j < layout["count"]), layout["k"][j], label)
 
-    return jax.lax.fori_loop(0, most, paint, jnp.zeros(spatial, jnp.int32))
+    return jax.lax.fori_loop(0, layout["k"].shape[0], paint, jnp.zeros(spatial, jnp.int32))
 
 
 def fuse(background: jax.Array, foreground: jax.Array, labels: jax.Array, classes: int) -> jax.Array:
@@ -151,17 +168,21 @@ class VolumeFusion:
     def for_mesh(self, batch_shards: int) -> "VolumeFusion":
         return dataclasses.replace(self, batch_shards=batch_shards)
 
-    def labels(self, key: jax.Array, batch: int, spatial: tuple[int, int, int]) -> jax.Array:
-        """Label maps (B, D, H, W) int32, one independent draw per sample."""
+    def layout(self, key: jax.Array, spatial: tuple[int, int, int]) -> dict:
+        """One sample's random draws (``block_layout`` or ``box_layout``)."""
         if self.variant == "blocks":
             if any(n < lo for n, lo in zip(spatial, self.block_min)):
                 raise ValueError(f"crop {spatial} is smaller than objective.block_min {self.block_min}")
-            draw = lambda k: block_labels(k, spatial, classes=self.classes, fg_ratio=self.fg_ratio,
-                                          block_min=self.block_min, block_max=self.block_max)
-        else:
-            draw = lambda k: box_labels(k, spatial, classes=self.classes, box_count=self.box_count,
-                                        box_min=self.box_min, box_max=self.box_max)
-        return jax.vmap(draw)(jax.random.split(key, batch))
+            return block_layout(key, spatial, classes=self.classes, fg_ratio=self.fg_ratio,
+                                block_min=self.block_min, block_max=self.block_max)
+        return box_layout(key, spatial, classes=self.classes, box_count=self.box_count,
+                          box_min=self.box_min, box_max=self.box_max)
+
+    def labels(self, key: jax.Array, batch: int, spatial: tuple[int, int, int]) -> jax.Array:
+        """Label maps (B, D, H, W) int32, one independent draw per sample."""
+        render = render_blocks if self.variant == "blocks" else render_boxes
+        return jax.vmap(lambda k: render(self.layout(k, spatial), spatial))(
+            jax.random.split(key, batch))
 
     def partners(self, images: jax.Array) -> jax.Array:
         """The foreground image of every sample (B, ..., C), taken within its device's slice."""
