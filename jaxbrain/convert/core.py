@@ -209,7 +209,7 @@ def write_state_dict(state: State, path: str | os.PathLike,
     nest them, e.g. {"state_dict": {"module." + name: tensor}}, as a training script saved)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.array(v, order="C") for k, v in state.items()}  # (0-d stays 0-d)
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
         save_file(arrays, path)
@@ -261,6 +261,7 @@ def to_flax(source, model, family: Family, *, encoder_only: bool = False,
     scope = family.encoder_prefix if encoder_only else None
     if encoder_only and scope is None:
         raise ValueError(f"{family.name} has no encoder to load alone (encoder_only=True)")
+    full = dict(state)  # for the hints, buffers included
     for key, expected in family.buffers(model).items():
         if key in state:
             got = state.pop(key)
@@ -284,7 +285,7 @@ def to_flax(source, model, family: Family, *, encoder_only: bool = False,
         else:
             report.unused.append((key, arr.shape))
     if not report.ok or any(a.shape != tuple(targets[p].shape) for p, a in found.items()):
-        report.hints = family.hints(model, state, {k: targets[p] for k, p in keys.items()})
+        report.hints = family.hints(model, full, {k: targets[p] for k, p in keys.items()})
     return found, report, targets
 
 

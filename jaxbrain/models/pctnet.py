@@ -270,6 +270,7 @@ class PyramidConvTrans(_Module):
     depths: tuple[int, int, int] = (2, 2, 2)
     num_heads: tuple[int, int, int] = (4, 8, 16)
     window_sizes: tuple[int, int, int] = (6, 6, 6)
+    drop_path: float = 0.2
     class_num: int = 2
     multiscale_pred: bool = False
     corrected_index: bool = False
@@ -285,7 +286,8 @@ class PyramidConvTrans(_Module):
         def block(i, res, name):
             return ConvTransBlock(input_resolution=res, depth=self.depths[i],
                                   num_heads=self.num_heads[i], window_size=self.window_sizes[i],
-                                  dropout=self.dropout[i], corrected_index=self.corrected_index,
+                                  dropout=self.dropout[i], drop_path=self.drop_path,
+                                  corrected_index=self.corrected_index,
                                   remat=self.remat, name=name, **args)
 
         x2 = block(0, r2, "convtrans_e2")(x, train)
@@ -340,6 +342,7 @@ class PCTNet(nn.Module):
     depths: Sequence[int] = (2, 2, 2)
     num_heads: Sequence[int] = (4, 8, 16)
     window_sizes: Sequence[int] = (6, 6, 6)
+    drop_path: float = 0.2
     multiscale_pred: bool = False
     resolution_mode: int = 0
     corrected_index: bool = False
@@ -383,7 +386,7 @@ class PCTNet(nn.Module):
         x2, coarse = PyramidConvTrans(
             input_size=size, features=f[2:], dropout=drop[2:], depths=tuple(self.depths),
             num_heads=tuple(self.num_heads), window_sizes=tuple(self.window_sizes),
-            class_num=self.out_channels, multiscale_pred=self.multiscale_pred,
+            drop_path=self.drop_path, class_num=self.out_channels, multiscale_pred=self.multiscale_pred,
             corrected_index=self.corrected_index, remat=self.remat, name="pyramid_ct",
             **args)(x2, train)
         out, out1 = PredictionHead(features=f[:3], conv_dims=conv_dims, down_dims=down_dims,
