@@ -41,7 +41,6 @@ def finetune(c, args, *, in_channels: int, out_channels: int, roi, demo_roi) -> 
     c.optim = dict(name="adam", lr=1e-3, weight_decay=1e-5, b1=0.9, b2=0.999,
                    schedule="warmup_cosine", warmup_steps=c.optim.warmup_steps, end_lr=0.0,
                    grad_clip=0.0, grad_accum=1)
-    c.init = dict(vf.init, channels="average", new_head=True,
-                  required="scratch" not in args)
+    c.init.update(channels="average", new_head=True, required="scratch" not in args)
     c.data.roi = roi
     c.eval.update(roi=roi)
