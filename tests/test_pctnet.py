@@ -149,3 +149,26 @@ def test_index_variants_and_fixed_input_size():
     assert rel_l2(out, from_torch_output(ref)) < 1e-4
     with pytest.raises(ValueError, match="input_size"):
         model.apply(variables, jnp.zeros((1, 16, 32, 48, 2)))
+
+
+def test_command_line_import_inspect_and_export_with_template(tmp_path, capsys):
+    from jaxbrain.convert.__main__ import main as convert
+    net, model = _pair(1, classes=5)
+    released = tmp_path / "released.pt"
+    torch.save({"model_state_dict": net.state_dict(), "iteration": 100,
+                "optimizer_state_dict": {}}, released)
+    assert convert(["inspect", str(released)]) == 0
+    assert '"out_channels": 5' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="input_size"):
+        convert(["from-torch", str(released), str(tmp_path / "ckpt"), "--model", "pctnet"])
+    assert convert(["from-torch", str(released), str(tmp_path / "ckpt"), "--model", "pctnet",
+                    "--set", f"input_size={list(SIZE)}", "--set", "resolution_mode=1",
+                    "--set", f"num_heads={list(HEADS)}", "--set", "drop_path=0.0",
+                    "--set", "dropout=[0.0,0.0,0.0,0.0,0.0]"]) == 0
+    out = tmp_path / "back.pt"
+    assert convert(["to-torch", str(tmp_path / "ckpt"), str(out), "--template", str(released)]) == 0
+    back = torch.load(out, weights_only=True)["model_state_dict"]
+    original = net.state_dict()
+    assert set(back) == set(original)
+    for key, value in original.items():
+        assert torch.equal(back[key], value), key

@@ -66,8 +66,18 @@ def _inferred_kwargs(name: str, state: dict) -> dict:
 
 
 def cmd_inspect(args) -> int:
-    from jaxbrain.convert import read_state_dict, swin_unetr
+    from jaxbrain.convert import pctnet, read_state_dict, swin_unetr
     state, name = read_state_dict(args.checkpoint, args.trust_pickle)
+    if any(k.startswith("pyramid_ct.") for k in state):
+        n = sum(int(np.prod(v.shape)) for v in state.values())
+        print(f"{name}: MIS-FM PCTNet, {len(state)} tensors, {n:,} values")
+        print("inferred PCTNet arguments:", json.dumps(pctnet.infer_config(state)))
+        print("note: input_size and resolution_mode are not recorded in the checkpoint; give "
+              "them with --set when converting")
+        if args.keys:
+            for k, v in state.items():
+                print(f"  {k}  {tuple(v.shape)}  {v.dtype}")
+        return 0
     state, fmt = swin_unetr.canonicalize(state)
     n = sum(int(np.prod(v.shape)) for v in state.values())
     print(f"{name}: {fmt}, {len(state)} tensors, {n:,} values")
