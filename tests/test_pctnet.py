@@ -172,3 +172,21 @@ def test_command_line_import_inspect_and_export_with_template(tmp_path, capsys):
     assert set(back) == set(original)
     for key, value in original.items():
         assert torch.equal(back[key], value), key
+
+
+def test_single_scale_model_exchanges_with_the_original_layout():
+    """Without multiscale_pred the original still holds the deep-supervision layers."""
+    torch.manual_seed(0)
+    net = TorchPCTNet({"in_chns": 2, "class_num": 3, "input_size": list(SIZE),
+                       "feature_chns": list(FEATURES), "num_heads": list(HEADS)})
+    model = PCTNet(2, 3, input_size=SIZE, features=FEATURES, num_heads=HEADS)
+    variables, report = load_torch(numpy_state(net), model)
+    assert report.ok and any("out_conv3" in k for k in report.ignored)
+    state = save_torch(variables, model, None)
+    net.load_state_dict({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()},
+                        strict=True)
+    net.eval()
+    x = _x(4)
+    with torch.no_grad():
+        ref = net(to_torch_input(x))
+    assert rel_l2(model.apply(variables, jnp.asarray(x)), from_torch_output(ref)) < 1e-4

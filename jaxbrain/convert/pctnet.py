@@ -64,8 +64,11 @@ def buffers(model) -> State:
 
 def ignored(model, key: str) -> bool:
     m = re.match(r"^(embeddings|pred_heads)\.(\d)\.", key)
-    if m:
-        return int(m.group(2)) != model.resolution_mode
+    if m and int(m.group(2)) != model.resolution_mode:
+        return True
+    if not model.multiscale_pred and re.match(
+            r"^(pred_heads\.\d\.out_conv1|pyramid_ct\.out_conv[23])\.", key):
+        return True
     return bool(re.match(r"^pyramid_ct\.convtrans_\w+\.norm_layer\.(weight|bias)$", key))
 
 
@@ -82,22 +85,29 @@ def _torch_default(path: Path, shape: tuple) -> np.ndarray:
     return np.zeros(shape, np.float32)  # BatchNorm bias and running mean
 
 
+_COARSE = ("out_conv1", "out_conv2", "out_conv3")  # deep-supervision layers
+
+
 def extra(model) -> State:
-    """The other resolution modes' stems and heads, as PyTorch initialises them, and the
-    unused ``norm_layer`` LayerNorms (weight 1, bias 0)."""
+    """What the original's state dict holds beyond this model, as PyTorch initialises it:
+    the other resolution modes' stems and heads, the deep-supervision output layers when
+    ``multiscale_pred`` is off (the original always creates them), and the unused
+    ``norm_layer`` LayerNorms (weight 1, bias 0)."""
     out: State = {}
     rng = np.random.default_rng(0)
-    for mode in (0, 1, 2):
-        if mode == model.resolution_mode:
-            continue
-        other = model.clone(resolution_mode=mode)
+    parts = [(model.clone(resolution_mode=m, multiscale_pred=True),
+              lambda p: p[1] in ("embedding", "pred_head")) for m in (0, 1, 2)
+             if m != model.resolution_mode]
+    if not model.multiscale_pred:
+        parts.append((model.clone(multiscale_pred=True), lambda p: p[2] in _COARSE))
+    for other, wanted in parts:
         shapes = jax.eval_shape(lambda m=other: m.init(
             jax.random.key(0), jnp.zeros((1, *m.input_size, m.in_channels))))
         flat = traverse_util.flatten_dict({c: unbox(shapes[c]) if c == "params" else shapes[c]
                                            for c in ("params", "batch_stats")})
         convs: dict[Path, tuple] = {}
         for path, leaf in flat.items():
-            if path[1] not in ("embedding", "pred_head"):
+            if not wanted(path):
                 continue
             if path[-1] == "kernel":
                 convs[path[:-1]] = leaf.shape
