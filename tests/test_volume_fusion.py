@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
+import flax.linen
 
 from jaxbrain.objectives import create
 from jaxbrain.objectives.segmentation import upsampled_outputs
@@ -158,3 +159,29 @@ def test_upsampling_equals_torch_trilinear():
         ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 4, 1, 2, 3),
                                               size=size, mode="trilinear")
         np.testing.assert_allclose(np.asarray(up), ref.permute(0, 2, 3, 4, 1).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["misfm_vf_swinunetr.py", "misfm_vf_pctnet.py"])
+def test_vf_configs_wire_model_and_objective(config):
+    """Each VF config's model, objective and train step fit together (traced, not run)."""
+    import os
+    from jaxbrain.training import loop
+    from jaxbrain.training.config import load_config_file
+    from jaxbrain.training.optim import make_optimizer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = load_config_file(os.path.join(root, "configs", config), "demo")
+    model, objective = loop.build_model(c.model), create(**c.objective)
+    tx, lr_fn = make_optimizer(c.optim, c.total_steps)
+    x = jnp.zeros((4, *c.data.roi, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x[:1]))
+    variables = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                       flax.linen.unbox(variables))
+    params = variables.pop("params")
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(0))}
+    if variables:
+        state["model_state"] = variables
+    step = loop.make_train_step(model, objective, tx, lr_fn, jnp.float32)
+    new, metrics = jax.eval_shape(step, state, {"image": x})
+    assert set(new) == set(state) and metrics["loss"].shape == ()
+    assert {"dice_loss", "ce_loss", "dice_mean", "fused_fraction"} <= set(metrics)
