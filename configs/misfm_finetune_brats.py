@@ -12,7 +12,9 @@ Presets: ``demo`` (small PCT-Net on synthetic BraTS), ``scratch`` (no pretrained
 
 The BraTS data, augmentation and evaluation of ``brats_swinunetr`` with PCT-Net: 4 channels in
 (the pretrained 1-channel stem is averaged over them, ``init.channels``), 3 sigmoid region
-outputs [TC, WT, ET] (new output layers: ``init.new_head``), deep supervision, Dice + BCE
+outputs [TC, WT, ET] (new output layers: ``init.new_head``), intensities scaled as in the
+pretraining (per channel to [0, 1] between the 0.5th and 99.5th brain percentiles), deep
+supervision, Dice + BCE
 (0.5 each), Adam lr 1e-3 (MIS-FM's fine-tuning rate) with weight decay 1e-5, batch 2,
 64x128x128 crops, and sliding-window evaluation at PCT-Net's fixed window (``eval.roi`` =
 ``model.input_size``).
@@ -42,5 +44,8 @@ def finetune(c, args, *, in_channels: int, out_channels: int, roi, demo_roi) -> 
                    schedule="warmup_cosine", warmup_steps=c.optim.warmup_steps, end_lr=0.0,
                    grad_clip=0.0, grad_accum=1)
     c.init.update(channels="average", new_head=True, required="scratch" not in args)
+    # The pretraining's intensity scaling (per channel to [0, 1] between brain percentiles),
+    # so that the pretrained stem and BatchNorm statistics see what they were trained on.
+    c.data.preprocess = vf.data.preprocess
     c.data.roi = roi
     c.eval.update(roi=roi)
