@@ -12,8 +12,9 @@ a bias entry and most of the table is never read); ``True`` is the standard Swin
 so loading a state dict overwrites it with the checkpoint's.
 
 Layout: three patch embeddings and three prediction heads (one per ``resolution_mode``: 3D,
-2.5D, 2D near the input) around one pyramid of conv + shifted-window transformer blocks at
-1/4, 1/8 and 1/16 of the input (1/4 in-plane only for modes 1 and 2 along the first axis).
+2.5D, 2D near the input) around one three-level pyramid of conv + shifted-window transformer
+blocks, whose first level is the input down-sampled by [4, 4, 4], [2, 4, 4] or [1, 4, 4]
+(modes 0, 1, 2).
 """
 
 from __future__ import annotations
@@ -544,4 +545,4 @@ if __name__ == "__main__":
     demo = PCTNet({"in_chns": 1, "class_num": 5, "input_size": [64, 128, 128],
                    "feature_chns": [24, 48, 128, 256, 512]})
     n_params = sum(p.numel() for p in demo.parameters())
-    print(f"demo config parameters: {n_params} ({n_params / 1e6:.2f}M)")
+    print(f"demo config (resolution_mode 0) parameters: {n_params} ({n_params / 1e6:.2f}M)")
