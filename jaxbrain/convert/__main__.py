@@ -69,21 +69,18 @@ def cmd_inspect(args) -> int:
     from jaxbrain.convert import pctnet, read_state_dict, swin_unetr
     state, name = read_state_dict(args.checkpoint, args.trust_pickle)
     if any(k.startswith("pyramid_ct.") for k in state):
-        n = sum(int(np.prod(v.shape)) for v in state.values())
-        print(f"{name}: MIS-FM PCTNet, {len(state)} tensors, {n:,} values")
-        print("inferred PCTNet arguments:", json.dumps(pctnet.infer_config(state)))
-        print("note: input_size and resolution_mode are not recorded in the checkpoint; give "
-              "them with --set when converting")
-        if args.keys:
-            for k, v in state.items():
-                print(f"  {k}  {tuple(v.shape)}  {v.dtype}")
-        return 0
-    state, fmt = swin_unetr.canonicalize(state)
+        family, model = pctnet, "PCTNet"
+        note = ("input_size and resolution_mode are not recorded in the checkpoint; give them "
+                "with --set when converting")
+    else:
+        family, model = swin_unetr, "SwinUNETR"
+        note = ("the PatchMerging order is not visible in shapes; checkpoints trained with "
+                "MONAI < 1.5 (BrainSegFounder's among them) need downsample=merging_legacy")
+    state, fmt = family.canonicalize(state)
     n = sum(int(np.prod(v.shape)) for v in state.values())
     print(f"{name}: {fmt}, {len(state)} tensors, {n:,} values")
-    print("inferred SwinUNETR arguments:", json.dumps(swin_unetr.infer_config(state)))
-    print("note: the PatchMerging order is not visible in shapes; checkpoints trained with "
-          "MONAI < 1.5 (BrainSegFounder's among them) need downsample=merging_legacy")
+    print(f"inferred {model} arguments:", json.dumps(family.infer_config(state)))
+    print("note:", note)
     if args.keys:
         for k, v in state.items():
             print(f"  {k}  {tuple(v.shape)}  {v.dtype}")
