@@ -1,40 +1,16 @@
-"""Evaluation reports: the PNG writer (checked by a small decoder), overlay colours, slice
-choice and orientation, and the metric CSV/JSON files."""
+"""Evaluation reports: overlay figures (colours, legend, titles, orientation, slice choice, the
+plain image outside labels) and the metric CSV/JSON files."""
 
 import csv
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxbrain.evaluation import report
 
 RED, GREEN, YELLOW = (255, 0, 0), (0, 255, 0), (255, 255, 0)
-
-
-def _read_png(path):
-    """Decode an 8-bit RGB, non-interlaced PNG whose rows all use filter type 0."""
-    data = open(path, "rb").read()
-    assert data[:8] == report.PNG_SIGNATURE
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert [k for k, _ in chunks][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(
-        ">IIBBBBB", chunks[0][1])
-    assert (depth, color, compression, filtering, interlace) == (8, 2, 0, 0, 0)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    assert len(raw) == height * (1 + 3 * width)
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 3 * width)
-    assert not rows[:, 0].any()
-    return rows[:, 1:].reshape(height, width, 3)
 
 
 def _head(shape=(20, 24, 16)):
@@ -44,41 +20,81 @@ def _head(shape=(20, 24, 16)):
     return np.where(inside, 100.0 + 50.0 * grid[0] + 20.0 * grid[2], 0.0)
 
 
-def _pixel(picture, tile, x, y, shape):
-    """Colour of voxel (x, y) of a slice in tile ``tile``: anterior up, patient left left."""
-    return tuple(picture[shape[1] - 1 - y, tile * shape[0] + x])
+def _overlay(path, image, label, **kw):
+    """Write the PNG and return (chosen slices, its RGB pixels, the figure's panel axes)."""
+    chosen = report.overlay_png(path, image, label, **kw)
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        picture = np.asarray(png.convert("RGB"))
+    fig, again, axes = report._figure(image, label, **kw)
+    assert again == chosen
+    assert picture.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
+    return chosen, picture, axes
 
 
-def test_png_round_trip(tmp_path):
-    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    report.write_png(tmp_path / "a.png", rgb)
-    np.testing.assert_array_equal(_read_png(tmp_path / "a.png"), rgb)
-    for bad in (rgb.astype(np.float32), rgb[..., :2], np.zeros((0, 4, 3), np.uint8)):
-        with pytest.raises(ValueError, match="uint8"):
-            report.write_png(tmp_path / "b.png", bad)
+def _pixel(picture, ax, x, y, shape):
+    """Colour at the centre of voxel (x, y) of a slice in panel ``ax``; the panel shows
+    anterior (large y) up and patient left (small x) on the left."""
+    col, row = ax.transData.transform((x, shape[1] - 1 - y))
+    return tuple(int(c) for c in picture[int(picture.shape[0] - row), int(col)])
 
 
-def test_overlay_colours_and_orientation(tmp_path):
+def _panel(picture, ax):
+    """The panel's pixels and, for each, the displayed (row, column) voxel it shows."""
+    x0, y0, x1, y1 = np.round(ax.get_window_extent().extents).astype(int)
+    top, bottom = picture.shape[0] - y1, picture.shape[0] - y0
+    pixels = picture[top:bottom, x0:x1]
+    cols, rows = np.meshgrid(np.arange(x0, x1) + 0.5,
+                             picture.shape[0] - np.arange(top, bottom) - 0.5)
+    data = ax.transData.inverted().transform(np.stack([cols.ravel(), rows.ravel()], axis=1))
+    voxel = np.round(data).astype(int).reshape(*cols.shape, 2)
+    return pixels, voxel[..., 1], voxel[..., 0]
+
+
+def _grey(image, z):
+    """The windowed grey level (0..255) of every voxel of slice z, in display order."""
+    nonzero = image[image != 0]
+    low, high = np.percentile(nonzero, (1, 99))
+    gray = np.clip((image[:, :, z] - low) / (high - low), 0, 1)
+    return np.round(255 * gray).astype(int).T[::-1]
+
+
+def _assert_plain_outside(picture, ax, image, label, z):
+    """Every panel pixel showing an unlabelled voxel is exactly that voxel's grey level."""
+    pixels, rows, cols = _panel(picture, ax)
+    labelled = (label[:, :, z] != 0).T[::-1][rows, cols]
+    expected = _grey(image, z)[rows, cols]
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[..., channel][~labelled], expected[~labelled])
+    return pixels, labelled
+
+
+def test_overlay_colours_orientation_and_plain_image_outside_labels(tmp_path):
     image = _head()
     shape = image.shape
     label = np.zeros(shape, np.uint8)
     # Patient left (small x), anterior (large y), slices 6..9.
     label[3:8, 14:20, 6:10] = 1
-    chosen = report.overlay_png(tmp_path / "o.png", image, label, slices=2)
+    chosen, picture, axes = _overlay(tmp_path / "o.png", image, label, slices=2)
     assert len(chosen) == 2 and all(6 <= z <= 9 for z in chosen)
-    picture = _read_png(tmp_path / "o.png")
-    assert picture.shape == (shape[1], 2 * shape[0], 3)
-    for tile in range(2):
-        assert _pixel(picture, tile, 3, 14, shape) == RED          # outline
-        r, g, b = _pixel(picture, tile, 5, 16, shape)              # interior: blended
+    assert [len(row) for row in axes] == [1, 1]  # one row per slice, no ground truth column
+    for z, (ax,) in zip(chosen, axes):
+        assert ax.get_window_extent().height >= 300  # readable panels
+        assert ax.get_title() == f"Prediction\naxial z={z} / {shape[2]}"
+        assert _pixel(picture, ax, 3, 14, shape) == RED          # outline
+        r, g, b = _pixel(picture, ax, 5, 16, shape)              # interior: blended
         assert r > g == b
-        r, g, b = _pixel(picture, tile, 14, 5, shape)              # unlabelled: grey
+        r, g, b = _pixel(picture, ax, 14, 5, shape)              # unlabelled: grey
         assert r == g == b
-    tinted = picture[..., 0] != picture[..., 1]
-    rows, cols = np.nonzero(tinted[:, :shape[0]])
-    assert rows.max() < shape[1] // 2 and cols.max() < shape[0] // 2   # top left of the tile
-    # Background is black, the brightest brain voxels white.
-    assert tuple(picture[0, 0]) == (0, 0, 0) and picture.max() == 255
+        pixels, labelled = _assert_plain_outside(picture, ax, image, label, z)
+        tinted = (pixels[..., 0] != pixels[..., 1]) | (pixels[..., 1] != pixels[..., 2])
+        assert tinted.any() and not (tinted & ~labelled).any()
+        rows, cols = np.nonzero(tinted)
+        assert rows.max() < tinted.shape[0] // 2 and cols.max() < tinted.shape[1] // 2  # top left
+        # Background is black, the brightest brain voxels white.
+        assert pixels[0, 0].tolist() == [0, 0, 0] and pixels.max() == 255
+    fig, _, _ = report._figure(image, label, slices=2)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1: lesion"]
 
 
 def test_slices_follow_the_label_or_the_brain(tmp_path):
@@ -90,12 +106,16 @@ def test_slices_follow_the_label_or_the_brain(tmp_path):
     assert report.overlay_png(tmp_path / "b.png", image, label, slices=3) == [3, 6, 10]
     assert report.overlay_png(tmp_path / "c.png", image, label, slices=20) == list(range(3, 12))
     brain = np.flatnonzero(image.any(axis=(0, 1)))
-    chosen = report.overlay_png(tmp_path / "d.png", image, np.zeros_like(label), slices=3)
+    chosen, picture, axes = _overlay(tmp_path / "d.png", image, np.zeros_like(label), slices=3)
     assert chosen == np.linspace(brain[0], brain[-1], 5)[1:-1].round().astype(int).tolist()
-    assert _read_png(tmp_path / "d.png").shape == (image.shape[1], 3 * image.shape[0], 3)
+    # Three rows of one panel each, every panel some 300 pixels or more.
+    height, width = picture.shape[:2]
+    assert 300 <= width < 600 and 3 * 300 <= height < 3 * 600
+    for z, (ax,) in zip(chosen, axes):
+        _assert_plain_outside(picture, ax, image, np.zeros_like(label), z)
 
 
-def test_brats_colours_and_ground_truth_side_by_side(tmp_path):
+def test_brats_colours_legend_and_ground_truth_side_by_side(tmp_path):
     image = _head()
     shape = image.shape
     pred = np.zeros(shape, np.uint8)
@@ -104,27 +124,37 @@ def test_brats_colours_and_ground_truth_side_by_side(tmp_path):
     pred[8:12, 8:14, 8] = 4
     truth = np.zeros(shape, np.uint8)
     truth[10:16, 10:18, 8] = 2
-    chosen = report.overlay_png(tmp_path / "o.png", image, pred, slices=1, ground_truth=truth)
+    chosen, picture, axes = _overlay(tmp_path / "o.png", image, pred, slices=1, ground_truth=truth)
     assert chosen == [8]
-    picture = _read_png(tmp_path / "o.png")
-    assert picture.shape == (shape[1], 2 * shape[0], 3)
-    assert _pixel(picture, 0, 4, 4, shape) == GREEN
-    assert _pixel(picture, 0, 6, 6, shape) == RED
-    assert _pixel(picture, 0, 8, 8, shape) == YELLOW
-    r, g, b = _pixel(picture, 0, 9, 10, shape)
+    (ax_pred, ax_truth), = axes
+    assert ax_pred.get_title() == "Prediction\naxial z=8 / 16"
+    assert ax_truth.get_title() == "Ground truth\naxial z=8 / 16"
+    left, right = ax_pred.get_window_extent(), ax_truth.get_window_extent()
+    assert left.x1 < right.x0 and left.y0 == right.y0 and min(left.width, left.height) >= 300
+    assert 2 * 300 <= picture.shape[1] < 2 * 600
+    assert _pixel(picture, ax_pred, 4, 4, shape) == GREEN
+    assert _pixel(picture, ax_pred, 6, 6, shape) == RED
+    assert _pixel(picture, ax_pred, 8, 8, shape) == YELLOW
+    r, g, b = _pixel(picture, ax_pred, 9, 10, shape)
     assert r == g > b
-    # Ground truth tile: oedema only, where the truth has it.
-    assert _pixel(picture, 1, 10, 10, shape) == GREEN
-    gt_tile = picture[:, shape[0]:]
-    tinted = gt_tile[..., 0] != gt_tile[..., 1]
-    assert tinted.sum() == np.count_nonzero(truth[:, :, 8])
-    custom = report.overlay_png(tmp_path / "c.png", image, pred, slices=1,
-                                colors={4: (0, 0, 255)})
+    # Ground truth panel: oedema only, where the truth has it, and the plain image elsewhere.
+    assert _pixel(picture, ax_truth, 10, 10, shape) == GREEN
+    _assert_plain_outside(picture, ax_pred, image, pred, 8)
+    pixels, labelled = _assert_plain_outside(picture, ax_truth, image, truth, 8)
+    tinted = pixels[..., 0] != pixels[..., 1]
+    assert (tinted == labelled).all()
+    fig, _, _ = report._figure(image, pred, slices=1, ground_truth=truth)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "1: necrotic tumour core", "2: oedema", "4: enhancing tumour"]
+
+    custom, picture, ((ax,),) = _overlay(tmp_path / "c.png", image, pred, slices=1,
+                                        colors={4: (0, 0, 255)}, names={4: "ET"})
     assert custom == [8]
-    picture = _read_png(tmp_path / "c.png")
-    assert _pixel(picture, 0, 8, 8, shape) == (0, 0, 255)
-    r, g, b = _pixel(picture, 0, 4, 4, shape)
+    assert _pixel(picture, ax, 8, 8, shape) == (0, 0, 255)
+    r, g, b = _pixel(picture, ax, 4, 4, shape)
     assert r == g == b
+    fig, _, _ = report._figure(image, pred, slices=1, colors={4: (0, 0, 255)}, names={4: "ET"})
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["4: ET"]
 
 
 def test_overlay_rejects_mismatched_shapes(tmp_path):

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _train_run import losses, tiny_config  # noqa: E402
 
 from jaxbrain.training.loop import NonFiniteLossError, train_and_evaluate  # noqa: E402
-from jaxbrain.training.metrics_log import read_events  # noqa: E402
+from test_metrics_log import read_tensorboard_scalars  # noqa: E402
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "_train_run.py")
 
@@ -58,7 +58,7 @@ def test_logs_config_and_tensorboard(reference):
     assert config["model"]["feature_size"] == 12 and config["total_steps"] == 4
     events = [f for f in os.listdir(os.path.join(reference, "tensorboard"))]
     assert len(events) == 1
-    logged = read_events(os.path.join(reference, "tensorboard", events[0]))
+    logged = read_tensorboard_scalars(os.path.join(reference, "tensorboard", events[0]))
     assert [step for step, _ in logged] == [1, 2, 3, 4]
     np.testing.assert_allclose([s["train/loss"] for _, s in logged], losses(reference), rtol=1e-6)
 

@@ -1,7 +1,5 @@
-"""Evaluation reports: overlay figures as PNG files and metric tables as CSV and JSON.
-
-PNG files are written with ``zlib`` and ``struct`` only: 8-bit RGB, no interlacing, every row
-stored with filter type 0.
+"""Evaluation reports: overlay figures as PNG files (matplotlib, Agg) and metric tables as CSV
+and JSON.
 
 Overlays show axial slices of canonical RAS arrays (axis 0 left -> right, axis 1 posterior ->
 anterior, axis 2 inferior -> superior, see :mod:`jaxbrain.data.nifti`). Each slice is displayed
@@ -15,16 +13,12 @@ import csv
 import json
 import math
 import os
-import struct
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from jaxbrain.evaluation.metrics import summarize
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from jaxbrain.metrics import summarize
 
 Color = tuple[int, int, int]
 
@@ -32,27 +26,17 @@ Color = tuple[int, int, int]
 # label 4) or blue (BraTS 2023 label 3). A binary lesion mask (label 1) is drawn red.
 BRATS_COLORS: dict[int, Color] = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}
 
+# Legend names; label 1 is called "lesion" when no other label value is present.
+BRATS_NAMES: dict[int, str] = {1: "necrotic tumour core", 2: "oedema", 3: "enhancing tumour",
+                               4: "enhancing tumour"}
+
 LABEL_ALPHA = 0.4
 
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data)
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 array as an 8-bit RGB PNG; row 0 is the top of the picture."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
-        raise ValueError(f"expected a non-empty (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
-    height, width = rgb.shape[:2]
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, 3 * width)],
-                          axis=1)
-    with open(path, "wb") as f:
-        f.write(PNG_SIGNATURE + _chunk(b"IHDR", header)
-                + _chunk(b"IDAT", zlib.compress(rows.tobytes()))
-                + _chunk(b"IEND", b""))
+# Figure layout in pixels (at DPI): the long side of every panel, the gaps around panels, the
+# title band above each and the legend band at the bottom.
+DPI = 100
+PANEL_PX = 360
+MARGIN_PX, GAP_PX, TITLE_PX, LEGEND_PX = 12, 16, 44, 70
 
 
 def _pick_slices(image: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
@@ -91,7 +75,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _render(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, Color]) -> np.ndarray:
-    """Grey levels in [0, 1] with label colours blended in and label outlines drawn on top."""
+    """Grey levels in [0, 1] as RGB with label colours blended in (alpha :data:`LABEL_ALPHA`)
+    and label outlines drawn on top; voxels without a drawn label keep their grey level."""
     rgb = np.repeat(255.0 * gray[..., None], 3, axis=-1)
     for value, color in colors.items():
         mask = labels == value
@@ -101,20 +86,21 @@ def _render(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, Color]) -
     return np.round(rgb).astype(np.uint8)
 
 
-def overlay_png(path: str | os.PathLike, image_channel: np.ndarray, label_map: np.ndarray, *,
-                slices: int = 3, ground_truth: np.ndarray | None = None,
-                colors: Mapping[int, Color] | None = None) -> list[int]:
-    """Write axial slices of one image channel with a label map blended in, as one PNG.
+def _legend_names(present: Sequence[int], names: Mapping[int, str] | None) -> dict[int, str]:
+    default = dict(BRATS_NAMES)
+    if list(present) == [1]:
+        default[1] = "lesion"
+    return {v: f"{v}: {(names or {}).get(v, default.get(v, f'label {v}'))}" for v in present}
 
-    ``image_channel``, ``label_map`` and ``ground_truth`` are (X, Y, Z) canonical RAS arrays.
-    Slices are chosen where the labels (prediction or ground truth) are, spread through their
-    extent and favouring large areas; without labels they are evenly spaced through the
-    non-zero image. Intensities are windowed to the 1st..99th percentile of the non-zero
-    voxels. Labels are blended with their colour (``colors``, default :data:`BRATS_COLORS`;
-    other label values are not drawn) at alpha 0.4 and outlined. The slices are tiled from
-    left to right in inferior -> superior order; with ``ground_truth`` every slice shows the
-    prediction and, to its right, the ground truth. Returns the chosen slice indices (axis 2).
-    """
+
+def _figure(image_channel: np.ndarray, label_map: np.ndarray, *, slices: int = 3,
+            ground_truth: np.ndarray | None = None, colors: Mapping[int, Color] | None = None,
+            names: Mapping[int, str] | None = None):
+    """The overlay figure: returns (figure, chosen slices, axes[row][column])."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     image = np.asarray(image_channel, np.float64)
     maps = [np.asarray(label_map)] + ([] if ground_truth is None else [np.asarray(ground_truth)])
     if image.ndim != 3 or any(m.shape != image.shape for m in maps):
@@ -125,11 +111,68 @@ def overlay_png(path: str | os.PathLike, image_channel: np.ndarray, label_map: n
     colors = BRATS_COLORS if colors is None else colors
     chosen = _pick_slices(image, np.any([m != 0 for m in maps], axis=0), slices)
     low, high = _window(image)
-    tiles = []
-    for z in chosen:
+
+    # Panels keep the voxels square: the slice's long side is PANEL_PX pixels.
+    rows_px, cols_px = image.shape[1], image.shape[0]  # displayed (Y, X)
+    scale = PANEL_PX / max(rows_px, cols_px)
+    panel_h, panel_w = round(rows_px * scale), round(cols_px * scale)
+    ncols, nrows = len(maps), len(chosen)
+    width = 2 * MARGIN_PX + ncols * panel_w + (ncols - 1) * GAP_PX
+    height = MARGIN_PX + nrows * (TITLE_PX + panel_h) + (nrows - 1) * GAP_PX + LEGEND_PX
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+
+    titles = ["Prediction", "Ground truth"]
+    axes = []
+    for r, z in enumerate(chosen):
         gray = np.clip((image[:, :, z] - low) / ((high - low) or 1.0), 0.0, 1.0)
-        tiles += [_render(_display(gray), _display(m[:, :, z]), colors) for m in maps]
-    write_png(path, np.concatenate(tiles, axis=1))
+        top = MARGIN_PX + r * (TITLE_PX + panel_h + GAP_PX) + TITLE_PX
+        row = []
+        for c, m in enumerate(maps):
+            left = MARGIN_PX + c * (panel_w + GAP_PX)
+            ax = fig.add_axes((left / width, 1 - (top + panel_h) / height,
+                               panel_w / width, panel_h / height))
+            ax.imshow(_render(_display(gray), _display(m[:, :, z]), colors),
+                      interpolation="nearest", aspect="auto")
+            ax.set_axis_off()
+            ax.set_title(f"{titles[c]}\naxial z={z} / {image.shape[2]}", fontsize=11)
+            row.append(ax)
+        axes.append(row)
+
+    present = sorted(int(v) for v in colors if any(np.any(m == v) for m in maps))
+    legend = _legend_names(present, names)
+    handles = [Patch(facecolor=np.asarray(colors[v]) / 255, edgecolor="black", label=legend[v])
+               for v in present]
+    note = "neurological view: patient left on the left, anterior up"
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2 * ncols),
+                   fontsize=10, frameon=False, bbox_to_anchor=(0.5, 22 / height))
+    else:
+        fig.text(0.5, 30 / height, "no labelled voxels", ha="center", va="bottom", fontsize=10)
+    fig.text(0.5, 6 / height, note, ha="center", va="bottom", fontsize=8, color="0.3")
+    return fig, chosen, axes
+
+
+def overlay_png(path: str | os.PathLike, image_channel: np.ndarray, label_map: np.ndarray, *,
+                slices: int = 3, ground_truth: np.ndarray | None = None,
+                colors: Mapping[int, Color] | None = None,
+                names: Mapping[int, str] | None = None) -> list[int]:
+    """Write axial slices of one image channel with a label map blended in, as one PNG.
+
+    ``image_channel``, ``label_map`` and ``ground_truth`` are (X, Y, Z) canonical RAS arrays.
+    Slices are chosen where the labels (prediction or ground truth) are, spread through their
+    extent and favouring large areas; without labels they are evenly spaced through the
+    non-zero image. Intensities are windowed to the 1st..99th percentile of the non-zero
+    voxels. Labels are blended with their colour (``colors``, default :data:`BRATS_COLORS`;
+    other label values are not drawn) at alpha 0.4 and outlined; the rest of the slice is the
+    plain grey image. Each chosen slice is one row, inferior -> superior from top to bottom,
+    with a "Prediction" panel and, with ``ground_truth``, a "Ground truth" panel to its right;
+    panel titles give the slice position and a legend names the label values present
+    (``names`` overrides :data:`BRATS_NAMES`). Returns the chosen slice indices (axis 2).
+    """
+    fig, chosen, _ = _figure(image_channel, label_map, slices=slices, ground_truth=ground_truth,
+                             colors=colors, names=names)
+    fig.savefig(path, dpi=DPI, format="png")
     return chosen
 
 

@@ -1,185 +1,101 @@
-"""Metric logging: JSON lines, TensorBoard event files and a progress line.
+"""Metric logging: JSON lines, TensorBoard scalars (``tensorboardX``) and progress (``tqdm``).
 
-TensorBoard's event format is written directly (length-prefixed protocol-buffer records with
-masked CRC32C checksums), so no TensorFlow or tensorboard package is needed to write it.
 Only process 0 writes; other processes get a writer that does nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import socket
-import struct
 import sys
 import time
 
-import numpy as np
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: dict[str, float] | None = None) -> bytes:
-    """An ``Event`` protocol buffer: wall_time (1, double), step (2, int64), file_version (3)
-    or summary (5) holding ``Value``s of tag (1) and simple_value (2, float)."""
-    msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3) + _varint(step)
-    if file_version is not None:
-        msg += _field_bytes(3, file_version.encode())
-    if scalars:
-        values = b"".join(
-            _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5)
-                         + struct.pack("<f", value))
-            for tag, value in scalars.items())
-        msg += _field_bytes(5, values)
-    return msg
-
-
-def _record(data: bytes) -> bytes:
-    header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data))
+from tqdm import tqdm
 
 
 class MetricWriter:
-    """Writes scalars to ``workdir/metrics.jsonl`` and a TensorBoard event file."""
+    """Writes scalars to ``workdir/metrics.jsonl`` and TensorBoard events under
+    ``workdir/tensorboard/``.
+
+    Both are flushed on every :meth:`write`. tensorboardX hands events to a background
+    thread, so an event can reach the file up to a second after its write; :meth:`close`
+    writes everything.
+    """
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
         if not enabled:
             return
+        # Imported here: tensorboardX imports torch when it is installed, which only the
+        # writing process should pay for.
+        from tensorboardX import SummaryWriter
+
+        # NaN is a legitimate value here (e.g. the Dice of a class absent from a case).
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        tb_dir = os.path.join(workdir, "tensorboard")
-        os.makedirs(tb_dir, exist_ok=True)
-        self._events = open(os.path.join(tb_dir, name), "ab")
-        self._events.write(_record(_event(time.time(), 0, file_version="brain.Event:2")))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=1)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        """One JSON line ``{"step": step, name: value, ...}`` (non-finite values as strings,
+        e.g. ``"nan"``) and one TensorBoard scalar per name at ``step``."""
         if not self.enabled:
             return
-        scalars = {k: float(v) for k, v in scalars.items()}
-        row = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
+        step, scalars = int(step), {k: float(v) for k, v in scalars.items()}
+        row = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        self._events.write(_record(_event(time.time(), int(step), scalars=scalars)))
-        self._events.flush()
+        now = time.time()
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, global_step=step, walltime=now)
+        self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._events.close()
+            self._tb.close()
 
 
-def read_events(path: str) -> list[tuple[int, dict[str, float]]]:
-    """Reads back (step, scalars) from an event file written here, checking every CRC."""
-    out = []
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos < len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        if struct.unpack("<I", data[pos + 8:pos + 12])[0] != _masked_crc(header):
-            raise ValueError(f"{path}: bad length checksum at byte {pos}")
-        body = data[pos + 12:pos + 12 + length]
-        if struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] != _masked_crc(body):
-            raise ValueError(f"{path}: bad data checksum at byte {pos}")
-        out.append(_parse_event(body))
-        pos += 16 + length
-    return [e for e in out if e[1]]
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, pos
-
-
-def _fields(buf: bytes):
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            n, pos = _read_varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
-        yield number, value
-
-
-def _parse_event(body: bytes) -> tuple[int, dict[str, float]]:
-    step, scalars = 0, {}
-    for number, value in _fields(body):
-        if number == 2:
-            step = value
-        elif number == 5:
-            for _, v in _fields(value):
-                fields = dict(_fields(v))
-                scalars[fields[1].decode()] = struct.unpack("<f", fields[2])[0]
-    return step, scalars
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:{secs:02d}"
 
 
 class Progress:
-    """A one-line progress display: step, steps/s, ETA and the latest metrics.
+    """Training progress: step, steps/s, ETA and the latest metrics.
 
-    The rate counts from :meth:`restart` (the loop calls it once the step is compiled, so
-    compilation does not dilute steps/s or the ETA)."""
+    On a terminal this is a ``tqdm`` bar with the metrics as its postfix; on any other stream
+    (a log file) every :meth:`update` writes one plain line,
+    ``step 20/300 | 1.23 steps/s | ETA 00:03:47 | loss=0.91 dice_mean=0.4``.
+    The rate and ETA count from :meth:`restart` (the loop calls it once the step is compiled,
+    so compilation does not dilute them). :meth:`rate` works when disabled too.
+    """
 
     def __init__(self, total: int, start: int, *, enabled: bool = True, stream=sys.stderr):
-        self.total, self.enabled, self.stream = total, enabled, stream
+        self.total, self.enabled, self.stream = int(total), enabled, stream
+        self._tty = enabled and _isatty(stream)
+        self._bar = None
         self.restart(start)
 
     def restart(self, step: int) -> None:
-        self.start, self.t0 = step, time.perf_counter()
+        """Count the rate from ``step`` now."""
+        self.start, self.t0 = int(step), time.perf_counter()
+        if self._tty:
+            # A fresh bar: tqdm's rate and ETA count from its creation and initial step.
+            self.close(leave=False)
+            self._bar = tqdm(total=self.total, initial=self.start, file=self.stream,
+                             unit="step", dynamic_ncols=True, smoothing=0)
 
     def rate(self, step: int) -> float:
         """Steps per second since the last restart (NaN before a step has been done)."""
@@ -190,11 +106,24 @@ class Progress:
     def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
         if not self.enabled:
             return
+        shown = {k: f"{float(v):.4g}" for k, v in (metrics or {}).items()}
+        if self._bar is not None:
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(step - self._bar.n)
+            if step >= self.total:
+                self.close()
+            return
         rate = self.rate(step)
-        eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
-        shown = " ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items())
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
-        self.stream.write(f"\rstep {step}/{self.total} | {rate:.2f} steps/s | ETA {eta_s} | {shown}")
+        eta = (self.total - step) / rate if rate > 0 else float("nan")  # NaN > 0 is False
+        line = f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {_clock(eta)}"
+        if shown:
+            line += " | " + " ".join(f"{k}={v}" for k, v in shown.items())
+        self.stream.write(line + "\n")
         self.stream.flush()
-        if step >= self.total:
-            self.stream.write("\n")
+
+    def close(self, leave: bool = True) -> None:
+        """Finish the bar (kept on screen unless ``leave`` is false); safe to call twice."""
+        if self._bar is not None:
+            self._bar.leave = leave
+            self._bar.close()
+            self._bar = None
