@@ -6,18 +6,23 @@ r"""Evaluate a training run, or segment NIfTI files with it.
 
 Uses the run's best checkpoint (by its validation metric), else its latest; the run's saved
 config unless --config is given. Writes <output>/<case>_seg.nii.gz in each input's own space,
-<case>_overlay.png, and metrics.csv / metrics.json when labels are available.
+<case>_overlay.png, and metrics.csv / metrics.json when labels are available. Shares train.py's
+persistent compilation cache (--compilation_cache).
 """
 
+import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA's own log lines stay out
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "config file[:preset] (default: the run's saved config)")
 flags.DEFINE_string("workdir", None, "training run directory")
 flags.DEFINE_string("output", None, "output directory (default: <workdir>/eval)")
 flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)")
+flags.DEFINE_string("compilation_cache", None, "persistent compilation cache folder ('' = off)")
 flags.mark_flags_as_required(["workdir"])
 
 IMAGES: list[str] = []
@@ -41,11 +46,13 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO lines out unless asked for
         logging.set_verbosity(logging.WARNING)
-    import os
-    from jaxbrain.evaluation.evaluate import evaluate, load_run_config
-    from jaxbrain.evaluation.metrics import summarize
+    from jaxbrain import runs
+    from jaxbrain.evaluation.evaluate import evaluate
+    from jaxbrain.metrics import summarize
+    from jaxbrain.parallel import enable_compilation_cache
+    enable_compilation_cache(flags.FLAGS.compilation_cache)
     workdir = flags.FLAGS.workdir
-    config = flags.FLAGS.config or load_run_config(workdir)
+    config = flags.FLAGS.config or runs.load_config(workdir)
     output = flags.FLAGS.output or os.path.join(workdir, "eval")
     rows = evaluate(config, workdir, output, images=IMAGES or None, step=flags.FLAGS.step)
     for row in rows:

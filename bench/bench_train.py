@@ -71,11 +71,11 @@ def jax_loop(args, root: str, cache: str | None) -> float:
 def jax_step(args) -> float:
     import jax
     import jax.numpy as jnp
-    from jaxbrain import objectives
+    from jaxbrain import models, objectives
     from jaxbrain.training import loop
     from jaxbrain.training.optim import make_optimizer
     c = _config(args, "", args.steps, None)
-    model = loop.build_model(c.model)
+    model = models.from_config(c.model)
     objective = objectives.create(**c.objective)
     tx, lr_fn = make_optimizer(c.optim, c.total_steps)
     x, y = _batch(args)
@@ -185,7 +185,7 @@ def full_step(batch: int = 2, roi: int = 128, steps: int = 10, dtype: str = "bfl
     params = jax.jit(lambda k: model.init(k, batch["image"][:1])["params"])(jax.random.key(0))
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
              "rng": jax.random.key_data(jax.random.key(1))}
-    fn = jax.jit(loop.make_train_step(model, objective, tx, lr_fn, loop.DTYPES[dtype]),
+    fn = jax.jit(loop.make_train_step(model, objective, tx, lr_fn, models.DTYPES[dtype]),
                  donate_argnums=(0,))
     compiled = fn.lower(state, batch).compile()
     flops = compiled.cost_analysis()["flops"]

@@ -6,13 +6,14 @@ device, ``"fsdp"`` shards the largest weight axes over the ``fsdp`` mesh axis. A
 the mesh axis does not divide stays unsharded, so any model size fits any mesh.
 
     mesh = make_mesh({"data": -1, "fsdp": 1})
-    shardings = param_shardings(abstract_variables["params"], mesh, RULES["replicate"])
+    shardings = logical_shardings(jax.eval_shape(model.init, key, x), mesh, RULES["fsdp"])
     batch = jax.device_put(batch, batch_sharding(mesh))
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -53,42 +54,56 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> 
     return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
 
 
-def _mesh_axes_for(logical: str | None, rules: Rules) -> tuple[str, ...]:
-    for name, target in rules:
-        if name == logical:
-            if target is None:
-                return ()
-            return (target,) if isinstance(target, str) else tuple(target)
-    return ()
-
-
-def spec_for(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-             rules: Rules) -> P:
-    """PartitionSpec for one array: each logical axis mapped by the rules, a mesh axis used at
-    most once, and only where it divides the dimension."""
-    used: set[str] = set()
+def _fits(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+    """``spec`` with the mesh axes dropped wherever they do not divide the dimension (so any
+    model size fits any mesh), and mesh axes the mesh lacks ignored."""
     out = []
-    for logical, dim in zip(logical_axes, shape):
-        axes = tuple(a for a in _mesh_axes_for(logical, rules) if a in mesh.shape and a not in used)
-        size = math.prod(mesh.shape[a] for a in axes)
-        if axes and size > 1 and dim % size == 0:
-            used.update(axes)
-            out.append(axes[0] if len(axes) == 1 else axes)
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        names = tuple(a for a in names if a in mesh.shape)
+        size = math.prod(mesh.shape[a] for a in names)
+        if names and size > 1 and dim % size == 0:
+            out.append(names[0] if len(names) == 1 else names)
         else:
             out.append(None)
     return P(*out)
 
 
+def spec_for(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+             rules: Rules) -> P:
+    """The mesh PartitionSpec of one array: Flax's ``logical_to_mesh_axes`` (a mesh axis used
+    at most once), then :func:`_fits`. A logical name repeated within one array (a conv
+    kernel's spatial axes) is mapped at its first position only."""
+    names = tuple(logical_axes)
+    names = tuple(n if n not in names[:i] else None for i, n in enumerate(names))
+    # A name whose mesh axes do not divide its dimension is left out before the mapping, so
+    # that a later dimension may take the mesh axis instead.
+    names = tuple(n if n is not None and _fits(nn.logical_to_mesh_axes((n,), rules), (d,), mesh)
+                  != P(None) else None for n, d in zip(names, shape))
+    mesh_spec = nn.logical_to_mesh_axes(names, rules) if names else P()
+    return _fits(mesh_spec, shape, mesh)
+
+
+def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a tree whose leaves may be ``nn.Partitioned`` boxes with logical
+    axis names (as ``jax.eval_shape(model.init, ...)`` returns, and optimizer or objective
+    states built from such trees): Flax's ``logical_to_mesh_axes`` maps the names by the
+    rules, then dimensions the mesh axes do not divide stay whole. Unboxed leaves (step
+    counts, RNG keys) are replicated. The result has the structure of the unboxed tree."""
+    specs = nn.get_partition_spec(boxed)
+    shapes = nn.unbox(boxed)
+
+    def one(spec, leaf):
+        names = tuple(spec) if isinstance(spec, P) else ()
+        return NamedSharding(mesh, spec_for(names, np.shape(leaf), mesh, rules))
+
+    return jax.tree_util.tree_map(one, specs, shapes,
+                                  is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
 def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for a tree of ``nn.Partitioned`` (or ``jax.ShapeDtypeStruct`` inside
-    them) parameters, as returned by ``jax.eval_shape(model.init, ...)``; the result has the
-    structure of the unboxed tree."""
-    def one(leaf):
-        if isinstance(leaf, nn.Partitioned):
-            value = leaf.value
-            return NamedSharding(mesh, spec_for(leaf.names, value.shape, mesh, rules))
-        return NamedSharding(mesh, P())
-    return jax.tree_util.tree_map(one, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    """:func:`logical_shardings` of a parameter tree (kept for callers of the old name)."""
+    return logical_shardings(boxed_params, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 5) -> NamedSharding:
@@ -106,7 +121,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     naming more than one host), where JAX finds everything itself. Single-process runs need
     nothing and get ``False``.
     """
-    import os
     if jax.distributed.is_initialized():
         return True
     if coordinator:
@@ -129,3 +143,25 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     if jax.process_count() > 1:
         import orbax.checkpoint as ocp
         ocp.multihost.sync_global_processes(name, timeout=timeout_s)
+
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxbrain", "xla")
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so a rerun, a resumed run or eval.py of
+    the same config compiles nothing it compiled before. ``path``: the folder (default:
+    ``$JAXBRAIN_COMPILATION_CACHE``, else ~/.cache/jaxbrain/xla); "" turns the cache off.
+    A cache folder already chosen through JAX's own settings (JAX_COMPILATION_CACHE_DIR) is
+    kept. Returns the folder in use."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if path is None:
+        path = os.environ.get("JAXBRAIN_COMPILATION_CACHE", DEFAULT_CACHE)
+    if not path:
+        return None
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

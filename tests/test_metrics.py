@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from jaxbrain.data import labels
-from jaxbrain.evaluation import metrics as M
+from jaxbrain import metrics as M
 
 SPACINGS = [None, (1.0, 1.2, 2.5)]
 

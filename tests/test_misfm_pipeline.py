@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxbrain import models
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 
@@ -66,11 +67,11 @@ def test_vf_pretraining_resumes_exactly_and_initialises_finetuning(tmp_path):
     c = load_config_file(os.path.join(ROOT, "configs", "misfm_finetune_brats.py"), "demo")
     c.model.update(**TINY)
     with pytest.raises(ValueError, match="init.orbax"):
-        loop._init_variables(c, loop.build_model(c.model), np.zeros((1, *SIZE, 4), np.float32),
-                             None, jax.random.key(0))
+        loop.initial_variables(c, models.from_config(c.model), np.zeros((1, *SIZE, 4), np.float32),
+                               jax.random.key(0))
     c.init.orbax = straight
-    start = flax.traverse_util.flatten_dict(jax.device_get(loop._init_variables(
-        c, loop.build_model(c.model), np.zeros((1, *SIZE, 4), np.float32), None, jax.random.key(0))))
+    start = flax.traverse_util.flatten_dict(jax.device_get(loop.initial_variables(
+        c, models.from_config(c.model), np.zeros((1, *SIZE, 4), np.float32), jax.random.key(0))))
     vf = flax.traverse_util.flatten_dict({"params": a["params"], **a["model_state"]})
     proj = ("params", "embedding", "proj", "kernel")
     np.testing.assert_allclose(start[proj], np.repeat(vf[proj], 4, -2) / 4, rtol=1e-6)

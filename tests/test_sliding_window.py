@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from jax.tree_util import Partial
 from monai.inferers import sliding_window_inference as monai_sliding_window
 
-from jaxbrain.evaluation.sliding_window import (
+from jaxbrain.inference.sliding_window import (
     importance_map, scan_interval, sliding_window_inference, window_starts)
 
 

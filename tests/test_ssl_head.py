@@ -106,8 +106,8 @@ def test_torch_ssl_checkpoint_initialises_a_model_with_more_channels(tmp_path, m
     torch.save({"state_dict": DataParallelLike(net).state_dict(), "global_step": 10}, path)
     model = SSLHead(4, **cfg)
     config = ConfigDict({"init": {"torch": str(path), "encoder_only": True, "channels": mode}})
-    params = loop._init_variables(config, model, np.zeros((1, 64, 32, 32, 4), np.float32), None,
-                                  jax.random.key(0))["params"]
+    params = loop.initial_variables(config, model, np.zeros((1, 64, 32, 32, 4), np.float32),
+                                    jax.random.key(0))["params"]
     flat = flax.traverse_util.flatten_dict(jax.device_get(params))
     w = net.swinViT.patch_embed.proj.weight.detach().numpy().transpose(2, 3, 4, 1, 0)  # (k,k,k,2,F)
     got = flat[("swinViT", "patch_embed", "kernel")]

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxbrain import models, runs
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 
@@ -29,11 +30,16 @@ def _config(name, **synthetic):
 
 
 def _init(config):
-    model = loop.build_model(config.model)
+    model = models.from_config(config.model)
     roi = tuple(config.data.roi)
     dummy = np.zeros((1, *roi, config.model.in_channels), np.float32)
-    params = loop._init_variables(config, model, dummy, None, jax.random.key(config.seed + 1))["params"]
+    params = loop.initial_variables(config, model, dummy, jax.random.key(config.seed + 1))["params"]
     return flax.traverse_util.flatten_dict(jax.device_get(params))
+
+
+def _params(path):
+    """The parameters (flat {path: array}) of a run or converted model."""
+    return flax.traverse_util.flatten_dict(jax.device_get(runs.load_run(path).variables["params"]))
 
 
 def _losses(workdir, key):
@@ -52,7 +58,7 @@ def test_stage1_stage2_finetune_chain(tmp_path):
     rec = _losses(s1, "train/reconstruction_loss")
     assert len(rec) == 12 and all(np.isfinite(rec))
     assert np.mean(rec[-3:]) < 0.8 * np.mean(rec[:3])
-    stage1 = loop._orbax_params(s1)
+    stage1 = _params(s1)
 
     # Stage 2 (4 channels) starts from the stage-1 encoder; the 2-channel patch embedding is
     # averaged into 4 channels; the SSL heads are new.
@@ -75,7 +81,7 @@ def test_stage1_stage2_finetune_chain(tmp_path):
     c2_fresh.init.channels = "fresh"
     assert not np.allclose(_init(c2_fresh)[embed], start2[embed])
     loop.train_and_evaluate(c2, s2)
-    stage2 = loop._orbax_params(s2)
+    stage2 = _params(s2)
     assert not np.allclose(stage2[embed], start2[embed])  # the new embedding is trained
 
     # Fine-tuning starts from the stage-2 encoder; decoder and output head are new.
@@ -100,7 +106,7 @@ def test_stage1_stage2_finetune_chain(tmp_path):
     back = str(tmp_path / "back")
     assert convert(["from-torch", pt, back, "--model", "ssl_head",
                     "--set", "downsample=merging_legacy"]) == 0
-    reimported = loop._orbax_params(back)
+    reimported = _params(back)
     assert set(reimported) == set(stage2)
     for key, value in stage2.items():
         np.testing.assert_array_equal(reimported[key], value)

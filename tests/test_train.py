@@ -165,8 +165,9 @@ def test_demo_loss_falls_and_validation_dice_rises(tmp_path):
 @pytest.mark.xdist_group(name="reference_run")
 def test_eval_writes_predictions_in_the_source_space(reference, tmp_path):
     import nibabel as nib
-    from jaxbrain.evaluation.evaluate import evaluate, load_run_config
-    config = load_run_config(reference)
+    from jaxbrain import runs
+    from jaxbrain.evaluation.evaluate import evaluate
+    config = runs.load_config(reference)
     rows = evaluate(config, reference, str(tmp_path / "val"))
     assert len(rows) == 1 and {"dice_TC", "dice_WT", "dice_ET", "hd95_WT"} <= rows[0].keys()
     case = rows[0]["case"]

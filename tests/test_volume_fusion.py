@@ -165,12 +165,13 @@ def test_upsampling_equals_torch_trilinear():
 def test_vf_configs_wire_model_and_objective(config):
     """Each VF config's model, objective and train step fit together (traced, not run)."""
     import os
+    from jaxbrain import models
     from jaxbrain.training import loop
     from jaxbrain.training.config import load_config_file
     from jaxbrain.training.optim import make_optimizer
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     c = load_config_file(os.path.join(root, "configs", config), "demo")
-    model, objective = loop.build_model(c.model), create(**c.objective)
+    model, objective = models.from_config(c.model), create(**c.objective)
     tx, lr_fn = make_optimizer(c.optim, c.total_steps)
     x = jnp.zeros((4, *c.data.roi, 1))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x[:1]))

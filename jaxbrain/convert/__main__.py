@@ -28,8 +28,7 @@ import sys
 
 import numpy as np
 
-MODEL_JSON = "model.json"
-PARAMS_DIR = "params"
+from jaxbrain import models, runs
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -46,7 +45,6 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def _build_model(name: str, kwargs: dict):
-    from jaxbrain import models
     try:
         return models.create(name, **kwargs)
     except TypeError as e:
@@ -88,10 +86,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_from_torch(args) -> int:
-    import orbax.checkpoint as ocp
-    from jaxbrain.convert import load_torch, read_state_dict, swin_unetr
-
-    from jaxbrain.convert import pctnet
+    from jaxbrain.convert import load_torch, pctnet, read_state_dict, swin_unetr
 
     state, _ = read_state_dict(args.checkpoint, args.trust_pickle)
     canonical, _ = (pctnet if args.model == "pctnet" else swin_unetr).canonicalize(state)
@@ -120,62 +115,41 @@ def cmd_from_torch(args) -> int:
     params, report = load_torch(state, model, strict=not args.non_strict, params=init,
                                 encoder_only=args.encoder_only, new_head=args.new_head)
     print(report)
+    variables = params if "params" in params else {"params": params}
+    runs.save_converted(args.output, {"name": args.model, **kwargs}, variables)
     out = os.path.abspath(args.output)
-    os.makedirs(out, exist_ok=True)
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(out, PARAMS_DIR), params, force=True)
-    ckpt.wait_until_finished()
-    with open(os.path.join(out, MODEL_JSON), "w") as f:
-        json.dump({"model": args.model, "kwargs": kwargs}, f, indent=1)
-    print(f"wrote {out}/{PARAMS_DIR} and {MODEL_JSON}: {args.model}({kwargs})")
+    print(f"wrote {out}/{runs.PARAMS_DIR} and {runs.MODEL_JSON}: {args.model}({kwargs})")
     return 0
 
 
 def cmd_to_torch(args) -> int:
-    import orbax.checkpoint as ocp
-    from jaxbrain.convert import save_torch
+    from jaxbrain.convert import family_of, save_torch
 
     src = os.path.abspath(args.checkpoint)
-    if os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(os.path.join(src, "checkpoints")):
-        return _run_to_torch(src, args)
-    meta = os.path.join(src, MODEL_JSON)
-    spec = {}
-    if os.path.exists(meta):
-        with open(meta) as f:
-            spec = json.load(f)
-    name = args.model or spec.get("model")
-    if not name:
-        raise SystemExit(f"{src} has no {MODEL_JSON}: give --model and its --set arguments")
-    kwargs = dict(spec.get("kwargs", {}))
-    kwargs.update(_parse_sets(args.set))
-    model = _build_model(name, kwargs)
-    params_dir = os.path.join(src, PARAMS_DIR) if os.path.isdir(os.path.join(src, PARAMS_DIR)) else src
-    if not os.path.isdir(params_dir):
-        raise SystemExit(f"{params_dir}: not an Orbax checkpoint directory")
-    params = ocp.StandardCheckpointer().restore(params_dir)
-    if isinstance(params, dict) and "params" in params and "batch_stats" not in params:
-        params = params["params"]
-    state = save_torch(params, model, args.output, template=args.template)
-    print(f"wrote {args.output}: {len(state)} tensors for {name}({kwargs})")
-    return 0
-
-
-def _run_to_torch(workdir: str, args) -> int:
-    """A training run (train.py's workdir): its model from config.json, its parameters from
-    the best checkpoint (by the validation metric), else the latest, or ``--step``."""
-    from jaxbrain.convert import save_torch
-    from jaxbrain.evaluation.evaluate import load_run_config, load_variables
-    from jaxbrain.training.loop import build_model
-    config = load_run_config(workdir)
-    cfg = dict(config.model)
-    cfg.update(_parse_sets(args.set))
-    model = build_model(cfg)
-    variables, step = load_variables(workdir, args.step)
-    if set(variables) == {"params"}:
+    kind = runs.kind_of(src)
+    if kind is None and os.path.isdir(src) and args.model:  # a bare Orbax params directory
+        variables = runs.restore_tree(src)
+        variables = variables if "params" in variables else {"params": variables}
+        model_config, step = {"name": args.model}, None
+    else:
+        try:
+            run = runs.load_run(src, args.step)
+        except runs.RunError as e:
+            raise SystemExit(f"{e}; or give an Orbax params directory with --model") from e
+        if not run.model_config and not args.model:
+            raise SystemExit(f"{src} has no {runs.MODEL_JSON}: give --model and its --set "
+                             "arguments")
+        variables, step = run.variables, run.step
+        model_config = dict(run.model_config) or {"name": args.model}
+    if args.model:
+        model_config["name"] = args.model
+    model_config.update(_parse_sets(args.set))
+    model = models.from_config(model_config)
+    if family_of(model).collections == ("params",):
         variables = variables["params"]
     state = save_torch(variables, model, args.output, template=args.template)
-    print(f"wrote {args.output}: {len(state)} tensors of {config.model.name} from {workdir} "
-          f"step {step}")
+    origin = f" from {src} step {step}" if step is not None else ""
+    print(f"wrote {args.output}: {len(state)} tensors for {model_config['name']}{origin}")
     return 0
 
 

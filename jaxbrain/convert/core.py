@@ -48,6 +48,7 @@ class LoadReport:
     ignored: list[str] = dataclasses.field(default_factory=list)
     kept: list[str] = dataclasses.field(default_factory=list)
     new_head: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
+    adapted: list[str] = dataclasses.field(default_factory=list)
     hints: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -72,7 +73,8 @@ class LoadReport:
         head = (f"{self.source} [{self.source_format}] -> {self.target}: loaded {len(self.loaded)}"
                 f", missing {len(self.missing)}, unused {len(self.unused)}, mismatched "
                 f"{len(self.mismatched)}, ignored {len(self.ignored)}, kept {len(self.kept)}"
-                + (f", new head {len(self.new_head)}" if self.new_head else ""))
+                + (f", new head {len(self.new_head)}" if self.new_head else "")
+                + (f", adapted {len(self.adapted)}" if self.adapted else ""))
         body = self.problems()
         if self.ignored:
             body += (f"\n  ignored (not part of this model, or by request) ({len(self.ignored)}): "
@@ -82,6 +84,9 @@ class LoadReport:
             body += (f"\n  output layers of another shape, left as initialised (new_head) "
                      f"({len(self.new_head)}):")
             body += "".join(f"\n    {k}  checkpoint {a} vs model {b}" for k, a, b in self.new_head)
+        if self.adapted:
+            body += "\n  input layer adapted to the model's channels:"
+            body += "".join(f"\n    {line}" for line in self.adapted)
         body = body.lstrip("\n")
         return head + ("\n" + body if body else "")
 
@@ -289,39 +294,107 @@ def to_flax(source, model, family: Family, *, encoder_only: bool = False,
     return found, report, targets
 
 
+def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
+    """A pretrained input-layer kernel (..., C_old, F) for ``channels`` input channels.
+
+    ``average``: every new channel gets the mean kernel over the old channels; ``repeat``: new
+    channel j gets old channel j mod C_old. Both are scaled by C_old / channels, so that inputs
+    whose channels look alike give the layer the pretrained magnitude.
+    """
+    old = kernel.shape[-2]
+    if mode == "average":
+        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2)
+    elif mode == "repeat":
+        out = np.take(kernel, np.arange(channels) % old, axis=-2)
+    else:
+        raise ValueError(f"init.channels: expected 'fresh', 'average' or 'repeat', got {mode!r}")
+    return (out * (old / channels)).astype(kernel.dtype)
+
+
+CHANNEL_MODES = ("fresh", "average", "repeat")
+
+
+def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: LoadReport, *,
+          name: Callable[[Path], str] = "/".join,
+          shown: Callable[[Path, tuple], tuple] = lambda path, shape: tuple(shape),
+          input_layer: Path | None = None, channels: str | None = None,
+          new_head: bool = False, is_head: Callable[[Path], bool] = lambda path: True) -> dict:
+    """The values for every path of ``like`` (the model's variables, flat, in Flax layout):
+    those of ``found`` where they fit, the ``like`` value elsewhere.
+
+    Rules, one set for every source (PyTorch files, training runs, converted models):
+      * same shape: loaded (cast to the model's dtype);
+      * the input layer's kernel (``input_layer`` + "kernel") for another number of input
+        channels: adapted with ``channels`` ("average" / "repeat", see
+        :func:`adapt_channels`) or, with "fresh", left as initialised together with its bias
+        (``None``: a mismatch like any other);
+      * an output layer (``is_head``) whose last axis (the class count) differs, with
+        ``new_head``: left as initialised;
+      * any other shape: a mismatch.
+    ``report`` records each decision under ``name(path)``, shapes shown by ``shown``.
+    Paths missing from ``found`` take the ``like`` value silently: key accounting
+    (missing / unused / kept) is the caller's, who knows the source's naming.
+    """
+    if channels is not None and channels not in CHANNEL_MODES:
+        raise ValueError(f"init.channels: expected one of {CHANNEL_MODES}, got {channels!r}")
+    out = dict(like)
+    kernel = None if input_layer is None else tuple(input_layer) + ("kernel",)
+    for path, want in like.items():
+        got = found.get(path)
+        if got is None:
+            continue
+        got = np.asarray(got)
+        want_shape = tuple(want.shape)
+        if got.shape == want_shape:
+            out[path] = got.astype(want.dtype)
+            report.loaded.append(name(path))
+        elif (path == kernel and channels is not None and got.ndim == len(want_shape)
+              and got.shape[:-2] == want_shape[:-2] and got.shape[-1] == want_shape[-1]):
+            if channels == "fresh":  # the originals: a new, randomly initialised input layer
+                bias = tuple(input_layer) + ("bias",)
+                if bias in found and bias in like:
+                    found = {**found, bias: np.asarray(like[bias])}
+            else:
+                out[path] = adapt_channels(got, want_shape[-2], channels).astype(want.dtype)
+            report.adapted.append(f"{name(path)}: {got.shape[-2]} -> {want_shape[-2]} input "
+                                  f"channels ({channels})")
+        elif new_head and is_head(path) and got.shape[:-1] == want_shape[:-1]:
+            report.new_head.append((name(path), shown(path, got.shape), shown(path, want_shape)))
+        else:
+            report.mismatched.append((name(path), shown(path, got.shape), shown(path, want_shape)))
+    return out
+
+
 def load(source, model, family: Family, strict: bool = True, params=None,
          encoder_only: bool = False, trust_pickle: bool = False, new_head: bool = False):
     found, report, targets = to_flax(source, model, family, encoder_only=encoder_only,
                                      trust_pickle=trust_pickle)
-    out: dict[Path, np.ndarray] = {}
-    for path, arr in found.items():
-        key = family.torch_key(model, path)
-        want = tuple(targets[path].shape)
-        if arr.shape != want:
-            entry = (key, torch_shape(path, arr.shape, family.is_transposed_conv(path)),
-                     torch_shape(path, want, family.is_transposed_conv(path)))
-            (report.new_head if new_head and family.is_head(key) else report.mismatched).append(entry)
-            continue
-        out[path] = np.asarray(arr, dtype=targets[path].dtype)
-        report.loaded.append(key)
+    given = traverse_util.flatten_dict(unbox(params)) if params is not None else {}
+    like = {p: given.get(p, targets[p]) for p in targets}
+
+    def torch_name(path):
+        return family.torch_key(model, path)
+
+    def torch_layout(path, shape):
+        return torch_shape(path, tuple(shape), family.is_transposed_conv(path))
+
+    out = merge(found, like, report, name=torch_name, shown=torch_layout, new_head=new_head,
+                is_head=lambda path: family.is_head(torch_name(path)))
     if not report.ok and strict:
         raise CheckpointMismatchError(
             f"checkpoint {report.source} [{report.source_format}] does not match "
             f"{_describe(model)}:\n{report.problems()}\n"
             "Pass strict=False (--non-strict) to load what matches and get this report.", report)
-    unfilled = [keys_path for keys_path in targets if keys_path not in out]
+    unfilled = [p for p, v in out.items() if isinstance(v, jax.ShapeDtypeStruct)]
     if unfilled:
         if params is None:
             raise ValueError(
                 f"{len(unfilled)} parameters are not filled from {report.source} (e.g. "
                 f"{family.torch_key(model, unfilled[0])}); pass params= (for instance "
                 "model.init(...)['params']) to supply their values.\n" + str(report))
-        given = traverse_util.flatten_dict(unbox(params))
-        for p in unfilled:
-            if p not in given:
-                raise ValueError(f"params= lacks {'/'.join(p)}, which the checkpoint does not fill")
-            out[p] = np.asarray(given[p])
-    return traverse_util.unflatten_dict(out), report
+        raise ValueError(f"params= lacks {'/'.join(unfilled[0])}, which the checkpoint does "
+                         "not fill")
+    return traverse_util.unflatten_dict({p: np.asarray(v) for p, v in out.items()}), report
 
 
 def save(params, model, family: Family, path, template: Mapping | None = None) -> State:

@@ -1,17 +1,41 @@
-"""Model registry: ``create(name, **kwargs)`` builds a model by name, as configs refer to them."""
+"""Model registry: models are built by name from a config's ``model`` section.
+
+    model = models.from_config({"name": "swin_unetr", "in_channels": 4, "out_channels": 3})
+
+``register(name)`` adds a model class (a new family, or a test's toy model). Every model
+names its input layer (``input_layer()``, the path adapted to another channel count when
+pretrained weights are loaded) and, where it has one, its encoder subtree
+(``encoder_name``), so that initialisation from pretrained weights needs no per-model code.
+A model built for one input size says so with an ``input_size`` attribute.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
 
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 
-REGISTRY = {
+REGISTRY: dict[str, type] = {
     "swin_unetr": SwinUNETR,
     "swin_transformer": SwinTransformer,
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
 }
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def register(name: str):
+    """Class decorator adding a model to the registry under ``name``."""
+    def add(cls):
+        REGISTRY[name] = cls
+        return cls
+    return add
 
 
 def create(name: str, **kwargs):
@@ -20,4 +44,27 @@ def create(name: str, **kwargs):
     return REGISTRY[name](**kwargs)
 
 
-__all__ = ["MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer", "SwinUNETR", "count_params", "create"]
+def from_config(cfg: Mapping[str, Any]):
+    """The model of a config's ``model`` section: ``name`` plus constructor arguments (dtype
+    names such as "bfloat16" become dtypes, lists become tuples)."""
+    kwargs = dict(cfg)
+    name = kwargs.pop("name")
+    for key in ("dtype", "param_dtype"):
+        if isinstance(kwargs.get(key), str):
+            if kwargs[key] not in DTYPES:
+                raise ValueError(f"model.{key}: unknown dtype {kwargs[key]!r}; known: "
+                                 f"{sorted(DTYPES)}")
+            kwargs[key] = DTYPES[kwargs[key]]
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)
+    return create(name, **kwargs)
+
+
+def encoder_name(model) -> str | None:
+    """The name of the model's encoder subtree (taken alone with ``init.encoder_only``)."""
+    return getattr(model, "encoder_name", None)
+
+
+__all__ = ["DTYPES", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
+           "SwinUNETR", "count_params", "create", "encoder_name", "from_config", "register"]

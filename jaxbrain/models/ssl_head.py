@@ -51,6 +51,7 @@ class SSLHead(nn.Module):
     # The same field names as SwinUNETR: its mapping to SwinTransformer arguments serves both.
     encoder_kwargs = nn.nowrap(SwinUNETR.encoder_kwargs)
     input_layer = nn.nowrap(SwinUNETR.input_layer)
+    encoder_name = SwinUNETR.encoder_name
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:

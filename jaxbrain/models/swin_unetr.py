@@ -517,6 +517,8 @@ class SwinUNETR(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    encoder_name = "swinViT"  # the encoder subtree (init.encoder_only takes it alone)
+
     @nn.nowrap
     def input_layer(self) -> tuple[str, ...]:
         """Path of the layer that reads the input channels."""

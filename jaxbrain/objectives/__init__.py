@@ -1,8 +1,9 @@
-"""Training objectives: how a batch becomes a loss and metrics.
+"""Training objectives: how a batch becomes a loss and metrics, what state an objective keeps
+and how its outputs become predictions.
 
-An objective has ``compute(apply, batch, key) -> (loss, metrics)``, where ``apply`` runs the
-model in training mode on an input and ``key`` drives on-device augmentation. Objectives that
-depend on how the batch is split over devices have ``for_mesh(batch_shards)``.
+The protocol (``compute`` required; state, schedules by step, the model's example input and
+whole-volume predictions optional) is documented in one place, :mod:`jaxbrain.training.loop`.
+``register(name)`` adds an objective class; configs name it in ``objective.name``.
 """
 
 from jaxbrain.objectives.segmentation import Segmentation
@@ -10,6 +11,14 @@ from jaxbrain.objectives.ssl import SSL
 from jaxbrain.objectives.volume_fusion import VolumeFusion
 
 OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion}
+
+
+def register(name: str):
+    """Class decorator adding an objective under ``name``."""
+    def add(cls):
+        OBJECTIVES[name] = cls
+        return cls
+    return add
 
 
 def create(name: str, **kwargs):

@@ -3,6 +3,11 @@
 
 The Dice loss is MONAI's ``DiceLoss`` with its defaults: per sample and channel
 ``1 - (2 * sum(p * g) + 1e-5) / (sum(p) + sum(g) + 1e-5)``, averaged.
+
+Whole-volume predictions (validation during training and eval.py alike) go through
+:meth:`Segmentation.label_map` and :meth:`Segmentation.case_metrics`, scored with
+:mod:`jaxbrain.metrics` (MONAI's conventions: a case whose target region is empty has a NaN
+Dice for that region, left out of the means).
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from jaxbrain import metrics as metrics_lib
+from jaxbrain.data import labels as labels_lib
 
 SMOOTH = 1e-5
 
@@ -62,10 +71,63 @@ class Segmentation:
     threshold: float = 0.5
     channels: tuple[str, ...] | None = None
     deep_supervision: tuple[float, ...] | None = None
+    regions: str | None = None
 
     def __post_init__(self):
         if self.kind not in ("sigmoid", "softmax"):
             raise ValueError(f"objective.kind must be 'sigmoid' or 'softmax', got {self.kind!r}")
+        if self.regions not in (None, "brats"):
+            raise ValueError(f"objective.regions must be None or 'brats', got {self.regions!r}")
+        if self.regions and self.kind != "sigmoid":
+            raise ValueError("objective.regions='brats' needs kind='sigmoid' (one channel per "
+                             "overlapping region)")
+
+    # -- whole volumes (host NumPy): the predictions and metrics the reports show ----------
+
+    def label_map(self, probs: np.ndarray, convention: str = "binary") -> np.ndarray:
+        """(X, Y, Z, K) probabilities -> uint8 label map in the data's own convention (BraTS
+        regions back to 1/2/4 (2021) or 1/2/3 (2023) labels)."""
+        probs = np.asarray(probs)
+        if self.kind == "softmax":
+            return np.argmax(probs, -1).astype(np.uint8)
+        if self.regions == "brats":
+            return labels_lib.regions_to_brats(probs, convention, self.threshold)
+        return (probs[..., 0] > self.threshold).astype(np.uint8)
+
+    def case_metrics(self, probs: np.ndarray, label: np.ndarray, convention: str = "binary",
+                     spacing=None) -> dict[str, float]:
+        """Metrics of one case from its probabilities and ground-truth label map (X, Y, Z).
+
+        BraTS regions: Dice and HD95 of TC, WT, ET, each thresholded on its own output
+        channel, and ``dice_mean``. One sigmoid channel: Dice, HD95, lesion-wise F1 and
+        volumes. Softmax: Dice of each foreground class and ``dice_mean``. Empty targets
+        follow :mod:`jaxbrain.metrics` (NaN, skipped by the means).
+        """
+        probs, label = np.asarray(probs), np.asarray(label)
+        if label.ndim == probs.ndim and label.shape[-1] == 1:
+            label = label[..., 0]
+        if self.regions == "brats":
+            regions = (probs > self.threshold).astype(np.uint8)
+            return metrics_lib.brats_region_metrics(
+                regions, labels_lib.brats_to_regions(label, convention), spacing=spacing)
+        if self.kind == "softmax":
+            k = probs.shape[-1]
+            pred = self.label_map(probs)
+            dice = metrics_lib.dice_per_channel(np.eye(k, dtype=np.uint8)[pred][..., 1:],
+                                                np.eye(k, dtype=np.uint8)[label][..., 1:])
+            names = self.channels or [str(c) for c in range(k)]
+            out = {f"dice_{names[c + 1]}": float(d) for c, d in enumerate(dice)}
+            out["dice_mean"] = metrics_lib.nanmean(out.values())
+            return out
+        if probs.shape[-1] == 1:
+            out = metrics_lib.binary_metrics(self.label_map(probs), label > 0, spacing=spacing)
+            return {**out, "dice_mean": out["dice"]}
+        pred = (probs > self.threshold).astype(np.uint8)  # several independent sigmoid channels
+        dice = metrics_lib.dice_per_channel(pred, label)
+        names = self.channels or [str(c) for c in range(probs.shape[-1])]
+        out = {f"dice_{names[c]}": float(d) for c, d in enumerate(dice)}
+        out["dice_mean"] = metrics_lib.nanmean(out.values())
+        return out
 
     def targets(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         """Labels as float one-hot / multi-label channels matching ``logits``."""

@@ -1,183 +1,141 @@
-"""The training loop: one loop for every objective.
+"""The training loop: one loop for every model, objective and data source.
 
-``train_and_evaluate(config, workdir)`` builds the data pipeline, the model on a device mesh
-(parameters and optimizer state placed by logical-axis rules, the batch sharded over the data
-axes), a jitted and donated train step, Orbax checkpoints and logs, then trains; running it
-again on the same workdir resumes exactly (parameters, optimizer state, RNG and data
-position). SIGTERM saves a checkpoint and returns; a NaN/Inf loss raises
-:class:`NonFiniteLossError` without saving the bad state.
+``train_and_evaluate(config, workdir)`` builds the data pipeline, initialises the model from
+the shapes the data produces, places parameters, optimizer state and objective state on a
+device mesh by their logical axis names, jits and donates the train step, and trains with
+Orbax checkpoints, logs and validation; running it again on the same workdir resumes exactly
+(parameters, optimizer and objective state, RNG and data position). SIGTERM (preemption)
+saves a checkpoint and returns; a NaN/Inf loss raises :class:`NonFiniteLossError` without
+saving the bad state.
+
+The objective protocol (everything but ``compute`` optional):
+
+    compute(apply, batch, key[, state=..., step=...]) -> (loss, metrics) | (loss, metrics, aux)
+        ``apply(x, variables=None, *, train=True)`` runs the model; ``variables`` replaces
+        collections for that call (e.g. {"params": teacher}, which then runs without updating
+        running statistics). ``key`` drives on-device augmentation. ``step`` is passed to an
+        objective whose ``compute`` names it (schedules of hyper-parameters); ``state`` and
+        ``step`` to one that keeps state.
+    init_state(params) -> pytree
+        State the objective keeps in the train state (an EMA teacher, a centre vector). Build
+        it with tree maps over ``params`` so that copies of parameters keep their logical axis
+        names: it is placed, checkpointed and restored exactly like the parameters.
+    update_state(state, *, params, aux, step) -> pytree
+        The new state after the optimizer step (``params`` already updated; ``aux`` as
+        returned by ``compute``).
+    model_input(spec) -> ShapeDtypeStruct
+        The example input the model is initialised with, from the data's element spec (a
+        dict of ShapeDtypeStructs, batch axis first). Default: ``spec["image"]``.
+    for_mesh(batch_shards) -> objective
+        The objective for a batch split over ``batch_shards`` devices.
+    probabilities(logits), label_map(probs, convention), case_metrics(probs, label,
+    convention, spacing)
+        Whole-volume prediction: validation runs the shared predictor and these; without
+        them validation is the objective's own loss on held-out cases.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import math
 import os
 import signal
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from jaxbrain import models, objectives, parallel
+from jaxbrain.convert.pretrained import load_pretrained
 from jaxbrain.data import pipeline
 from jaxbrain.training import data as data_lib
 from jaxbrain.training.checkpoint import Checkpoints, abstract_like
 from jaxbrain.training.metrics_log import MetricWriter, Progress
 from jaxbrain.training.optim import make_optimizer
+from jaxbrain.training.validation import make_validator
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PROGRESS_METRICS = ("loss", "dice_mean", "rotation_acc", "reconstruction_loss")
+# Initialisation runs once: on the CPU its program is compiled without LLVM's expensive
+# optimisations (several times faster to compile; the values are the same).
+_CPU_INIT_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
 
-def build_model(cfg):
-    kwargs = dict(cfg)
-    name = kwargs.pop("name")
-    for key in ("dtype", "param_dtype"):
-        if key in kwargs:
-            kwargs[key] = DTYPES[kwargs[key]]
-    for key, value in kwargs.items():
-        if isinstance(value, list):
-            kwargs[key] = tuple(value)
-    return models.create(name, **kwargs)
+def element_spec(dataset) -> dict:
+    """Shapes and dtypes of the dataset's batches (its first element, read without
+    advancing any iterator)."""
+    first = dataset[0]
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in first.items()
+            if isinstance(v, np.ndarray) or np.isscalar(v)}
 
 
-def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
-    """A pretrained input-layer kernel (..., C_old, F) for ``channels`` input channels.
-
-    ``average``: every new channel gets the mean kernel over the old channels; ``repeat``: new
-    channel j gets old channel j mod C_old. Both are scaled by C_old / channels, so that inputs
-    whose channels look alike give the layer the pretrained magnitude.
-    """
-    old = kernel.shape[-2]
-    if mode == "average":
-        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2)
-    elif mode == "repeat":
-        out = np.take(kernel, np.arange(channels) % old, axis=-2)
-    else:
-        raise ValueError(f"init.channels: expected 'fresh', 'average' or 'repeat', got {mode!r}")
-    return (out * (old / channels)).astype(kernel.dtype)
+def model_input(objective, spec: dict) -> jax.ShapeDtypeStruct:
+    """The example input (batch of one) the model is initialised with."""
+    x = objective.model_input(spec) if hasattr(objective, "model_input") else spec.get("image")
+    if x is None:
+        raise ValueError(f"the data's batches have no 'image' field (fields: {sorted(spec)}); "
+                         "the objective must say which field the model reads (model_input)")
+    return jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
 
 
-def _merge_pretrained(found: dict, like: dict, source: str, *, encoder: tuple | None,
-                      input_layer: tuple, channels: str, new_head: bool) -> dict:
-    """``like`` (freshly initialised variables, {"params": ..., "batch_stats": ...}) with the
-    values of ``found`` (a flat {(collection, *path): array}).
-
-    ``encoder``: take only variables under this path (the rest stays fresh). An input layer
-    (``input_layer``) for another channel count is adapted (``channels``) or left fresh;
-    with ``new_head``, output layers whose last axis (the class count) differs stay fresh.
-    Anything else that does not fit is an error naming the variables.
-    """
-    flat_like = flax.traverse_util.flatten_dict(nn.unbox(like))
-    found = dict(found)
-    kpath = input_layer + ("kernel",)
-    have, want = found.get(kpath), flat_like.get(kpath)
-    if have is not None and want is not None and np.shape(have)[-2] != want.shape[-2] \
-            and np.shape(have)[:-2] == want.shape[:-2] and np.shape(have)[-1] == want.shape[-1]:
-        if channels == "fresh":  # the originals: a new, randomly initialised input layer
-            bias = input_layer + ("bias",)
-            found.update({kpath: np.asarray(want), bias: np.asarray(flat_like[bias])})
-        else:
-            found[kpath] = adapt_channels(np.asarray(have), want.shape[-2], channels)
-        if jax.process_index() == 0:
-            print(f"{'/'.join(input_layer[1:])}: {np.shape(have)[-2]} -> {want.shape[-2]} input "
-                  f"channels ({channels})")
-    out, missing, bad, heads = {}, [], [], []
-    for key, value in flat_like.items():
-        got = found.get(key)
-        if encoder is not None and key[:len(encoder)] != encoder:
-            out[key] = np.asarray(value)
-        elif got is None:
-            missing.append("/".join(key))
-        elif np.shape(got) != value.shape:
-            if new_head and np.shape(got)[:-1] == value.shape[:-1]:
-                heads.append(f"{'/'.join(key)} {np.shape(got)} -> {value.shape}")
-                out[key] = np.asarray(value)
-            else:
-                bad.append(f"{'/'.join(key)}: {np.shape(got)} vs {value.shape}")
-        else:
-            out[key] = np.asarray(got).astype(value.dtype)
-    if missing or bad:
-        hint = (" (another class count: set init.new_head=True to start the output layers "
-                "fresh)" if bad and not new_head else "")
-        raise ValueError(f"{source}: variables do not fit the model: missing {missing[:5]}, "
-                         f"shape mismatches {bad[:5]}{hint}")
-    if heads and jax.process_index() == 0:
-        print(f"new output layers (init.new_head): {', '.join(heads)}")
-    return flax.traverse_util.unflatten_dict(out)
+def check_input_size(model, x: jax.ShapeDtypeStruct) -> None:
+    """A model built for one input size refuses crops of another size, naming both."""
+    size = getattr(model, "input_size", None)
+    if size is not None and tuple(x.shape[1:1 + len(size)]) != tuple(size):
+        raise ValueError(f"{type(model).__name__} is built for input_size {tuple(size)} but the "
+                         f"data gives crops of {tuple(x.shape[1:1 + len(size)])}: set "
+                         "model.input_size to data.roi (or data.roi to the model's size)")
 
 
-def _init_variables(config, model, dummy, shardings, key) -> dict:
-    """The model's variables ({"params": ..., and e.g. "batch_stats"}): initialised, or from
-    pretrained weights (``init.torch`` / ``init.orbax``; ``init.encoder_only``,
-    ``init.channels``, ``init.new_head``)."""
+def init_variables(model, x: jax.ShapeDtypeStruct, key, shardings) -> dict:
+    """The model's variables, placed by ``shardings``. Only the initialisers are computed
+    (``lazy_init``: the forward pass is traced for shapes, never compiled)."""
+    init = jax.jit(lambda k: nn.unbox(model.lazy_init(k, x)), out_shardings=shardings)
+    lowered = init.lower(key)
+    options = _CPU_INIT_COMPILE if jax.default_backend() == "cpu" else None
+    return lowered.compile(options)(key)
+
+
+def _pretrained_source(config) -> str | None:
     init = config.get("init", {})
-    if init.get("required") and not (init.get("torch") or init.get("orbax")):
+    source = init.get("torch") or init.get("orbax")
+    if init.get("required") and not source:
         raise ValueError("this config starts from pretrained weights: set --config.init.orbax="
                          "<previous run or converted model> or --config.init.torch=<.pt file>")
-    variables = jax.jit(lambda k: nn.unbox(model.init(k, dummy)), out_shardings=shardings)(key)
-    source = init.get("torch") or init.get("orbax")
+    return source
+
+
+def initial_variables(config, model, x, key, shardings=None) -> dict:
+    """The variables a new run starts from: initialised for the example input ``x`` (an
+    array or ShapeDtypeStruct), then filled from pretrained weights when the config says so
+    (``init.*``)."""
+    _pretrained_source(config)
+    x = jax.ShapeDtypeStruct(tuple(np.shape(x)), jnp.float32)
+    return pretrained(config, model, init_variables(model, x, key, shardings), shardings)
+
+
+def pretrained(config, model, variables, shardings) -> dict:
+    """``variables`` with pretrained values (``init.torch`` / ``init.orbax``; see
+    :mod:`jaxbrain.convert.pretrained`), or unchanged."""
+    init = config.get("init", {})
+    source = _pretrained_source(config)
     if not source:
         return variables
     encoder_only = bool(init.get("encoder_only", False))
-    if init.get("torch"):
-        from jaxbrain.convert import family_of
-        from jaxbrain.convert.core import to_flax
-        family = family_of(model)
-        found, report, _ = to_flax(init.torch, model, family, encoder_only=encoder_only)
-        if not report.ok and init.get("strict", True):
-            raise ValueError(f"{init.torch} does not fit {type(model).__name__}:\n"
-                             f"{report.problems()}\n(init.strict=False loads what fits)")
-        if family.collections == ("params",):
-            found = {("params",) + k: v for k, v in found.items()}
-    else:
-        found = _orbax_variables(init.orbax)
-    if encoder_only and not hasattr(model, "encoder_kwargs"):
-        raise ValueError(f"init.encoder_only: {type(model).__name__} has no separate encoder")
-    merged = _merge_pretrained(found, jax.device_get(variables), source,
-                               encoder=("params", "swinViT") if encoder_only else None,
-                               input_layer=("params",) + model.input_layer(),
-                               channels=init.get("channels", "average"),
-                               new_head=bool(init.get("new_head", False)))
+    merged, report = load_pretrained(
+        source, model, jax.device_get(variables), encoder_only=encoder_only,
+        channels=init.get("channels", "average"), new_head=bool(init.get("new_head", False)),
+        strict=bool(init.get("strict", True)))
     if jax.process_index() == 0:
+        print(report)
         print(f"initialised {'the encoder ' if encoder_only else ''}from {source}")
-    return jax.device_put(merged, shardings) if shardings is not None else merged
-
-
-def _orbax_variables(path: str) -> dict:
-    """Variables (flat {(collection, *path): array}) of another run (its latest checkpoint)
-    or of ``convert from-torch`` output."""
-    import orbax.checkpoint as ocp
-    path = os.path.abspath(path)
-    ckpts = os.path.join(path, "checkpoints")
-    if os.path.isdir(ckpts):
-        step = ocp.CheckpointManager(ckpts, item_names=("state", "data")).latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{ckpts}: no checkpoint to initialise from")
-        tree = ocp.StandardCheckpointer().restore(os.path.join(ckpts, str(step), "state"))
-        found = {"params": tree["params"], **tree.get("model_state", {})}
-    elif os.path.isdir(os.path.join(path, "params")):
-        tree = ocp.StandardCheckpointer().restore(os.path.join(path, "params"))
-        found = tree if "params" in tree and "batch_stats" in tree else {"params": tree}
-    else:
-        raise FileNotFoundError(f"{path}: neither a training run (checkpoints/) nor a converted "
-                                "model (params/)")
-    return flax.traverse_util.flatten_dict(found)
-
-
-def _orbax_params(path: str) -> dict:
-    """The parameters alone (flat {path: array}) of ``_orbax_variables``."""
-    return {k[1:]: v for k, v in _orbax_variables(path).items() if k[0] == "params"}
+    return jax.device_put(merged, shardings)
 
 
 def variables_of(state: dict) -> dict:
@@ -192,17 +150,21 @@ def _save_config(config, workdir: str) -> None:
 
 
 class _Stop:
-    """SIGTERM (preemption) becomes a flag checked between steps."""
+    """Preemption. One process: SIGTERM becomes a flag checked between steps. Several: JAX's
+    distributed runtime receives the notice and every process stops at the same step
+    (Orbax's preemption sync point; no collective per step)."""
 
-    def __init__(self):
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
         self.requested = False
         self._previous = None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
+        if jax.process_count() == 1:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handler)
+            except ValueError:  # not the main thread: no signal handling
+                self._previous = None
         return self
 
     def _handler(self, signum, frame):
@@ -212,71 +174,121 @@ class _Stop:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def check(self) -> bool:
-        if jax.process_count() > 1:  # every process must agree to stop at the same step
-            flags = multihost_utils.process_allgather(np.array(self.requested))
-            return bool(np.any(flags))
+    def check(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.checkpoints.manager.reached_preemption(step))
         return self.requested
 
 
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def make_train_step(model, objective, tx, lr_fn, dtype):
+    stateful = hasattr(objective, "init_state")
+    wants_step = stateful or _accepts(objective.compute, "step")
+
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         augment_key = jax.random.fold_in(key, 1)
-
         model_state = state.get("model_state", {})
+        kwargs = {"step": state["step"]} if wants_step else {}
+        if stateful:
+            kwargs["state"] = state["objective"]
 
         def loss_fn(params):
             updated = {}
 
-            def apply(x):
-                variables = {"params": params, **model_state}
-                if not model_state:
-                    return model.apply(variables, x.astype(dtype), train=True,
+            def apply(x, variables=None, *, train=True):
+                base = {"params": params, **model_state}
+                x = x.astype(dtype)
+                if variables is not None:  # another set of weights (e.g. a teacher)
+                    return model.apply({**base, **variables}, x, train=train,
                                        rngs={"dropout": key})
-                # Running statistics (BatchNorm) are updated by the forward pass.
-                out, new = model.apply(variables, x.astype(dtype), train=True,
-                                       rngs={"dropout": key}, mutable=list(model_state))
+                if not model_state or not train:
+                    return model.apply(base, x, train=train, rngs={"dropout": key})
+                # Running statistics (BatchNorm) are updated by the training forward pass.
+                out, new = model.apply(base, x, train=True, rngs={"dropout": key},
+                                       mutable=list(model_state))
                 updated.update(new)
                 return out
 
-            loss, metrics = objective.compute(apply, batch, augment_key)
-            return loss, (metrics, dict(updated))
+            out = objective.compute(apply, batch, augment_key, **kwargs)
+            loss, metrics, aux = out if len(out) == 3 else (*out, None)
+            return loss, (metrics, dict(updated), aux)
 
-        (_, (metrics, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (_, (metrics, updated, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, lr=lr_fn(state["step"]), grad_norm=optax.global_norm(grads))
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         if model_state:
             new_state["model_state"] = {**model_state, **updated}
+        if stateful:
+            new_state["objective"] = objective.update_state(
+                state["objective"], params=params, aux=jax.lax.stop_gradient(aux),
+                step=state["step"])
         return new_state, metrics
 
     return train_step
 
 
-def opt_state_shardings(tx, params, param_shardings, replicated):
-    """Optimizer-state leaves that mirror a parameter (moments) take its sharding; the rest
-    (step counts) are replicated."""
-    by_path = {tuple(map(str, k)): s for k, s in
-               jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
-    shapes = {tuple(map(str, k)): v.shape for k, v in
-              jax.tree_util.tree_flatten_with_path(params)[0]}
-
-    def pick(path, leaf):
-        keys = tuple(map(str, path))
-        for i in range(len(keys)):
-            if keys[i:] in by_path and shapes[keys[i:]] == leaf.shape:
-                return by_path[keys[i:]]
-        return replicated
-
-    abstract = jax.eval_shape(tx.init, params)
-    return jax.tree_util.tree_map_with_path(pick, abstract)
-
-
 def _global_batch(local: dict, mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, v.ndim), v)
             for k, v in local.items()}
+
+
+class _Metrics:
+    """Per-step metrics stay on the device; they are fetched, checked and averaged only on log
+    and checkpoint steps (no host synchronisation in between)."""
+
+    def __init__(self, ckpt: Checkpoints):
+        self.ckpt = ckpt
+        self.pending: list[tuple[int, Any]] = []
+        self.host: list[dict] = []
+
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+
+    def fetch(self) -> None:
+        """Moves pending metrics to the host; a non-finite loss raises."""
+        if not self.pending:
+            return
+        steps, values = zip(*self.pending)
+        self.pending = []
+        for step, m in zip(steps, jax.device_get(list(values))):
+            host = {k: float(v) for k, v in m.items()}
+            if not np.isfinite(host["loss"]):
+                self.ckpt.wait()
+                raise NonFiniteLossError(
+                    f"step {step}: loss is {host['loss']}; stopped without saving this state "
+                    f"(last good checkpoint: step {self.ckpt.latest_step()}); lower optim.lr, "
+                    "enable optim.grad_clip, or check the data")
+            self.host.append(host)
+
+    def mean(self) -> dict:
+        self.fetch()
+        out = {k: float(np.mean([h[k] for h in self.host])) for k in self.host[0]}
+        self.host = []
+        return out
+
+
+def datasets(config, workdir: str):
+    """(this process's training batches, validation cases) of the config's ``data``; crops
+    are ``data.roi``."""
+    dcfg = config.data
+    roi = tuple(dcfg.roi) if dcfg.get("roi") else None
+    train_cases, val_cases = data_lib.cases(dcfg, workdir)
+    train_source = data_lib.cached(dcfg, train_cases, dcfg.preprocess, "train")
+    train_ds = pipeline.training_dataset(
+        train_source, preprocess=dcfg.preprocess, augment=dcfg.augment,
+        global_batch_size=config.batch_size, seed=config.seed,
+        crops_per_volume=dcfg.get("crops_per_volume", 1), roi=roi)
+    return train_ds, val_cases
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -294,49 +306,52 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 
     # Data.
     dcfg = config.data
-    train_cases, val_cases = data_lib.cases(dcfg, workdir)
-    train_source = data_lib.cached(dcfg, train_cases, dcfg.preprocess, "train")
-    train_ds = pipeline.training_dataset(
-        train_source, preprocess=dcfg.preprocess, augment=dcfg.augment,
-        global_batch_size=config.batch_size, seed=config.seed,
-        crops_per_volume=dcfg.get("crops_per_volume", 1))
+    train_ds, val_cases = datasets(config, workdir)
+    spec = element_spec(train_ds)
     train_iter = iter(pipeline.loader(train_ds, workers=dcfg.get("workers", 0),
                                       threads=dcfg.get("threads", 2)))
 
-    # Model, mesh, state.
-    model = build_model(config.model)
+    # Model, objective, mesh.
+    model = models.from_config(config.model)
     objective = objectives.create(**config.objective)
-    dtype = DTYPES[config.get("compute_dtype", "float32")]
+    dtype = models.DTYPES[config.get("compute_dtype", "float32")]
     mesh = parallel.make_mesh(dict(config.mesh))
     if hasattr(objective, "for_mesh"):
         objective = objective.for_mesh(math.prod(mesh.shape[a] for a in parallel.BATCH_AXES
                                                   if a in mesh.shape))
     rules = parallel.RULES[config.get("sharding", "replicate")]
-    roi = tuple(dcfg.roi)
-    dummy = jnp.zeros((1, *roi, config.model.in_channels), jnp.float32)
+    x = model_input(objective, spec)
+    check_input_size(model, x)
+
+    # State: variables, optimizer and objective state, placed by logical axis names.
     init_key, state_key = jax.random.split(jax.random.key(config.seed))
-    abstract = jax.eval_shape(lambda: model.init(init_key, dummy))
-    p_shardings = parallel.param_shardings(abstract["params"], mesh, rules)
+    abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape, x.dtype)), init_key)
+    v_shardings = parallel.logical_shardings(abstract, mesh, rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    v_shardings = {c: p_shardings if c == "params" else
-                   jax.tree_util.tree_map(lambda _: replicated, nn.unbox(tree))
-                   for c, tree in abstract.items()}
     total_steps = int(config.total_steps)
     tx, lr_fn = make_optimizer(config.optim, total_steps)
 
     ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),
                        best_metric=config.get("best_metric"),
                        best_mode=config.get("best_mode", "max"))
-    variables = _init_variables(config, model, dummy, v_shardings, init_key)
+    latest = ckpt.latest_step()
+    if latest is None:
+        variables = initial_variables(config, model, x, init_key, v_shardings)
+    else:  # a resumed run takes everything from its checkpoint
+        variables = init_variables(model, x, init_key, v_shardings)
     params = variables.pop("params")
-    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, p_shardings,
-                                                                   replicated))(params)
+    opt_shardings = parallel.logical_shardings(jax.eval_shape(tx.init, abstract["params"]),
+                                               mesh, rules)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "params": params,
              "opt_state": opt_state,
              "rng": jax.device_put(jax.random.key_data(state_key), replicated)}
     if variables:  # collections besides params, e.g. BatchNorm's running statistics
         state["model_state"] = variables
-    latest = ckpt.latest_step()
+    if hasattr(objective, "init_state"):
+        obj_shardings = parallel.logical_shardings(
+            jax.eval_shape(objective.init_state, abstract["params"]), mesh, rules)
+        state["objective"] = jax.jit(objective.init_state, out_shardings=obj_shardings)(params)
     if latest is not None:
         state = ckpt.restore(latest, abstract_like(state), train_iter)
         if is_main:
@@ -351,23 +366,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     progress = Progress(total_steps, start, enabled=is_main and config.get("progress", True))
     log_every, ckpt_every = int(config.log_every), int(config.ckpt_every)
     eval_every = int(config.get("eval_every", 0))
-    validator = (_Validator(config, model, objective, dtype, val_cases, mesh)
-                 if val_cases and eval_every and hasattr(objective, "probabilities") else None)
-    history, last = [], {}
-    pending = None  # (step, metrics) of the previous step: checked while the next one runs
+    validator = make_validator(config, model, objective, val_cases, mesh, dtype)
+    history, last = _Metrics(ckpt), {}
 
-    def check(step_metrics):
-        step, metrics = step_metrics
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(host["loss"]):
-            ckpt.wait()
-            raise NonFiniteLossError(
-                f"step {step}: loss is {host['loss']}; stopped without saving this state (last "
-                f"good checkpoint: step {ckpt.latest_step()}); lower optim.lr, enable "
-                "optim.grad_clip, or check the data")
-        history.append(host)
-
-    with _Stop() as stop:
+    with _Stop(ckpt) as stop:
         step = start
         while step < total_steps:
             batch = _global_batch(next(train_iter), mesh)
@@ -378,70 +380,29 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                 parallel.barrier("train step compiled")
                 progress.restart(start)
             state, metrics = step_fn(state, batch)
-            if pending is not None:
-                check(pending)
-            pending = (step + 1, metrics)
             step += 1
+            history.add(step, metrics)
             if step % log_every == 0 or step == total_steps:
-                check(pending)
-                pending = None
-                last = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                last = history.mean()
                 last["steps_per_s"] = progress.rate(step)
-                history.clear()
                 writer.write(step, {f"train/{k}": v for k, v in last.items()})
                 progress.update(step, {k: last[k] for k in PROGRESS_METRICS if k in last})
             val = None
-            if validator and eval_every and (step % eval_every == 0 or step == total_steps):
-                val = validator(variables_of(state))
+            if validator and (step % eval_every == 0 or step == total_steps):
+                val = validator(variables_of(state), state.get("objective"))
                 writer.write(step, {f"val/{k}": v for k, v in val.items()})
                 last.update({f"val_{k}": v for k, v in val.items()})
-            stopping = stop.check() or (stop_after is not None and step - start >= stop_after)
+            stopping = stop.check(step) or (stop_after is not None and step - start >= stop_after)
             if step % ckpt_every == 0 or step == total_steps or stopping:
-                if pending is not None:
-                    check(pending)
-                    pending = None
+                history.fetch()  # never save a state whose loss is not finite
                 ckpt.save(step, state, train_iter,
                           metrics={f"val_{k}": v for k, v in val.items()} if val else None)
             if stopping:
                 if is_main:
+                    progress.close()
                     print(f"\nstopped: saved step {step} to {ckpt.directory}; rerun to resume")
                 break
+    progress.close()
     ckpt.close()
     writer.close()
     return last
-
-
-class _Validator:
-    """Sliding-window validation on whole volumes: mean hard Dice per output channel."""
-
-    def __init__(self, config, model, objective, dtype, cases, mesh):
-        from jaxbrain.evaluation.sliding_window import sliding_window_inference
-        ecfg = config.eval
-        preprocess = config.data.preprocess + (", " + ecfg.label_transform
-                                               if ecfg.get("label_transform") else "")
-        limit = ecfg.get("max_cases")
-        self.dataset = pipeline.eval_dataset(cases[:limit] if limit else cases,
-                                             preprocess=preprocess, shard=(0, 1))
-        self.objective = objective
-        self.mesh = mesh
-        self.infer = functools.partial(sliding_window_inference, roi_size=tuple(ecfg.roi),
-                                       overlap=ecfg.get("overlap", 0.5),
-                                       mode=ecfg.get("mode", "gaussian"),
-                                       sw_batch_size=ecfg.get("sw_batch_size", 2))
-        def predict(variables, windows):
-            logits = model.apply(variables, windows.astype(dtype))
-            return objective.probabilities(logits)
-
-        self.predict = predict  # one function object: the compiled pass is reused
-
-    def __call__(self, variables) -> dict:
-        rows = []
-        for record in self.dataset:
-            image = jax.device_put(record["image"][None], jax.sharding.NamedSharding(
-                self.mesh, jax.sharding.PartitionSpec()))
-            probs = self.infer(jax.tree_util.Partial(self.predict, variables), image)
-            probs = jnp.asarray(jax.device_get(probs))
-            target = self.objective.targets(probs, jnp.asarray(np.asarray(record["label"]))[None])
-            m = self.objective.metrics(probs, target)
-            rows.append({k: float(v) for k, v in m.items()})
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -64,7 +64,8 @@ def _channels(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndar
     return pred, target
 
 
-def _nanmean(values: Iterable[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN (NaN if none is)."""
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
 
@@ -148,7 +149,7 @@ def brats_region_metrics(pred_regions: np.ndarray, target_regions: np.ndarray,
     dices = dice_per_channel(pred_regions, target_regions)
     distances = hausdorff95_per_channel(pred_regions, target_regions, spacing=spacing)
     out = {f"dice_{name}": float(d) for name, d in zip(REGIONS, dices)}
-    out["dice_mean"] = _nanmean(out.values())
+    out["dice_mean"] = nanmean(out.values())
     out.update({f"hd95_{name}": float(h) for name, h in zip(REGIONS, distances)})
     return out
 

@@ -1,0 +1,112 @@
+"""Initialisation from pretrained weights: one path for every source and every model.
+
+    variables, report = load_pretrained("stage1.pt", model, fresh_variables,
+                                        encoder_only=True, channels="average")
+
+A source is a PyTorch file (.pt/.pth/.bin/.ckpt/.safetensors, read by the model's convert
+family), a ``train.py`` run or a ``convert from-torch`` directory (read by
+:func:`jaxbrain.runs.load_run`). It becomes a flat tree of Flax variables, then one merge
+(:func:`jaxbrain.convert.core.merge`) applies the same rules to all of them:
+
+  * ``encoder_only``: only the model's encoder subtree (the model's ``encoder_name``) is
+    taken; the rest keeps its fresh values, and the source's other entries are ignored;
+  * ``channels``: an input layer (the model's ``input_layer()``) for another channel count
+    is adapted ("average", "repeat") or started fresh ("fresh");
+  * ``new_head``: output layers for another class count start fresh;
+  * everything else must fit: with ``strict`` (the default) any missing, unused or
+    mismatched entry fails the load with one :class:`CheckpointMismatchError` listing them.
+
+The :class:`LoadReport` says what happened to every entry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+from flax import traverse_util
+
+from jaxbrain import models, runs
+from jaxbrain.convert import core
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def is_torch_source(source: Any) -> bool:
+    return isinstance(source, Mapping) or (
+        isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(TORCH_SUFFIXES))
+
+
+def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: bool = False,
+                    channels: str | None = "average", new_head: bool = False,
+                    strict: bool = True, trust_pickle: bool = False,
+                    family: core.Family | None = None) -> tuple[dict, core.LoadReport]:
+    """``like`` (the model's fresh variables, {"params": ..., "batch_stats": ...}) with the
+    values of ``source``; returns (variables, report). See the module docstring."""
+    like_flat = traverse_util.flatten_dict(nn.meta.unbox(dict(like)))
+    like_flat = {k: np.asarray(v) for k, v in like_flat.items()}
+    scope = None
+    if encoder_only:
+        name = models.encoder_name(model)
+        if name is None:
+            raise ValueError(f"init.encoder_only: {type(model).__name__} names no encoder "
+                             "subtree (encoder_name)")
+        scope = ("params", name)
+    input_layer = ("params",) + tuple(model.input_layer()) if hasattr(model, "input_layer") else None
+
+    if is_torch_source(source):
+        if family is None:
+            from jaxbrain.convert import family_of
+            family = family_of(model)
+        found, report, _ = core.to_flax(source, model, family, encoder_only=encoder_only,
+                                        trust_pickle=trust_pickle)
+        single = family.collections == ("params",)
+        if single:
+            found = {("params",) + k: v for k, v in found.items()}
+
+        def name(path):
+            return family.torch_key(model, path[1:] if single else path)
+
+        def shown(path, shape):
+            inner = path[1:] if single else path
+            return core.torch_shape(inner, tuple(shape), family.is_transposed_conv(inner))
+
+        def is_head(path):
+            return family.is_head(name(path))
+    else:
+        run = runs.load_run(os.fspath(source))
+        found = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables).items()}
+        fmt = (f"training run, step {run.step}" if run.kind == "training" else "converted model")
+        report = core.LoadReport(source=run.path, source_format=fmt, target=type(model).__name__)
+        name, shown, is_head = "/".join, (lambda path, shape: tuple(shape)), (lambda path: True)
+
+        def inside(path):
+            return scope is None or path[:len(scope)] == scope
+
+        for path, value in found.items():
+            if path not in like_flat:
+                (report.unused.append((name(path), value.shape)) if inside(path)
+                 else report.ignored.append(name(path)))
+            elif not inside(path):
+                report.ignored.append(name(path))
+        for path, value in like_flat.items():
+            if path not in found:
+                (report.missing.append((name(path), value.shape)) if inside(path)
+                 else report.kept.append(name(path)))
+            elif not inside(path):
+                report.kept.append(name(path))
+        found = {p: v for p, v in found.items() if inside(p)}
+
+    merged = core.merge(found, like_flat, report, name=name, shown=shown,
+                        input_layer=input_layer, channels=channels, new_head=new_head,
+                        is_head=is_head)
+    if not report.ok and strict:
+        hint = ("\n  hint: another class count? init.new_head=True starts the output layers "
+                "fresh" if report.mismatched and not new_head else "")
+        raise core.CheckpointMismatchError(
+            f"{report.source} [{report.source_format}] does not fit {type(model).__name__}:\n"
+            f"{report.problems()}{hint}\n(init.strict=False loads what fits)", report)
+    return traverse_util.unflatten_dict(merged), report

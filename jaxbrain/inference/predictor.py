@@ -1,0 +1,73 @@
+"""Whole-volume prediction: one object used by validation during training and by eval.py,
+so that the numbers the two report come from the same code.
+
+    predictor = Predictor.from_config(config, model, objective)
+    probs = predictor.probabilities(variables, record["image"])     # (X, Y, Z, K)
+    row = objective.case_metrics(probs, record["label"], record["labels"], spacing)
+
+The model runs window by window (MONAI's layout and blending, see :mod:`.sliding_window`) on
+windows of the evaluation ROI (``config.eval.roi``, by default the training ROI
+``config.data.roi``); the objective turns logits into probabilities, probabilities into a
+label map and, with a ground truth, into the case's metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.tree_util import Partial
+
+from jaxbrain import models
+from jaxbrain.inference.sliding_window import sliding_window_inference
+
+
+def eval_roi(config) -> tuple[int, ...]:
+    """The sliding-window size: ``eval.roi`` when a config sets it, else ``data.roi``."""
+    roi = config.get("eval", {}).get("roi") or config.data.get("roi")
+    if not roi:
+        raise ValueError("config: neither eval.roi nor data.roi is set (the sliding-window size)")
+    return tuple(int(r) for r in roi)
+
+
+@dataclasses.dataclass
+class Predictor:
+    """Sliding-window probabilities of ``model`` under ``objective``'s output activation."""
+
+    model: Any
+    objective: Any
+    roi: tuple[int, ...]
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 2
+    dtype: Any = np.float32
+
+    @classmethod
+    def from_config(cls, config, model, objective) -> "Predictor":
+        e = config.get("eval", {})
+        return cls(model, objective, eval_roi(config), overlap=e.get("overlap", 0.5),
+                   mode=e.get("mode", "gaussian"), sw_batch_size=e.get("sw_batch_size", 2),
+                   dtype=models.DTYPES[config.get("compute_dtype", "float32")])
+
+    def __post_init__(self):
+        model, objective, dtype = self.model, self.objective, self.dtype
+
+        def predict(variables, windows):
+            return objective.probabilities(model.apply(variables, windows.astype(dtype)))
+
+        self._predict = predict  # one function object: the compiled pass is reused
+
+    def probabilities(self, variables, image) -> np.ndarray:
+        """(X, Y, Z, C) preprocessed image -> (X, Y, Z, K) float32 probabilities."""
+        image = np.asarray(image, np.float32)[None]
+        leaf = jax.tree_util.tree_leaves(variables)[0]
+        if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, jax.sharding.NamedSharding):
+            # parameters placed on a mesh (training): the image goes whole to every device
+            image = jax.device_put(image, jax.sharding.NamedSharding(
+                leaf.sharding.mesh, jax.sharding.PartitionSpec()))
+        probs = sliding_window_inference(Partial(self._predict, variables), image, self.roi,
+                                         overlap=self.overlap, mode=self.mode,
+                                         sw_batch_size=self.sw_batch_size)
+        return np.asarray(jax.device_get(probs))[0]

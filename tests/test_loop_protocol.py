@@ -1,0 +1,117 @@
+"""The loop's interface for new families: an objective with state (an EMA copy of the
+parameters) resumes bitwise, a 2D model trains through the same loop, validation reports
+eval.py's numbers, the ROI is given once, and a plain BraTS tree trains on a split the run
+makes itself. Toy model and objective (tests/_toys.py) keep compilation short."""
+
+import glob
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import nibabel as nib
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _toys  # noqa: E402,F401  (registers toy_conv and ema_segmentation)
+from _train_run import losses, tiny_config  # noqa: E402
+
+from jaxbrain import metrics, runs  # noqa: E402
+from jaxbrain.training import loop  # noqa: E402
+
+
+def _toy(**overrides):
+    c = tiny_config(**overrides)
+    c.model = ml_collections.ConfigDict(dict(name="toy_conv", in_channels=4, out_channels=3,
+                                             features=8))
+    return c
+
+
+def _state(workdir, step):
+    return runs.restore_tree(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_objective_state_is_checkpointed_and_resumes_bitwise(tmp_path):
+    c = _toy(total_steps=4, batch_size=2)
+    c.objective = ml_collections.ConfigDict(dict(
+        name="ema_segmentation", kind="sigmoid", channels=("TC", "WT", "ET"), regions="brats",
+        momentum=0.5, momentum_steps=4))
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    loop.train_and_evaluate(c, straight)
+    loop.train_and_evaluate(c, resumed, stop_after=2)
+    loop.train_and_evaluate(c, resumed)
+    a, b = _state(straight, 4), _state(resumed, 4)
+    assert int(a["objective"]["updates"]) == 4
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert losses(straight) == losses(resumed)
+    ema, params = (jax.tree_util.tree_leaves(a["objective"]["ema"]),
+                   jax.tree_util.tree_leaves(a["params"]))
+    assert not any(np.array_equal(e, p) for e, p in zip(ema, params))
+    assert all("train/ema_loss" in r for r in _rows(straight) if "train/loss" in r)
+
+
+def _plain_brats(root, n=10):
+    """A BraTS 2021 download as distributed: case folders, no datalist; ET removed from every
+    other case (an empty region in validation)."""
+    from jaxbrain.data import synthetic
+    synthetic.write_brats(str(root), n, shape=(40, 40, 32), seed=0, anatomy="procedural")
+    for extra in glob.glob(os.path.join(root, "*.json")):
+        os.remove(extra)
+    for i, seg in enumerate(sorted(glob.glob(os.path.join(root, "*", "*_seg.nii.gz")))):
+        if i % 2:
+            img = nib.load(seg)
+            label = np.asarray(img.dataobj)
+            label[label == 4] = 1
+            nib.save(nib.Nifti1Image(label, img.affine, img.header), seg)
+
+
+def test_validation_equals_eval_on_a_plain_brats_tree(tmp_path):
+    root, workdir = tmp_path / "BraTS2021_Training_Data", str(tmp_path / "run")
+    _plain_brats(root)
+    roi = (24, 24, 24)
+    c = _toy(total_steps=2, batch_size=2, eval_every=2, ckpt_every=2, **{"data.roi": roi})
+    c.data.root, c.data.synthetic = str(root), None
+    c.data.augment = "rand_crop(pos_fraction=0.7), brats_regions, rand_flip(prob=0.5)"
+    c.eval.max_cases = None
+    loop.train_and_evaluate(c, workdir, stop_after=1)
+    split = open(os.path.join(workdir, "folds.json")).read()
+    loop.train_and_evaluate(c, workdir)  # resumes on the split it saved
+    assert open(os.path.join(workdir, "folds.json")).read() == split
+
+    val = {k[4:]: v for k, v in _rows(workdir)[-1].items() if k.startswith("val/")}
+    assert {"dice_TC", "dice_WT", "dice_ET", "dice_mean", "hd95_WT"} <= set(val)
+
+    from jaxbrain.evaluation.evaluate import evaluate
+    rows = evaluate(runs.load_config(workdir), workdir, str(tmp_path / "eval"))
+    assert len(rows) == 2 and all(r["step"] == 2 for r in rows)
+    assert any(np.isnan(r["dice_ET"]) for r in rows)  # the case without enhancing tumour
+    summary = metrics.summarize(rows)
+    for key, value in val.items():
+        reported = float(summary[key]["mean"])
+        assert (np.isnan(value) and np.isnan(reported)) or np.isclose(value, reported,
+                                                                      rtol=1e-6), key
+
+    # The ROI is given once: it shapes the training batches and the evaluation window.
+    from jaxbrain.inference import Predictor
+    from jaxbrain import models, objectives
+    train_ds, _ = loop.datasets(c, workdir)
+    assert loop.element_spec(train_ds)["image"].shape == (2, *roi, 4)
+    predictor = Predictor.from_config(c, models.from_config(c.model),
+                                      objectives.create(**c.objective))
+    assert predictor.roi == roi
+
+
+def test_a_model_built_for_one_size_refuses_other_crops():
+    from jaxbrain.models import PCTNet
+    model = PCTNet(in_channels=1, out_channels=2, input_size=(16, 32, 32))
+    with pytest.raises(ValueError, match=r"input_size \(16, 32, 32\).*crops of \(24, 24, 24\)"):
+        loop.check_input_size(model, jax.ShapeDtypeStruct((1, 24, 24, 24, 1), np.float32))
+    loop.check_input_size(model, jax.ShapeDtypeStruct((1, 16, 32, 32, 1), np.float32))
