@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxbrain import models
 
@@ -133,9 +134,8 @@ def restore_tree(path: str, keys: tuple[str, ...] | None = None, *, sharding=Non
         raise RunError(f"{path}: not an Orbax checkpoint directory")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
+    tree = getattr(meta, "tree", meta)
     if keys is not None:
         tree = {k: tree[k] for k in keys if k in tree}
     abstract = _abstract(dict(tree), sharding)

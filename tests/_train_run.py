@@ -24,10 +24,10 @@ def tiny_config(**overrides):
     c.progress = False
     c.optim.update(lr=1e-3, schedule="constant")
     c.data.update(roi=roi, threads=1,
-                  augment=f"rand_crop(roi={roi}, pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
+                  augment="rand_crop(pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
                           "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
     c.data.synthetic.update(n=4, shape=(48, 48, 40), anatomy="procedural")
-    c.eval.update(roi=roi, max_cases=1)
+    c.eval.update(max_cases=1)
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")

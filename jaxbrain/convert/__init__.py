@@ -10,7 +10,9 @@ shape mismatches are all listed, by name and shape, in one ``CheckpointMismatchE
 returned as a nested dict of NumPy arrays in the model's ``param_dtype``.
 
 The command line (``python -m jaxbrain.convert --help``) converts between PyTorch files and
-Orbax checkpoints.
+Orbax checkpoints. Initialising a model from any pretrained source (a PyTorch file, a training
+run, a converted directory), with channel adaptation, new heads and encoder-only loads, is
+:func:`jaxbrain.convert.pretrained.load_pretrained`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 and the grain iterator state, saved asynchronously; the last ``keep`` checkpoints and the
 ``keep_best`` best by a validation metric are preserved.
 
-Layout: ``workdir/checkpoints/<step>/{state, data}``. ``state`` is a standard Orbax PyTree
-checkpoint (``params`` can be exported with ``python -m jaxbrain.convert to-torch``).
+Layout: ``workdir/checkpoints/<step>/{state, data}`` (read back by :mod:`jaxbrain.runs`).
+``state`` is a standard Orbax PyTree checkpoint (``python -m jaxbrain.convert to-torch``
+exports its model variables).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from jaxbrain.runs import CHECKPOINTS, DATA_ITEM, STATE_ITEM
 
 
 class Checkpoints:
@@ -32,9 +35,9 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
             enable_async_checkpointing=asynchronous, create=True)
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data"))
+                                             item_names=(STATE_ITEM, DATA_ITEM))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -44,9 +47,9 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, data_iterator: Any | None,
              metrics: dict[str, float] | None = None) -> None:
-        items = {"state": ocp.args.StandardSave(state)}
+        items = {STATE_ITEM: ocp.args.StandardSave(state)}
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
         if metrics is not None and self.best_metric:
             metrics = {k: float(v) for k, v in metrics.items()}
             if self.best_metric not in metrics:
@@ -56,11 +59,11 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """The state at ``step`` placed like ``abstract_state`` (ShapeDtypeStructs with
         shardings); ``data_iterator`` is set to the saved position in place."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"]
+        return restored[STATE_ITEM]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

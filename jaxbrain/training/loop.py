@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbrain import models, objectives, parallel
+from jaxbrain import models, objectives, parallel, runs
 from jaxbrain.convert.pretrained import load_pretrained
 from jaxbrain.data import pipeline
 from jaxbrain.training import data as data_lib
@@ -302,6 +302,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                                     dist.get("process_id"))
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    config = runs.migrate(config)
     _save_config(config, workdir)
 
     # Data.
