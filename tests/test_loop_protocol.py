@@ -115,3 +115,30 @@ def test_a_model_built_for_one_size_refuses_other_crops():
     with pytest.raises(ValueError, match=r"input_size \(16, 32, 32\).*crops of \(24, 24, 24\)"):
         loop.check_input_size(model, jax.ShapeDtypeStruct((1, 24, 24, 24, 1), np.float32))
     loop.check_input_size(model, jax.ShapeDtypeStruct((1, 16, 32, 32, 1), np.float32))
+
+
+def test_a_pretraining_objective_validates_with_its_own_loss(tmp_path):
+    """Volume Fusion (no whole-volume predictions) is validated with its loss on fixed crops of
+    the held-out cases: the same parameters give the same numbers every time."""
+    c = _toy(total_steps=2, batch_size=4, eval_every=1, ckpt_every=2)
+    c.model.out_channels = 5
+    c.objective = ml_collections.ConfigDict(dict(
+        name="volume_fusion", variant="blocks", block_min=(4, 4, 4), block_max=(8, 8, 8)))
+    c.data.update(crops_per_volume=2, val_every=2, augment="rand_crop, rand_flip(prob=0.5)")
+    c.data.synthetic.update(n=4)
+    workdir = str(tmp_path)
+    loop.train_and_evaluate(c, workdir)
+    val = [{k: v for k, v in r.items() if k.startswith("val/")} for r in _rows(workdir)]
+    val = [v for v in val if v]
+    assert len(val) == 2 and {"val/loss", "val/dice_loss", "val/ce_loss"} <= set(val[0])
+    assert val[0] != val[1]  # the parameters changed between the two validations
+
+    from jaxbrain import models, objectives, parallel
+    from jaxbrain.training.validation import make_validator
+    run = runs.load_run(workdir)
+    model, objective = models.from_config(c.model), objectives.create(**c.objective)
+    _, val_cases = loop.datasets(c, workdir)
+    validate = make_validator(c, model, objective, val_cases,
+                              parallel.make_mesh({"data": -1}), np.float32)
+    again = validate(run.variables)
+    assert {f"val/{k}": v for k, v in again.items()} == pytest.approx(val[1], rel=1e-6)
