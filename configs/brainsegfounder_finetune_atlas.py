@@ -7,10 +7,14 @@ r"""BrainSegFounder fine-tuning on ATLAS v2.0 from a stage-2 checkpoint (the ATL
 Presets as ``atlas_swinunetr``. ``data.train_fraction`` trains on a fixed random subset.
 """
 
-from jaxbrain.training.config import sibling
+from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
+from jaxbrain.training.config import presets, sibling, sibling_module
+
+PRESETS = sibling_module(__file__, "atlas_swinunetr").PRESETS
 
 
 def get_config(arg: str = ""):
-    c = sibling(__file__, "atlas_swinunetr", arg)
+    args = presets(arg, PRESETS, __file__, exclusive=[SIZES])
+    c = sibling(__file__, "atlas_swinunetr", ",".join(args))
     c.init.update(encoder_only=True, channels="average", required=True)
     return c

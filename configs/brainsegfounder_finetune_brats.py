@@ -10,10 +10,14 @@ Presets as ``brats_swinunetr`` (``demo``, sizes, ``bf16``, ``remat``). ``data.tr
 trains on a fixed random subset of the training cases (label-efficiency studies).
 """
 
-from jaxbrain.training.config import sibling
+from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
+from jaxbrain.training.config import presets, sibling, sibling_module
+
+PRESETS = sibling_module(__file__, "brats_swinunetr").PRESETS
 
 
 def get_config(arg: str = ""):
-    c = sibling(__file__, "brats_swinunetr", arg)
+    args = presets(arg, PRESETS, __file__, exclusive=[SIZES])
+    c = sibling(__file__, "brats_swinunetr", ",".join(args))
     c.init.update(encoder_only=True, channels="average", required=True)
     return c

@@ -19,17 +19,22 @@ Contrastive negatives come from the whole global batch (``objective.negatives="l
 the original's per-device negatives).
 
 ``data.root`` is a subject list (CSV ``subject,t1,flair`` or JSON) or a folder holding
-``subjects.csv``; ``data.channels`` names its columns.
+``subjects.csv``; ``data.channels`` names its columns. ``data.roi`` is the crop size (the
+foreground crop of ``data.preprocess`` is grown to a multiple of it and follows it).
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
+from jaxbrain.training.config import derived, presets
+
+PRESETS = (*SIZES, "demo", "bf16", "remat")
+PREPROCESS = "crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)"
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = [a for a in arg.split(",") if a]
+    args = presets(arg, PRESETS, __file__, exclusive=[SIZES])
     size = next((a for a in args if a in SIZES), "64m")
     depths, feature, heads = SIZES[size]
     c = ml_collections.ConfigDict()
@@ -59,13 +64,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init = dict(torch=placeholder(str), orbax=placeholder(str), encoder_only=False,
                   strict=True, channels="average")
 
-    roi = (96, 96, 96)
     c.data = dict(
         layout="subjects", root=placeholder(str), subject_list="subjects.csv",
-        channels=("t1", "flair"), roi=roi, crops_per_volume=2, cache=placeholder(str),
-        workers=0, threads=4, synthetic=None, val_every=0,
-        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
-        augment=f"rand_crop(roi={roi})")
+        channels=("t1", "flair"), roi=(96, 96, 96), crops_per_volume=2, cache=placeholder(str),
+        workers=0, threads=4, synthetic=None, val_every=0, augment="rand_crop")
+    c.data.preprocess = derived(PREPROCESS, "roi", c.data.get_ref("roi"))
 
     if "demo" in args:
         demo(c, kind="unlabeled", n=8, shape=(72, 88, 72))
@@ -74,15 +77,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 def demo(c, *, kind: str, n: int, shape, **synthetic) -> None:
     """The small, CPU-sized version of an SSL config (shared by the stage-2 configs)."""
-    roi = (32, 64, 64)                   # H == W for the rotation; 1 x 2 x 2 bottleneck tokens
     c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
     c.total_steps, c.log_every, c.ckpt_every = 200, 10, 100
     c.optim.update(lr=1e-3, warmup_steps=10)
     c.data.update(
-        roi=roi, threads=2,
+        roi=(32, 64, 64),                # H == W for the rotation; 1 x 2 x 2 bottleneck tokens
+        threads=2,
         synthetic=dict(kind=kind, n=n, shape=shape, seed=0, anatomy="auto", **synthetic),
-        preprocess="scale_percentiles(lower=0.5, upper=99.5)",
-        augment=f"rand_crop(roi={roi})")
+        preprocess="scale_percentiles(lower=0.5, upper=99.5)")
 
 
 def target_stage(c, *, in_channels: int, **data) -> None:
@@ -93,9 +95,7 @@ def target_stage(c, *, in_channels: int, **data) -> None:
     c.total_steps = 50_000
     c.optim.update(lr=6e-6)
     c.init.update(encoder_only=True, channels="average", required=True)
-    roi = tuple(c.data.roi)
     c.data = dict(
-        roi=roi, crops_per_volume=2, cache=placeholder(str), workers=0, threads=4,
-        synthetic=None,
-        preprocess=f"crop_foreground(k_divisible={roi}), scale_percentiles(lower=0.5, upper=99.5)",
-        augment=f"rand_crop(roi={roi})", **data)
+        roi=tuple(c.data.roi), crops_per_volume=2, cache=placeholder(str), workers=0,
+        threads=4, synthetic=None, augment="rand_crop", **data)
+    c.data.preprocess = derived(PREPROCESS, "roi", c.data.get_ref("roi"))

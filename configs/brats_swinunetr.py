@@ -13,16 +13,27 @@ flips on 3 axes, per-channel z-score over nonzero voxels, intensity scale/shift 
 loss; AdamW lr 1e-4, weight decay 1e-5, 50 warm-up epochs then cosine over 300 epochs
 (~1000 training cases of a 5-fold split, batch 2: 500 steps an epoch); sliding-window
 validation with overlap 0.5.
+
+Folds: ``brats21_folds.json`` (the BrainSegFounder / MONAI split) when the data root has it,
+else a 5-fold split made once per run (``data.split_seed``, saved as ``<workdir>/folds.json``
+and read back on resume); ``data.fold`` is held out. ``--config.data.datalist=x.json`` uses
+that datalist instead (it must exist); ``--config.data.val_every=k`` holds out every k-th case.
+
+Shapes: ``data.roi`` is the one size: of the training crops and of the sliding-window
+validation window (``eval.roi``, None by default, would set the window alone).
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
+from jaxbrain.training.config import presets
+
+PRESETS = (*SIZES, "demo", "bf16", "remat")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = [a for a in arg.split(",") if a]
+    args = presets(arg, PRESETS, __file__, exclusive=[SIZES])
     size = next((a for a in args if a in SIZES), "64m")
     depths, feature, heads = SIZES[size]
     c = ml_collections.ConfigDict()
@@ -49,27 +60,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    grad_clip=0.0, grad_accum=1)
     c.init = dict(torch=placeholder(str), orbax=placeholder(str), encoder_only=False, strict=True)
 
-    roi = (128, 128, 128)
     c.data = dict(
-        layout="brats", root=placeholder(str), datalist="brats21_folds.json", fold=0,
-        labels="brats2021", roi=roi, crops_per_volume=1, cache=placeholder(str), workers=0,
-        threads=4, synthetic=None, train_fraction=1.0, subset_seed=0,
+        layout="brats", root=placeholder(str), datalist=placeholder(str),
+        datalist_if_present="brats21_folds.json", fold=0, num_folds=5, split_seed=0,
+        val_every=0, labels="brats2021", roi=(128, 128, 128), crops_per_volume=1,
+        cache=placeholder(str), workers=0, threads=4, synthetic=None, train_fraction=1.0,
+        subset_seed=0,
         preprocess="zscore",
-        augment=(f"rand_crop(roi={roi}), brats_regions, rand_flip(prob=0.5), "
+        augment=("rand_crop, brats_regions, rand_flip(prob=0.5), "
                  "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)"))
-    c.eval = dict(roi=roi, overlap=0.5, mode="gaussian", sw_batch_size=2, threshold=0.5,
+    c.eval = dict(roi=placeholder(tuple), overlap=0.5, mode="gaussian", sw_batch_size=2,
                   label_transform="brats_regions", max_cases=placeholder(int))
 
     if "demo" in args:
-        roi = (64, 64, 64)
         c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
         c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 300, 10, 100, 100
         c.optim.update(lr=1e-3, warmup_steps=20)
         c.data.update(
-            roi=roi, threads=2,
+            roi=(64, 64, 64), threads=2,
             synthetic=dict(kind="brats", n=10, shape=(96, 96, 64), seed=0, anatomy="auto",
                            version=2021),
-            augment=(f"rand_crop(roi={roi}, pos_fraction=0.7), brats_regions, "
-                     "rand_flip(prob=0.5), rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)"))
-        c.eval.update(roi=roi, sw_batch_size=1, max_cases=2)
+            augment=("rand_crop(pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
+                     "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)"))
+        c.eval.update(sw_batch_size=1, max_cases=2)
     return c

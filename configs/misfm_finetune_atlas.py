@@ -9,17 +9,20 @@ Presets as ``misfm_finetune_brats``. The ATLAS data and evaluation of ``atlas_sw
 except that volumes keep their size (scaled to [0, 1] as in the pretraining, not resized):
 PCT-Net trains on 64x128x128
 crops (half of them centred on lesion) and segments whole volumes with a sliding window of
-that size. One sigmoid output, deep supervision, Dice + BCE, Adam lr 1e-3.
+that size (``data.roi`` = ``model.input_size``, one reference). One sigmoid output, deep
+supervision, Dice + BCE, Adam lr 1e-3. Folds as ``atlas_swinunetr``.
 """
 
-from jaxbrain.training.config import sibling, sibling_module
+from jaxbrain.training.config import presets, sibling, sibling_module
+
+PRESETS = sibling_module(__file__, "misfm_finetune_brats").PRESETS
 
 
 def get_config(arg: str = ""):
-    args = [a for a in arg.split(",") if a]
+    args = presets(arg, PRESETS, __file__, exclusive=[("mode1", "mode2")])
     c = sibling(__file__, "atlas_swinunetr", ",".join(a for a in args if a in ("demo", "bf16")))
-    sibling_module(__file__, "misfm_finetune_brats").finetune(
-        c, args, in_channels=1, out_channels=1, roi=(64, 128, 128), demo_roi=(32, 64, 64))
-    c.data.augment = (f"rand_crop(roi={tuple(c.data.roi)}, pos_fraction=0.5), rand_flip(prob=0.5), "
+    sibling_module(__file__, "misfm_finetune_brats").finetune(c, args, in_channels=1,
+                                                              out_channels=1)
+    c.data.augment = ("rand_crop(pos_fraction=0.5), rand_flip(prob=0.5), "
                       "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
     return c

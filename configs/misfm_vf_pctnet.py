@@ -19,14 +19,26 @@ supervision; loss (Dice + CE) / 2; Adam lr 1e-3, weight decay 1e-5 (L2, as PyTor
 step decay (x0.5 every 50k of 200k steps), batch 4. Intensities scaled per channel to [0, 1]
 between the 0.5th and 99.5th brain percentiles. ``data.root`` is a subject list (CSV with a
 ``t1`` column, or JSON) or a folder holding ``subjects.csv``.
+
+``data.roi`` is the crop size and PCT-Net's ``model.input_size`` (one reference: setting either,
+e.g. ``--config.data.roi=(32,64,64)``, sets both).
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
+
+from jaxbrain.training.config import presets
+
+PRESETS = ("demo", "boxes", "mode1", "mode2", "bf16", "remat")
+
+# PyMIC's Crop4VolumeFusion, per crop: a random resized crop of data.roi (scale 0.7-1.5 per
+# axis), flips, a percentile contrast stretch, gamma 0.7-1.5 and inversion with probability 0.25.
+VF_AUGMENT = ("rand_resized_crop(scale_min=0.7, scale_max=1.5), rand_flip(prob=0.5), "
+              "rand_contrast, rand_gamma(gamma=(0.7, 1.5)), rand_invert(prob=0.25)")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = [a for a in arg.split(",") if a]
+    args = presets(arg, PRESETS, __file__, exclusive=[("mode1", "mode2")])
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 4                     # global
@@ -40,7 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mesh = {"data": -1, "fsdp": 1}
     c.sharding = "replicate"
 
-    roi = (64, 128, 128)
+    roi = FieldReference((64, 128, 128))  # data.roi and model.input_size
     mode = 1 if "mode1" in args else 2 if "mode2" in args else 0
     c.model = dict(name="pctnet", in_channels=1, out_channels=5, input_size=roi,
                    features=(24, 48, 128, 256, 512), dropout=(0.0, 0.0, 0.2, 0.2, 0.2),
@@ -61,29 +73,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         channels=("t1",), roi=roi, crops_per_volume=2, cache=placeholder(str), workers=0,
         threads=4, synthetic=None, val_every=0,
         preprocess="scale_percentiles(lower=0.5, upper=99.5)",
-        augment=vf_augment(roi))
+        augment=VF_AUGMENT)
 
     if "demo" in args:
         demo(c)
     return c
 
 
-def vf_augment(roi) -> str:
-    """PyMIC's Crop4VolumeFusion, per crop: a random resized crop (scale 0.7-1.5 per axis),
-    flips, a percentile contrast stretch, gamma 0.7-1.5 and inversion with probability 0.25."""
-    return (f"rand_resized_crop(roi={tuple(roi)}, scale_min=0.7, scale_max=1.5), "
-            "rand_flip(prob=0.5), rand_contrast, rand_gamma(gamma=(0.7, 1.5)), "
-            "rand_invert(prob=0.25)")
-
-
 def demo(c) -> None:
     """The CPU-sized version: a small PCT-Net on 32x64x64 crops of synthetic subjects."""
-    roi = (32, 64, 64)
-    c.model.update(input_size=roi, features=(8, 16, 32, 64, 128), num_heads=(2, 4, 8))
+    c.model.update(features=(8, 16, 32, 64, 128), num_heads=(2, 4, 8))
     c.objective.update(block_min=(4, 8, 8), block_max=(16, 32, 32), box_min=(4, 8, 8),
                        box_max=(20, 40, 40))
     c.total_steps, c.log_every, c.ckpt_every = 300, 10, 100
     c.optim.update(decay_steps=150)
-    c.data.update(roi=roi, threads=2, augment=vf_augment(roi),
+    c.data.update(roi=(32, 64, 64), threads=2,
                   synthetic=dict(kind="unlabeled", n=8, shape=(72, 88, 72), seed=0,
                                  anatomy="auto"))

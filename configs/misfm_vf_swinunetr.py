@@ -13,11 +13,13 @@ encoder initialises the BrainSegFounder fine-tuning configs (``init.orbax`` with
 """
 
 from jaxbrain.models.swin_unetr import BRAINSEGFOUNDER_SIZES as SIZES
-from jaxbrain.training.config import sibling
+from jaxbrain.training.config import presets, sibling
+
+PRESETS = (*SIZES, "demo", "boxes", "bf16", "remat")
 
 
 def get_config(arg: str = ""):
-    args = [a for a in arg.split(",") if a]
+    args = presets(arg, PRESETS, __file__, exclusive=[SIZES])
     depths, feature, heads = SIZES[next((a for a in args if a in SIZES), "64m")]
     base = ",".join(a for a in args if a not in SIZES)
     c = sibling(__file__, "misfm_vf_pctnet", base)

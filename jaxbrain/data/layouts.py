@@ -10,7 +10,8 @@ Supported:
   * BraTS 2023: ``BraTS-GLI-XXXXX-YYY/BraTS-GLI-XXXXX-YYY-{t2f,t1c,t1n,t2w,seg}.nii.gz``
     (any ``BraTS-<cohort>-`` prefix). Both give channels in the order [FLAIR, T1ce, T1, T2].
   * MONAI-style JSON datalists with folds, as ``brats21_folds.json``:
-    ``{"training": [{"image": [...], "label": ..., "fold": k}, ...]}``.
+    ``{"training": [{"image": [...], "label": ..., "fold": k}, ...]}``; :func:`make_folds`
+    and :func:`write_datalist` make one for data that comes without (``folds.json``).
   * ATLAS v2.0 (BIDS): ``sub-*/ses-*/anat/*_T1w.nii.gz`` with
     ``*_label-L_desc-T1lesion_mask.nii.gz`` next to it.
   * Unlabeled subject lists (UK Biobank style T1 + T2-FLAIR) from a CSV, a JSON list or glob
@@ -26,6 +27,8 @@ import json
 import os
 import re
 from typing import Mapping, Sequence
+
+import numpy as np
 
 from jaxbrain.data.nifti import DataError
 
@@ -147,6 +150,57 @@ def split_fold(cases: Sequence[Case], fold: int) -> tuple[list[Case], list[Case]
     if fold not in folds:
         raise DataError(f"fold {fold} not in the datalist (folds present: {folds})")
     return [c for c in cases if c.fold != fold], [c for c in cases if c.fold == fold]
+
+
+_BIDS_SUBJECT = re.compile(r"^(sub-[^_/]+)(?:_|$)")
+_BRATS23_SUBJECT = re.compile(r"^(BraTS-[A-Za-z]+-\d+)-\d+$")
+
+
+def subject_of(case_id: str) -> str:
+    """The subject a case id belongs to, so that its sessions share a fold: BIDS
+    ``sub-X_ses-Y`` (ATLAS) -> ``sub-X``; BraTS 2023 ``BraTS-GLI-00001-001`` (patient 00001,
+    time point 001) -> ``BraTS-GLI-00001``; any other id is its own subject."""
+    m = _BIDS_SUBJECT.match(case_id) or _BRATS23_SUBJECT.match(case_id)
+    return m.group(1) if m else case_id
+
+
+def make_folds(cases: Sequence[Case], num_folds: int = 5, seed: int = 0) -> list[Case]:
+    """``cases`` with ``fold`` set: a deterministic ``num_folds``-fold split by subject.
+
+    The subjects (:func:`subject_of`, sorted) are shuffled with ``numpy.random.default_rng(
+    seed)`` and dealt to folds 0, 1, ..., num_folds - 1, 0, ... in turn; every case gets its
+    subject's fold, so sessions of one subject never straddle folds. The same ids and seed
+    give the same folds, whatever the order of ``cases``.
+    """
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be at least 2, got {num_folds}")
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DataError(f"duplicate case ids {dup[:5]}: cannot assign folds")
+    subjects = sorted({subject_of(i) for i in ids})
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    fold_of = {subjects[j]: k % num_folds for k, j in enumerate(order)}
+    return [dataclasses.replace(c, fold=fold_of[subject_of(c.id)]) for c in cases]
+
+
+def write_datalist(path: str, cases: Sequence[Case], **info) -> str:
+    """Writes ``cases`` (with folds) as a MONAI-style datalist that :func:`datalist` reads:
+    ``{"training": [{"id", "subject", "fold", "image": [...], "label"}, ...], **info}`` with
+    absolute paths (atomically: a temporary file renamed). Returns ``path``."""
+    entries = []
+    for c in cases:
+        entry = {"id": c.id, "subject": subject_of(c.id), "fold": c.fold,
+                 "image": [os.path.abspath(p) for p in c.images]}
+        if c.label is not None:
+            entry["label"] = os.path.abspath(c.label)
+        entries.append(entry)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"training": entries, **info}, f, indent=1)
+    os.replace(tmp, path)
+    return path
 
 
 def atlas(root: str, *, require_label: bool = True) -> list[Case]:

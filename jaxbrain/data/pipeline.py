@@ -12,7 +12,9 @@ number of processes or worker processes. The iterator's state (``get_state`` /
 ``set_state``) is what a checkpoint stores to resume exactly.
 
 Transforms are named by short specs such as ``"zscore"`` or ``"resize(shape=(96, 96, 96))"``
-so configs, the cache command and the cache index all speak the same language.
+so configs, the cache command and the cache index all speak the same language. Crop-size
+transforms (``rand_crop``, ``rand_resized_crop``) take their size from the ``roi`` the
+pipeline is given (``config.data.roi``) unless their spec names one.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ TRANSFORMS: dict[str, Callable] = {
 }
 
 
-def parse_transform(spec: str):
-    """``"name"`` or ``"name(key=value, ...)"`` (Python literals) -> transform instance."""
+def parse_transform(spec: str, *, roi: Sequence[int] | None = None):
+    """``"name"`` or ``"name(key=value, ...)"`` (Python literals) -> transform instance.
+
+    ``roi``: the crop size of transforms that take one (``takes_roi``) when the spec gives
+    none; such a transform without either raises ValueError naming it.
+    """
     try:
         node = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError as e:
@@ -66,16 +72,21 @@ def parse_transform(spec: str):
     if name not in TRANSFORMS:
         raise ValueError(f"transform spec {spec!r}: unknown transform {name!r}; "
                          f"known: {sorted(TRANSFORMS)}")
+    if getattr(TRANSFORMS[name], "takes_roi", False) and kwargs.get("roi") is None \
+            and roi is not None:
+        kwargs["roi"] = tuple(int(s) for s in roi)
     try:
         return TRANSFORMS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"transform spec {spec!r}: {e}") from e
 
 
-def parse_transforms(specs: Sequence[str] | str) -> list:
+def parse_transforms(specs: Sequence[str] | str, *, roi: Sequence[int] | None = None) -> list:
+    """A comma-separated spec string (or a list of specs) -> transforms; ``roi`` as in
+    :func:`parse_transform`."""
     if isinstance(specs, str):
         specs = [s for s in _split_top_level(specs) if s.strip()]
-    return [parse_transform(s) for s in specs]
+    return [parse_transform(s, roi=roi) for s in specs]
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -233,14 +244,15 @@ class _Load(grain.transforms.Map):
 class _Augment(grain.transforms.RandomMap):
     """Record -> ``crops`` augmented crops stacked on a leading axis (image/label only)."""
 
-    def __init__(self, augment: Sequence[str], crops: int):
+    def __init__(self, augment: Sequence[str], crops: int, roi: tuple[int, ...] | None = None):
         self.augment = list(augment)
         self.crops = crops
+        self.roi = roi
         self._transforms = None
 
     def random_map(self, record, rng):
         if self._transforms is None:
-            self._transforms = parse_transforms(self.augment)
+            self._transforms = parse_transforms(self.augment, roi=self.roi)
         outs = [T.apply(self._transforms, record, rng) for _ in range(self.crops)]
         keys = [k for k in ("image", "label") if k in outs[0]]
         if self.crops == 1:  # views; the batch function makes the one copy
@@ -264,17 +276,22 @@ _ENDLESS = 2**40  # records: "infinite" for any training run
 
 def training_dataset(cases: Sequence[Case | CachedCase], *, preprocess: Sequence[str] | str,
                      augment: Sequence[str] | str, global_batch_size: int, seed: int,
-                     crops_per_volume: int = 1, shard: tuple[int, int] | None = None
-                     ) -> grain.MapDataset:
+                     crops_per_volume: int = 1, shard: tuple[int, int] | None = None,
+                     roi: tuple[int, ...] | None = None) -> grain.MapDataset:
     """Infinite dataset of this process's training batches.
 
     Each element is ``{"image": (B, *roi, C) float32, "label": (B, *roi[, K]) uint8}`` with
     ``B = global_batch_size // process_count``: this process's block of the global batch.
     ``crops_per_volume`` crops are cut from each loaded volume (they sit next to each other in
     the batch). ``shard = (index, count)`` defaults to (jax.process_index(), process_count()).
+    ``roi`` (``config.data.roi``) is the crop size of the augment transforms that take one
+    (``rand_crop``, ``rand_resized_crop``) and give none in their spec.
     """
     if not cases:
         raise DataError("no training cases")
+    roi = None if roi is None else tuple(int(s) for s in roi)
+    augment = _canonical(augment)
+    parse_transforms(augment, roi=roi)  # fail here, not in a worker, on a bad spec or no ROI
     index, count = _process_shard(shard)
     per_volume = crops_per_volume * count
     if global_batch_size % per_volume:
@@ -284,7 +301,7 @@ def training_dataset(cases: Sequence[Case | CachedCase], *, preprocess: Sequence
     epochs = _ENDLESS // len(cases)  # finite so that batch/slice lengths stay in range
     ds = (grain.MapDataset.source(list(cases)).seed(seed).shuffle().repeat(epochs)
           .map(_Load(_canonical(preprocess)))
-          .random_map(_Augment(_canonical(augment), crops_per_volume))
+          .random_map(_Augment(augment, crops_per_volume, roi))
           .batch(volumes_per_process, batch_fn=_concat))
     return ds[index::count]
 

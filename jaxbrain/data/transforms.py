@@ -241,18 +241,29 @@ class BratsRegions:
         return {**record, "label": labels_lib.brats_to_regions(record["label"], self.convention)}
 
 
+def _crop_size(name: str, roi) -> tuple[int, int, int]:
+    """A crop-size transform's ``roi``: 3 positive integers, or ValueError naming ``name``
+    when it has none (neither in its spec nor from the pipeline, i.e. ``config.data.roi``)."""
+    if roi is None:
+        raise ValueError(f"{name}: no crop size: give {name}(roi=(X, Y, Z)) or pass the ROI to "
+                         "the pipeline (training_dataset(roi=...), from config.data.roi)")
+    return _triple(f"{name} roi", roi, int)
+
+
 class RandCrop:
     """Random crop of ``roi`` (padding first if the volume is smaller).
 
     With probability ``pos_fraction`` the crop is centred on a random labelled voxel (label > 0
     in any channel), clipped to stay inside the volume; otherwise its position is uniform. A
-    case without labelled voxels always gets a uniform crop.
+    case without labelled voxels always gets a uniform crop. Without ``roi`` in its spec the
+    pipeline supplies it (``takes_roi``: ``config.data.roi``).
     """
 
     random = True
+    takes_roi = True
 
-    def __init__(self, roi: Sequence[int], pos_fraction: float = 0.0):
-        self.roi = tuple(int(s) for s in roi)
+    def __init__(self, roi: Sequence[int] | None = None, pos_fraction: float = 0.0):
+        self.roi = _crop_size("rand_crop", roi)
         self.pos_fraction = float(pos_fraction)
         self._pad = Pad(self.roi)
 
@@ -412,13 +423,15 @@ class RandResizedCrop:
     interpolation with corner voxels aligned (``scipy.ndimage.zoom(order=1)``; labels nearest).
     An image smaller than ``roi`` along an axis is cropped whole there and zoomed up. Unlike
     scipy's zoom with its default ``mode="constant"``, the last voxel along an axis is never
-    zeroed by rounding.
+    zeroed by rounding. Without ``roi`` in its spec the pipeline supplies it (``takes_roi``).
     """
 
     random = True
+    takes_roi = True
 
-    def __init__(self, roi: Sequence[int], scale_min=(0.7, 0.7, 0.7), scale_max=(1.5, 1.5, 1.5)):
-        self.roi = _triple("rand_resized_crop roi", roi, int)
+    def __init__(self, roi: Sequence[int] | None = None, scale_min=(0.7, 0.7, 0.7),
+                 scale_max=(1.5, 1.5, 1.5)):
+        self.roi = _crop_size("rand_resized_crop", roi)
         self.scale_min = _triple("rand_resized_crop scale_min", scale_min)
         self.scale_max = _triple("rand_resized_crop scale_max", scale_max)
         if any(lo > hi for lo, hi in zip(self.scale_min, self.scale_max)):
