@@ -63,7 +63,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         augment="rand_flip(prob=0.5), rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
     c.data.preprocess = derived("zscore, resize(shape={roi})", "roi", c.data.get_ref("roi"))
     c.eval = dict(roi=placeholder(tuple), overlap=0.5, mode="gaussian", sw_batch_size=1,
-                  label_transform=None, max_cases=placeholder(int))
+                  max_cases=placeholder(int))
 
     if "demo" in args:
         c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))

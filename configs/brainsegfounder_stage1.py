@@ -45,7 +45,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval_every = 0
     c.ckpt_every = 1000
     c.keep_checkpoints = 3
+    # Pretraining uses every subject (data.val_every=0). To validate with the objective's own
+    # loss on held-out subjects: --config.data.val_every=20 --config.eval_every=1000
+    # (--config.best_metric=val_loss keeps the lowest).
     c.best_metric = placeholder(str)
+    c.best_mode = "min"
     c.compute_dtype = "bfloat16" if "bf16" in args else "float32"
     c.mesh = {"data": -1, "fsdp": 1}
     c.sharding = "replicate"
@@ -78,11 +82,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 def demo(c, *, kind: str, n: int, shape, **synthetic) -> None:
     """The small, CPU-sized version of an SSL config (shared by the stage-2 configs)."""
     c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
-    c.total_steps, c.log_every, c.ckpt_every = 200, 10, 100
+    c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 200, 10, 100, 100
     c.optim.update(lr=1e-3, warmup_steps=10)
     c.data.update(
         roi=(32, 64, 64),                # H == W for the rotation; 1 x 2 x 2 bottleneck tokens
-        threads=2,
+        threads=2, val_every=4,          # every 4th subject held out: validated by the SSL loss
         synthetic=dict(kind=kind, n=n, shape=shape, seed=0, anatomy="auto", **synthetic),
         preprocess="scale_percentiles(lower=0.5, upper=99.5)")
 

@@ -54,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    depths=depths, num_heads=heads, drop_rate=0.0, dropout_path_rate=0.0,
                    downsample="merging_legacy", use_v2=False, remat="remat" in args)
     c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=0.0, threshold=0.5,
-                       channels=("TC", "WT", "ET"))
+                       channels=("TC", "WT", "ET"), regions="brats")
     c.optim = dict(name="adamw", lr=1e-4, weight_decay=1e-5, b1=0.9, b2=0.999,
                    schedule="warmup_cosine", warmup_steps=50 * steps_per_epoch, end_lr=0.0,
                    grad_clip=0.0, grad_accum=1)
@@ -70,7 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         augment=("rand_crop, brats_regions, rand_flip(prob=0.5), "
                  "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)"))
     c.eval = dict(roi=placeholder(tuple), overlap=0.5, mode="gaussian", sw_batch_size=2,
-                  label_transform="brats_regions", max_cases=placeholder(int))
+                  max_cases=placeholder(int))
 
     if "demo" in args:
         c.model.update(feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))

@@ -47,7 +47,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval_every = 0
     c.ckpt_every = 2000
     c.keep_checkpoints = 3
+    # Pretraining uses every subject (data.val_every=0). To validate with the objective's own
+    # loss on held-out subjects: --config.data.val_every=20 --config.eval_every=1000
+    # (--config.best_metric=val_loss keeps the lowest).
     c.best_metric = placeholder(str)
+    c.best_mode = "min"
     c.compute_dtype = "bfloat16" if "bf16" in args else "float32"
     c.mesh = {"data": -1, "fsdp": 1}
     c.sharding = "replicate"
@@ -85,8 +89,8 @@ def demo(c) -> None:
     c.model.update(features=(8, 16, 32, 64, 128), num_heads=(2, 4, 8))
     c.objective.update(block_min=(4, 8, 8), block_max=(16, 32, 32), box_min=(4, 8, 8),
                        box_max=(20, 40, 40))
-    c.total_steps, c.log_every, c.ckpt_every = 300, 10, 100
+    c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 300, 10, 100, 100
     c.optim.update(decay_steps=150)
-    c.data.update(roi=(32, 64, 64), threads=2,
+    c.data.update(roi=(32, 64, 64), threads=2, val_every=4,  # held out, validated by the VF loss
                   synthetic=dict(kind="unlabeled", n=8, shape=(72, 88, 72), seed=0,
                                  anatomy="auto"))

@@ -46,7 +46,9 @@ ATLAS_MASK_SUFFIX = "_label-L_desc-T1lesion_mask.nii.gz"
 class Case:
     """One subject: image files in channel order, an optional label file and fold.
 
-    ``labels`` names the label convention (see :mod:`jaxbrain.data.labels`).
+    ``labels`` names the label convention (see :mod:`jaxbrain.data.labels`). ``target`` is a
+    volume-level value (a class index or a number such as an age), carried into every crop
+    of the case and batched as ``batch["target"]`` (B,).
     """
 
     id: str
@@ -54,6 +56,7 @@ class Case:
     label: str | None = None
     fold: int | None = None
     labels: str = "binary"
+    target: float | None = None
 
 
 def _nii(stem: str) -> str:

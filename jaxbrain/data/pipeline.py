@@ -43,6 +43,7 @@ TRANSFORMS: dict[str, Callable] = {
     "brats_regions": T.BratsRegions,
     "rand_crop": T.RandCrop,
     "rand_flip": T.RandFlip,
+    "rand_slice": T.RandSlice,
     "rand_rot90": T.RandRot90,
     "rand_scale_shift": T.RandScaleShift,
     "rand_resized_crop": T.RandResizedCrop,
@@ -189,6 +190,8 @@ class CachedCase:
             record[key] = arr
         if "geometry" in self.entry:
             record["geometry"] = Geometry.from_dict(self.entry["geometry"])
+        if self.entry["case"].get("target") is not None:
+            record["target"] = np.float32(self.entry["case"]["target"])
         return record
 
 
@@ -254,7 +257,7 @@ class _Augment(grain.transforms.RandomMap):
         if self._transforms is None:
             self._transforms = parse_transforms(self.augment, roi=self.roi)
         outs = [T.apply(self._transforms, record, rng) for _ in range(self.crops)]
-        keys = [k for k in ("image", "label") if k in outs[0]]
+        keys = [k for k in ("image", "label", "target") if k in outs[0]]
         if self.crops == 1:  # views; the batch function makes the one copy
             return {k: np.asarray(outs[0][k])[None] for k in keys}
         return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in keys}

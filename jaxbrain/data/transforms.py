@@ -53,6 +53,8 @@ def load_case(case: Case, *, check_labels: bool = True) -> dict:
         nifti.check_same_grid(paths, geometries)
     record["image"] = image
     record["geometry"] = geometries[0]
+    if case.target is not None:
+        record["target"] = np.float32(case.target)
     return record
 
 
@@ -282,6 +284,39 @@ class RandCrop:
         if start is None:
             start = [int(rng.integers(m + 1)) for m in room]
         return _crop_or_pad(record, start, self.roi)
+
+
+class RandSlice:
+    """One 2D slice across ``axis`` (2: axial in canonical RAS): image (X, Y, C), label
+    (X, Y[, K]). With probability ``pos_fraction`` the slice holds labelled voxels; otherwise
+    it is uniform among the slices with any non-zero image voxel (all slices if none has).
+    For 2D models trained on slices of volumes (e.g. axial slices of brain MRI)."""
+
+    random = True
+
+    def __init__(self, axis: int = 2, pos_fraction: float = 0.0):
+        if axis not in (0, 1, 2):
+            raise ValueError(f"rand_slice: axis must be 0, 1 or 2, got {axis}")
+        self.axis, self.pos_fraction = int(axis), float(pos_fraction)
+
+    def __call__(self, record, rng):
+        image = np.asarray(record["image"])
+        others = tuple(a for a in range(image.ndim) if a != self.axis)
+        choices = np.flatnonzero(np.any(image != 0, axis=others))
+        if "label" in record and self.pos_fraction > 0 and rng.random() < self.pos_fraction:
+            label = np.asarray(record["label"])
+            labelled = np.flatnonzero(np.any(label != 0, axis=tuple(
+                a for a in range(label.ndim) if a != self.axis)))
+            choices = labelled if labelled.size else choices
+        if not choices.size:
+            choices = np.arange(image.shape[self.axis])
+        index = int(choices[rng.integers(choices.size)])
+        out = dict(record)
+        for key in ("image", "label"):
+            if key in record:
+                out[key] = np.take(np.asarray(record[key]), index, axis=self.axis)
+        out.pop("geometry", None)
+        return out
 
 
 class RandFlip:
