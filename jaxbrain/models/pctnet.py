@@ -377,7 +377,7 @@ class PCTNet(nn.Module):
                 f"PCTNet was built for input_size {tuple(self.input_size)} and got spatial shape "
                 f"{tuple(x.shape[1:4])}: its Swin blocks are fixed to the construction-time "
                 "size, as in the original; segment larger volumes with a sliding window of "
-                "input_size (eval.roi) or build the model with another input_size")
+                "input_size (data.roi / eval.roi) or build the model with another input_size")
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         f, drop = tuple(self.features), tuple(self.dropout)
         conv_dims, down_dims = MODES[self.resolution_mode]
