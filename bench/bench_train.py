@@ -175,7 +175,8 @@ def full_step(batch: int = 2, roi: int = 128, steps: int = 10, dtype: str = "bfl
     from jaxbrain.training import loop
     from jaxbrain.training.optim import make_optimizer
     model = models.create("swin_unetr", in_channels=4, out_channels=3, feature_size=48,
-                          depths=(2, 2, 6, 2), downsample="merging_legacy")
+                          depths=(2, 2, 6, 2), downsample="merging_legacy",
+                          dtype=models.DTYPES[dtype])
     objective = objectives.create(name="segmentation", kind="sigmoid", dice=1.0, ce=0.0)
     tx, lr_fn = make_optimizer(dict(name="adamw", lr=1e-4, weight_decay=1e-5,
                                     schedule="constant"), 100)

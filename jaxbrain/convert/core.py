@@ -338,7 +338,19 @@ def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: Lo
     if channels is not None and channels not in CHANNEL_MODES:
         raise ValueError(f"init.channels: expected one of {CHANNEL_MODES}, got {channels!r}")
     out = dict(like)
+    found = dict(found)
     kernel = None if input_layer is None else tuple(input_layer) + ("kernel",)
+    if kernel in found and kernel in like and channels is not None:
+        got, want = np.asarray(found[kernel]), tuple(like[kernel].shape)
+        if (got.shape != want and got.ndim == len(want) and got.shape[:-2] == want[:-2]
+                and got.shape[-1] == want[-1]):
+            del found[kernel]
+            if channels == "fresh":  # the originals: a new, randomly initialised input layer
+                found.pop(tuple(input_layer) + ("bias",), None)
+            else:
+                out[kernel] = adapt_channels(got, want[-2], channels).astype(like[kernel].dtype)
+            report.adapted.append(f"{name(kernel)}: {got.shape[-2]} -> {want[-2]} input "
+                                  f"channels ({channels})")
     for path, want in like.items():
         got = found.get(path)
         if got is None:
@@ -348,16 +360,6 @@ def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: Lo
         if got.shape == want_shape:
             out[path] = got.astype(want.dtype)
             report.loaded.append(name(path))
-        elif (path == kernel and channels is not None and got.ndim == len(want_shape)
-              and got.shape[:-2] == want_shape[:-2] and got.shape[-1] == want_shape[-1]):
-            if channels == "fresh":  # the originals: a new, randomly initialised input layer
-                bias = tuple(input_layer) + ("bias",)
-                if bias in found and bias in like:
-                    found = {**found, bias: np.asarray(like[bias])}
-            else:
-                out[path] = adapt_channels(got, want_shape[-2], channels).astype(want.dtype)
-            report.adapted.append(f"{name(path)}: {got.shape[-2]} -> {want_shape[-2]} input "
-                                  f"channels ({channels})")
         elif new_head and is_head(path) and got.shape[:-1] == want_shape[:-1]:
             report.new_head.append((name(path), shown(path, got.shape), shown(path, want_shape)))
         else:

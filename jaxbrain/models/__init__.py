@@ -44,11 +44,15 @@ def create(name: str, **kwargs):
     return REGISTRY[name](**kwargs)
 
 
-def from_config(cfg: Mapping[str, Any]):
+def from_config(cfg: Mapping[str, Any], compute_dtype: str | None = None):
     """The model of a config's ``model`` section: ``name`` plus constructor arguments (dtype
-    names such as "bfloat16" become dtypes, lists become tuples)."""
+    names such as "bfloat16" become dtypes, lists become tuples). ``compute_dtype`` (the
+    config's ``compute_dtype``) becomes the model's ``dtype`` unless the section sets one."""
     kwargs = dict(cfg)
     name = kwargs.pop("name")
+    fields = getattr(REGISTRY.get(name), "__dataclass_fields__", {})
+    if compute_dtype and "dtype" not in kwargs and "dtype" in fields:
+        kwargs["dtype"] = compute_dtype
     for key in ("dtype", "param_dtype"):
         if isinstance(kwargs.get(key), str):
             if kwargs[key] not in DTYPES:

@@ -313,7 +313,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                                       threads=dcfg.get("threads", 2)))
 
     # Model, objective, mesh.
-    model = models.from_config(config.model)
+    model = models.from_config(config.model, config.get("compute_dtype"))
     objective = objectives.create(**config.objective)
     dtype = models.DTYPES[config.get("compute_dtype", "float32")]
     mesh = parallel.make_mesh(dict(config.mesh))
