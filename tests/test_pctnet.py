@@ -124,7 +124,9 @@ def test_other_class_count_needs_new_head():
     with pytest.raises(CheckpointMismatchError, match="out_channels=5") as err:
         load_torch(numpy_state(net), model)
     assert "new_head" in str(err.value)
-    init = jax.device_get(nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, *SIZE, 2)))))
+    from jaxbrain.training.loop import init_variables  # only the initialisers are compiled
+    init = jax.device_get(init_variables(model, jax.ShapeDtypeStruct((1, *SIZE, 2), jnp.float32),
+                                         jax.random.key(0), None))
     variables, report = load_torch(numpy_state(net), model, params=init, new_head=True)
     heads = sorted(k for k, _, _ in report.new_head)
     assert heads == sorted(f"{p}.conv.2.{w}" for p in ("pred_heads.0.out_conv0", "pred_heads.0.out_conv1",
