@@ -137,7 +137,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    import ml_collections
+    import _toys  # noqa: F401  (a small model: the loop's behaviour is the point, not SwinUNETR)
     config = tiny_config(**{"total_steps": 20, "ckpt_every": 1, "batch_size": 2})
+    config.model = ml_collections.ConfigDict(dict(name="toy_conv", in_channels=4, out_channels=3))
     config.optim.update(name="sgd", lr=1e30, momentum=0.0, schedule="constant")  # step 2 is NaN
     with pytest.raises(NonFiniteLossError, match="loss is (nan|inf).*last good checkpoint: step"):
         train_and_evaluate(config, str(tmp_path))
