@@ -112,6 +112,13 @@ def batch_sharding(mesh: Mesh, ndim: int = 5) -> NamedSharding:
     return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
 
 
+def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict:
+    """This process's block of a batch (``{field: array}``, batch axis first) as global
+    arrays sharded over the mesh's data axes."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
+            for k, v in local.items()}
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
     """Starts JAX's multi-process runtime when the environment calls for it.

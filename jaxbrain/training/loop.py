@@ -237,11 +237,6 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
     return train_step
 
 
-def _global_batch(local: dict, mesh) -> dict:
-    return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, v.ndim), v)
-            for k, v in local.items()}
-
-
 class _Metrics:
     """Per-step metrics stay on the device; they are fetched, checked and averaged only on log
     and checkpoint steps (no host synchronisation in between)."""
@@ -373,7 +368,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     with _Stop(ckpt) as stop:
         step = start
         while step < total_steps:
-            batch = _global_batch(next(train_iter), mesh)
+            batch = parallel.global_batch(next(train_iter), mesh)
             if step == start:
                 # Compile first, then line the processes up: the first step's collectives
                 # must not wait on a process that is still compiling.

@@ -69,7 +69,8 @@ class LossValidator:
         self.batches = max(1, math.ceil(len(cases) * crops / batch))
         self.dataset = pipeline.training_dataset(
             cases, preprocess=d.preprocess, augment=d.augment, global_batch_size=batch,
-            seed=VALIDATION_SEED, crops_per_volume=crops, roi=tuple(d.roi))
+            seed=VALIDATION_SEED, crops_per_volume=crops,
+            roi=tuple(d.roi) if d.get("roi") else None)  # as the training batches
         self.mesh = mesh
         key = jax.random.key(VALIDATION_SEED)
 
@@ -88,8 +89,6 @@ class LossValidator:
     def __call__(self, variables, objective_state=None) -> dict:
         rows = []
         for i in range(self.batches):
-            local = self.dataset[i]
-            batch = {k: jax.make_array_from_process_local_data(
-                parallel.batch_sharding(self.mesh, v.ndim), v) for k, v in local.items()}
+            batch = parallel.global_batch(self.dataset[i], self.mesh)
             rows.append(jax.device_get(self.evaluate(variables, objective_state, batch)))
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
