@@ -25,12 +25,48 @@ from jaxbrain.convert import core, pctnet, ssl_head, swin_unetr
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
 from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR
 
+# Model class -> its family. Detection (``detect``) tries the families most specific first:
+# the order of this table, newest registrations first.
 FAMILIES = {
+    PCTNet: pctnet.FAMILY,
+    SSLHead: ssl_head.FAMILY,
     SwinUNETR: swin_unetr.FAMILY,
     SwinTransformer: swin_unetr.FAMILY,
-    SSLHead: ssl_head.FAMILY,
-    PCTNet: pctnet.FAMILY,
 }
+
+
+def register(model_class: type, family: core.Family) -> None:
+    """Adds a new family's PyTorch interchange for ``model_class`` (tried first by ``detect``)."""
+    global FAMILIES
+    FAMILIES = {model_class: family, **{k: v for k, v in FAMILIES.items() if k is not model_class}}
+
+
+def families() -> list[core.Family]:
+    return list(dict.fromkeys(FAMILIES.values(), None))
+
+
+def family_for(model_name: str) -> core.Family:
+    """The family serving a model registry name (``--model``)."""
+    for family in families():
+        if model_name in family.model_names:
+            return family
+    known = [n for f in families() for n in f.model_names]
+    raise SystemExit(f"--model {model_name!r}: no PyTorch conversion; known: {known}")
+
+
+def detect(state: Mapping) -> tuple[core.Family, dict, str]:
+    """(family, canonical state dict, format name) of a PyTorch state dict, or ValueError
+    naming what was looked for."""
+    for family in families():
+        try:
+            canonical, fmt = family.canonicalize(dict(state))
+        except ValueError:
+            continue
+        if family.detect(canonical):
+            return family, canonical, fmt
+    raise ValueError("not a state dict of a known family (" + ", ".join(
+        f"{f.name}: {'/'.join(f.model_names)}" for f in families()) + "): "
+        f"first keys {sorted(state)[:5]}")
 
 
 def family_of(model: Any) -> core.Family:
@@ -76,5 +112,6 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     return core.save(params, model, family_of(model), path, template)
 
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "family_of", "load_torch",
+__all__ = ["CheckpointMismatchError", "LoadReport", "detect", "families", "family_for",
+           "family_of", "load_torch", "register",
            "read_state_dict", "save_torch"]

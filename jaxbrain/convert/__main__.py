@@ -51,34 +51,20 @@ def _build_model(name: str, kwargs: dict):
         raise SystemExit(f"cannot build {name} with {kwargs}: {e}") from e
 
 
-def _inferred_kwargs(name: str, state: dict) -> dict:
-    from jaxbrain.convert import pctnet, swin_unetr
-    if name == "pctnet":
-        return pctnet.infer_config(state)
-    cfg = swin_unetr.infer_config(state)
-    if name == "swin_transformer":
-        cfg = {("embed_dim" if k == "feature_size" else k): v for k, v in cfg.items() if k != "out_channels"}
-    elif name == "ssl_head":
-        cfg.pop("out_channels", None)
-    return cfg
-
-
 def cmd_inspect(args) -> int:
-    from jaxbrain.convert import pctnet, read_state_dict, swin_unetr
+    from jaxbrain.convert import detect, read_state_dict
     state, name = read_state_dict(args.checkpoint, args.trust_pickle)
-    if any(k.startswith("pyramid_ct.") for k in state):
-        family, model = pctnet, "PCTNet"
-        note = ("input_size and resolution_mode are not recorded in the checkpoint; give them "
-                "with --set when converting")
-    else:
-        family, model = swin_unetr, "SwinUNETR"
-        note = ("the PatchMerging order is not visible in shapes; checkpoints trained with "
-                "MONAI < 1.5 (BrainSegFounder's among them) need downsample=merging_legacy")
-    state, fmt = family.canonicalize(state)
+    try:
+        family, state, fmt = detect(state)
+    except ValueError as e:
+        raise SystemExit(f"{args.checkpoint}: {e}") from e
     n = sum(int(np.prod(v.shape)) for v in state.values())
     print(f"{name}: {fmt}, {len(state)} tensors, {n:,} values")
-    print(f"inferred {model} arguments:", json.dumps(family.infer_config(state)))
-    print("note:", note)
+    model = family.model_names[0]
+    print(f"inferred {model} arguments (--model {model}):",
+          json.dumps(family.config_for(state, model)))
+    if family.note:
+        print("note:", family.note)
     if args.keys:
         for k, v in state.items():
             print(f"  {k}  {tuple(v.shape)}  {v.dtype}")
@@ -86,23 +72,30 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_from_torch(args) -> int:
-    from jaxbrain.convert import load_torch, pctnet, read_state_dict, swin_unetr
+    from jaxbrain.convert import detect, family_for, load_torch, read_state_dict
 
     state, _ = read_state_dict(args.checkpoint, args.trust_pickle)
-    canonical, _ = (pctnet if args.model == "pctnet" else swin_unetr).canonicalize(state)
-    kwargs = _inferred_kwargs(args.model, canonical) if not args.no_infer else {}
+    if args.model is None and args.encoder_only:
+        raise SystemExit("--encoder-only: give --model, the model the encoder goes into "
+                         "(e.g. --model swin_unetr --set out_channels=3)")
+    if args.model is None:
+        try:
+            family, canonical, fmt = detect(state)
+        except ValueError as e:
+            raise SystemExit(f"{args.checkpoint}: {e}; give --model") from e
+        args.model = family.model_names[0]
+        print(f"{args.checkpoint}: {fmt} (--model {args.model})")
+    else:
+        family = family_for(args.model)
+        try:
+            canonical, _ = family.canonicalize(state)
+        except ValueError as e:
+            raise SystemExit(f"{args.checkpoint}: {e}") from e
+    kwargs = family.config_for(canonical, args.model) if not args.no_infer else {}
     kwargs.update(_parse_sets(args.set))
-    if args.model == "pctnet":
-        if "input_size" not in kwargs or "resolution_mode" not in kwargs:
-            raise SystemExit("PCT-Net's Swin blocks are fixed to one input size, which the "
-                             "checkpoint does not record: give --set input_size=[64,128,128] "
-                             "--set resolution_mode=N (0, 1 or 2: which stem and head to take)")
-    elif "downsample" not in kwargs:
-        raise SystemExit("say which PatchMerging order the checkpoint was trained with: "
-                         "--set downsample=merging_legacy (MONAI < 1.5, BrainSegFounder) or "
-                         "--set downsample=merging (MONAI >= 1.5) or mergingv2")
-    if args.model == "swin_unetr" and "out_channels" not in kwargs:
-        raise SystemExit("the checkpoint has no output layer: give --set out_channels=N")
+    problem = family.missing(args.model, kwargs)
+    if problem:
+        raise SystemExit(problem)
     model = _build_model(args.model, kwargs)
     init = None
     if args.encoder_only or args.non_strict or args.new_head:
@@ -167,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("from-torch", help="PyTorch checkpoint -> Orbax checkpoint")
     p.add_argument("checkpoint", help=".pt/.pth/.bin/.safetensors")
     p.add_argument("output", help="directory for the Orbax checkpoint")
-    p.add_argument("--model", default="swin_unetr",
-                   help="swin_unetr (default), swin_transformer, ssl_head or pctnet")
+    p.add_argument("--model", default=None,
+                   help="the model registry name (swin_unetr, swin_transformer, ssl_head, "
+                   "pctnet, ...); default: the family the checkpoint's keys show, its first model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model constructor argument, e.g. --set downsample=merging_legacy")
     p.add_argument("--no-infer", action="store_true", help="do not read arguments off the checkpoint")

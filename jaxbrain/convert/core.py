@@ -114,6 +114,16 @@ class Family:
     extra: Callable[[Any], State] = lambda model: {}
     # Output-layer keys whose shape depends on the class count (skipped with new_head=True).
     is_head: Callable[[str], bool] = lambda key: False
+    # The command line (python -m jaxbrain.convert): whether a canonical state dict is this
+    # family's (inspect and from-torch without --model try the families in order), the model
+    # registry names it serves (the first is the default), constructor arguments read off the
+    # shapes for one of those names, and a message naming the arguments still needed (None
+    # when the arguments suffice).
+    detect: Callable[[State], bool] = lambda state: False
+    model_names: tuple[str, ...] = ()
+    config_for: Callable[[State, str], dict] = lambda state, model_name: {}
+    missing: Callable[[str, dict], str | None] = lambda model_name, kwargs: None
+    note: str = ""
 
 
 # ----------------------------------------------------------------------------------------

@@ -199,6 +199,14 @@ def hints(model, source: State, expected: dict) -> list[str]:
     return out
 
 
+def missing(model_name: str, kwargs: dict) -> str | None:
+    if "input_size" not in kwargs or "resolution_mode" not in kwargs:
+        return ("PCT-Net's Swin blocks are fixed to one input size, which the checkpoint does "
+                "not record: give --set input_size=[64,128,128] --set resolution_mode=N (0, 1 "
+                "or 2: which stem and head to take)")
+    return None
+
+
 def wrap(tensors: dict) -> dict:
     return {"model_state_dict": tensors, "iteration": 0}
 
@@ -216,4 +224,10 @@ FAMILY = Family(
     ignored=ignored,
     extra=extra,
     is_head=is_head,
+    detect=lambda state: any(k.startswith("pyramid_ct.") for k in state),
+    model_names=("pctnet",),
+    config_for=lambda state, model_name: infer_config(state),
+    missing=missing,
+    note=("input_size and resolution_mode are not recorded in the checkpoint; give them with "
+          "--set when converting"),
 )

@@ -38,4 +38,9 @@ FAMILY = Family(
     encoder_prefix=swin_unetr.ENCODER,
     hints=swin_unetr.hints,
     wrap=wrap,
+    detect=lambda state: "rotation_head.weight" in state or "contrastive_head.weight" in state,
+    model_names=("ssl_head",),
+    config_for=swin_unetr.config_for,
+    missing=swin_unetr.missing,
+    note=swin_unetr.NOTE,
 )

@@ -139,6 +139,34 @@ def infer_config(state: State) -> dict:
     return cfg
 
 
+def config_for(state: State, model_name: str) -> dict:
+    """``infer_config`` for one of the models this family serves."""
+    cfg = infer_config(state)
+    if model_name == "swin_transformer":
+        return {("embed_dim" if k == "feature_size" else k): v for k, v in cfg.items()
+                if k != "out_channels"}
+    if model_name == "ssl_head":
+        cfg.pop("out_channels", None)
+    return cfg
+
+
+def missing(model_name: str, kwargs: dict) -> str | None:
+    if "downsample" not in kwargs:
+        return ("say which PatchMerging order the checkpoint was trained with: "
+                "--set downsample=merging_legacy (MONAI < 1.5, BrainSegFounder) or "
+                "--set downsample=merging (MONAI >= 1.5) or mergingv2")
+    if model_name == "swin_unetr" and "out_channels" not in kwargs:
+        return "the checkpoint has no output layer: give --set out_channels=N"
+    return None
+
+
+def detect(state: State) -> bool:
+    return any(k.startswith(ENCODER) for k in state)
+
+
+NOTE = ("the PatchMerging order is not visible in shapes; checkpoints trained with MONAI < 1.5 "
+        "(BrainSegFounder's among them) need downsample=merging_legacy")
+
 FAMILY = Family(
     name="SwinUNETR",
     torch_key=torch_key,
@@ -148,4 +176,9 @@ FAMILY = Family(
     is_transposed_conv=is_transposed_conv,
     encoder_prefix=ENCODER,
     hints=hints,
+    detect=detect,
+    model_names=("swin_unetr", "swin_transformer"),
+    config_for=config_for,
+    missing=missing,
+    note=NOTE,
 )
