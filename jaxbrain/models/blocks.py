@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -69,6 +70,50 @@ def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     mean = xf.mean(axes, keepdims=True)
     var = jnp.square(xf - mean).mean(axes, keepdims=True)
     return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm{1,2,3}d`` over the last (channel) axis, running statistics in the
+    ``batch_stats`` collection (``mean``, ``var``, ``count``).
+
+    Training (``train=True``, applied with ``mutable=["batch_stats"]``): normalisation by the
+    batch mean and biased variance over every axis but the channels; the running averages move
+    by PyTorch's ``momentum`` (the weight of the new batch: 0.1, Flax's 0.9) towards the batch
+    mean and the unbiased variance, and ``count`` (PyTorch's ``num_batches_tracked``) grows
+    by one. Evaluation: the running statistics. Statistics, running ones included, are kept in
+    at least float32 whatever ``dtype``; under data parallelism the batch statistics are those
+    of the global batch (as synchronised BatchNorm)."""
+
+    momentum: float = 0.1
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), (c,),
+                           self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), (c,),
+                          self.param_dtype)
+        acc = stats_dtype(self.dtype)
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), acc))
+        var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), acc))
+        count = self.variable("batch_stats", "count", lambda: jnp.zeros((), jnp.int32))
+        xf = x.astype(acc)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            m = xf.mean(axes)
+            v = jnp.square(xf - m).mean(axes)
+            if not self.is_initializing():
+                n = int(np.prod(x.shape[:-1]))
+                mean.value = (1 - self.momentum) * mean.value + self.momentum * m
+                var.value = (1 - self.momentum) * var.value + self.momentum * v * (n / max(n - 1, 1))
+                count.value = count.value + 1
+        else:
+            m, v = mean.value, var.value
+        y = (xf - m) * jax.lax.rsqrt(v + self.eps) * scale.astype(acc) + bias.astype(acc)
+        return y.astype(self.dtype)
 
 
 def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype,

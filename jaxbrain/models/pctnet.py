@@ -40,12 +40,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxbrain.models.blocks import Conv, Dtype, UpConv2x, partitioned, stats_dtype
+from jaxbrain.models.blocks import BatchNorm, Conv, Dtype, UpConv2x, partitioned, stats_dtype
 from jaxbrain.models.swin_unetr import SwinBlock
 
 # resolution_mode -> (stem convolution dims, downsampling dims): 3 = cubic, 2 = in-plane.
@@ -59,44 +58,6 @@ def _kernel(dim: int) -> tuple[int, int, int]:
 
 def _pool(dim: int) -> tuple[int, int, int]:
     return (2, 2, 2) if dim == 3 else (1, 2, 2)
-
-
-class BatchNorm(nn.Module):
-    """``torch.nn.BatchNorm3d`` over the last (channel) axis; see the module docstring.
-
-    ``momentum`` is PyTorch's (weight of the new batch). ``count`` is PyTorch's
-    ``num_batches_tracked``."""
-
-    momentum: float = 0.1
-    eps: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = x.shape[-1]
-        scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), (c,),
-                           self.param_dtype)
-        bias = self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), (c,),
-                          self.param_dtype)
-        acc = stats_dtype(self.dtype)
-        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), acc))
-        var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), acc))
-        count = self.variable("batch_stats", "count", lambda: jnp.zeros((), jnp.int32))
-        xf = x.astype(acc)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            m = xf.mean(axes)
-            v = jnp.square(xf - m).mean(axes)
-            if not self.is_initializing():
-                n = int(np.prod(x.shape[:-1]))
-                mean.value = (1 - self.momentum) * mean.value + self.momentum * m
-                var.value = (1 - self.momentum) * var.value + self.momentum * v * (n / max(n - 1, 1))
-                count.value = count.value + 1
-        else:
-            m, v = mean.value, var.value
-        y = (xf - m) * jax.lax.rsqrt(v + self.eps) * scale.astype(acc) + bias.astype(acc)
-        return y.astype(self.dtype)
 
 
 class PReLU(nn.Module):
