@@ -18,6 +18,10 @@ MONAI's Dice is NaN for an empty target whatever the prediction (``ignore_empty=
 HD95 of an empty side is built from infinite distances, and the 95th percentile of those is
 NaN (the plain maximum would be inf), so HD95 is NaN as soon as either mask is empty.
 Reductions (:func:`summarize`, the mean Dice of :func:`brats_region_metrics`) skip NaN.
+
+Whole-scan metrics (classification: ROC AUC, ROC curve, accuracy, balanced accuracy,
+sensitivity, specificity, confusion matrix; regression: MAE, RMSE, Pearson r, brain-age bias
+correction) follow at the end, with their own conventions stated there.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from jaxbrain.data.labels import REGIONS
 
@@ -237,3 +241,219 @@ def summarize(rows: Iterable[Mapping[str, object]]) -> dict[str, dict[str, float
         out[name] = {**_statistics(kept), "n": int(kept.size),
                      "nan": int(values.size - kept.size)}
     return out
+
+
+# -- Whole-scan metrics: classification and regression, one value per scan ------------------
+#
+# Inputs are 1-D arrays over scans (``probs`` of :func:`roc_auc_ovr` is (N, K)). Class labels
+# are integer indices 0..K-1; binary metrics take class 1 as the positive class. Empty inputs,
+# mismatched lengths and non-finite scores raise ValueError naming the argument. A metric that
+# is undefined on the data (an AUC with one class present, a sensitivity without positives) is
+# NaN, without the warning (or, in older versions, the error) scikit-learn gives.
+
+
+def _vector(name: str, values, *, finite: bool = True) -> np.ndarray:
+    a = np.asarray(values)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one value per scan (N,), got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty: metrics need at least one scan")
+    if finite and not np.all(np.isfinite(a.astype(np.float64))):
+        raise ValueError(f"{name} holds NaN or Inf values")
+    return a
+
+
+def _pair(names: tuple[str, str], a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _vector(names[0], a), _vector(names[1], b)
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} and {names[1]} differ in length: {a.size} vs {b.size}")
+    return a, b
+
+
+def _class_indices(name: str, values) -> np.ndarray:
+    a = _vector(name, values)
+    indices = a.astype(np.int64)
+    if np.any(indices != a) or np.any(indices < 0):
+        raise ValueError(f"{name} must hold class indices 0, 1, ..., got values "
+                         f"{np.unique(a)[:10].tolist()}")
+    return indices
+
+
+def _binary(name: str, values) -> np.ndarray:
+    a = _class_indices(name, values)
+    if np.any(a > 1):
+        raise ValueError(f"{name} must be binary (0 = negative, 1 = positive), got values "
+                         f"{np.unique(a)[:10].tolist()}")
+    return a.astype(bool)
+
+
+def roc_auc(y_true, scores) -> float:
+    """Area under the ROC curve of binary labels (1 = positive) against scores (higher = more
+    positive): the Mann-Whitney statistic ``(R+ - n+ (n+ + 1) / 2) / (n+ n-)`` with R+ the sum
+    of the positives' ranks among all scores, tied scores sharing their average rank (a tie
+    between a positive and a negative counts one half). Equals scikit-learn's
+    ``roc_auc_score``; NaN when only one class is present (recent scikit-learn also gives NaN,
+    with a warning; older releases raise)."""
+    y_true, scores = _binary("y_true", y_true), _vector("scores", scores)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true and scores differ in length: {y_true.size} vs {scores.size}")
+    n_pos = int(np.count_nonzero(y_true))
+    n_neg = y_true.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(scores.astype(np.float64))  # average ranks, 1-based
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc_ovr(y_true, probs, average: str | None = "macro"):
+    """One-vs-rest AUC of K classes: class k's :func:`roc_auc` of ``y_true == k`` against
+    ``probs[:, k]``, for labels 0..K-1 and scores (N, K) (probabilities or any per-class score).
+
+    ``average``: "macro" (unweighted mean over classes), "weighted" (mean weighted by each
+    class's count in ``y_true``) or None (the per-class array, NaN for a class absent from
+    ``y_true``). Absent classes are left out of the means; fewer than two classes present give
+    NaN. With every class present this is scikit-learn's ``roc_auc_score(multi_class="ovr")``.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (N, K) scores of K >= 2 classes, got shape {probs.shape}")
+    y_true = _class_indices("y_true", y_true)
+    if y_true.size != probs.shape[0]:
+        raise ValueError(f"y_true and probs differ in length: {y_true.size} vs {probs.shape[0]}")
+    if np.any(y_true >= probs.shape[1]):
+        raise ValueError(f"y_true holds class {int(y_true.max())} but probs has only "
+                         f"{probs.shape[1]} columns")
+    if average not in ("macro", "weighted", None):
+        raise ValueError(f"average must be 'macro', 'weighted' or None, got {average!r}")
+    per_class = np.array([roc_auc(y_true == k, probs[:, k]) for k in range(probs.shape[1])])
+    if average is None:
+        return per_class
+    counts = np.bincount(y_true, minlength=probs.shape[1])
+    if np.count_nonzero(counts) < 2:
+        return float("nan")
+    present = counts > 0
+    weights = counts[present] if average == "weighted" else None
+    return float(np.average(per_class[present], weights=weights))
+
+
+def roc_curve(y_true, scores, *, drop_intermediate: bool = True):
+    """ROC curve of binary labels (1 = positive) and scores, as scikit-learn's ``roc_curve``:
+    arrays ``(fpr, tpr, thresholds)``, one point per distinct score taken as the threshold
+    (``score >= threshold`` is positive), in decreasing order of threshold, after a first point
+    (0, 0) at threshold +inf. ``drop_intermediate`` leaves out the points inside straight runs
+    of equal steps (they change nothing in a plot). With only one class present, the rate whose
+    denominator is zero is NaN."""
+    y_true, scores = _binary("y_true", y_true), _vector("scores", scores)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true and scores differ in length: {y_true.size} vs {scores.size}")
+    order = np.argsort(-scores.astype(np.float64), kind="stable")
+    s, y = scores[order], y_true[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps = np.cumsum(y)[last_of_value].astype(np.float64)
+    fps = (last_of_value + 1) - tps
+    thresholds = s[last_of_value].astype(np.float64)
+    if drop_intermediate and tps.size > 2:
+        step_changes = (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0)
+        keep = np.r_[True, step_changes, True]
+        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    thresholds = np.r_[np.inf, thresholds]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full_like(fps, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full_like(tps, np.nan)
+    return fpr, tpr, thresholds
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+    """Counts (K, K): row = true class, column = predicted class, for class indices 0..K-1
+    (K = ``num_classes``, or the largest index seen + 1). scikit-learn's ``confusion_matrix``
+    with ``labels=range(K)``."""
+    y_true, y_pred = _class_indices("y_true", y_true), _class_indices("y_pred", y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
+    k = int(max(y_true.max(), y_pred.max())) + 1 if num_classes is None else int(num_classes)
+    if max(y_true.max(), y_pred.max()) >= k:
+        raise ValueError(f"class index {int(max(y_true.max(), y_pred.max()))} is out of range "
+                         f"for num_classes={k}")
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Fraction of scans whose predicted class is the true one."""
+    y_true, y_pred = _pair(("y_true", "y_pred"), y_true, y_pred)
+    return float(np.mean(y_true == y_pred))
+
+
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean over the classes present in ``y_true`` of the fraction of that class predicted as
+    itself (recall); predicted classes absent from ``y_true`` only lower the others' recall.
+    scikit-learn's ``balanced_accuracy_score``."""
+    y_true, y_pred = _pair(("y_true", "y_pred"), y_true, y_pred)
+    classes = np.unique(y_true)
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
+def sensitivity(y_true, y_pred) -> float:
+    """Binary true-positive rate TP / (TP + FN), class 1 positive; NaN without positives."""
+    y_true, y_pred = _binary("y_true", y_true), _binary("y_pred", y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
+    return float(np.mean(y_pred[y_true])) if y_true.any() else float("nan")
+
+
+def specificity(y_true, y_pred) -> float:
+    """Binary true-negative rate TN / (TN + FP), class 1 positive; NaN without negatives."""
+    y_true, y_pred = _binary("y_true", y_true), _binary("y_pred", y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} vs {y_pred.size}")
+    return float(np.mean(~y_pred[~y_true])) if not y_true.all() else float("nan")
+
+
+def mae(y_true, y_pred) -> float:
+    """Mean absolute error, in the targets' units."""
+    y_true, y_pred = _pair(("y_true", "y_pred"), y_true, y_pred)
+    return float(np.mean(np.abs(y_pred.astype(np.float64) - y_true)))
+
+
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error, in the targets' units."""
+    y_true, y_pred = _pair(("y_true", "y_pred"), y_true, y_pred)
+    return float(np.sqrt(np.mean(np.square(y_pred.astype(np.float64) - y_true))))
+
+
+def pearson_r(x, y) -> float:
+    """Pearson correlation coefficient; NaN when either side is constant (or N < 2)."""
+    x, y = _pair(("x", "y"), x, y)
+    x, y = x.astype(np.float64) - np.mean(x), y.astype(np.float64) - np.mean(y)
+    norm = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.clip(np.sum(x * y) / norm, -1.0, 1.0)) if norm > 0 else float("nan")
+
+
+def fit_age_bias(pred, true) -> tuple[float, float]:
+    """Brain-age bias of a model: ``(slope, intercept)`` of the least-squares line
+    ``pred = slope * true + intercept`` of predicted on chronological age, fitted on held-out
+    (validation) scans. Brain-age models regress towards the mean age (old brains predicted
+    too young, young ones too old); :func:`apply_age_bias` undoes it as in Cole et al. (2018,
+    "Brain age predicts mortality"; the correction compared in de Lange & Cole 2020,
+    "Commentary: correction procedures in brain-age prediction"):
+    ``corrected = (pred - intercept) / slope``, which needs no true age at test time."""
+    pred, true = _pair(("pred", "true"), pred, true)
+    pred, true = pred.astype(np.float64), true.astype(np.float64)
+    centred = true - true.mean()
+    spread = np.sum(centred * centred)
+    if spread == 0:
+        raise ValueError(f"true ages are all {true[0]}: the age bias needs several ages to fit")
+    slope = float(np.sum(centred * (pred - pred.mean())) / spread)
+    if slope == 0:
+        raise ValueError("predicted age does not change with true age (slope 0): the bias "
+                         "correction (pred - intercept) / slope is undefined")
+    return slope, float(pred.mean() - slope * true.mean())
+
+
+def apply_age_bias(pred, slope: float, intercept: float) -> np.ndarray:
+    """Bias-corrected brain age ``(pred - intercept) / slope`` (see :func:`fit_age_bias`)."""
+    if slope == 0 or not math.isfinite(slope) or not math.isfinite(intercept):
+        raise ValueError(f"age-bias slope must be finite and non-zero and intercept finite, "
+                         f"got slope={slope}, intercept={intercept}")
+    return (_vector("pred", pred).astype(np.float64) - intercept) / slope

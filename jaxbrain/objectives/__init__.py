@@ -8,9 +8,11 @@ whole-volume predictions optional) is documented in one place, :mod:`jaxbrain.tr
 
 from jaxbrain.objectives.segmentation import Segmentation
 from jaxbrain.objectives.ssl import SSL
+from jaxbrain.objectives.supervised import Classification, Regression
 from jaxbrain.objectives.volume_fusion import VolumeFusion
 
-OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion}
+OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion,
+              "classification": Classification, "regression": Regression}
 
 
 def register(name: str):

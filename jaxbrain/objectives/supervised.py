@@ -1,0 +1,209 @@
+"""Whole-scan supervised objectives: one class (Alzheimer's vs control, sex) or one number
+(brain age) per scan.
+
+Batches hold ``image`` (B, D, H, W, C), which the model reads, and ``target`` (B,) float32:
+a class index 0..K-1 (classification) or the value in its own units, e.g. years
+(regression). Models output logits (B, K) (classification) or one standardised value per
+scan, (B, 1) or (B,) (regression).
+
+Training: :meth:`compute` gives the loss and per-batch metrics (``loss``, ``accuracy`` /
+``mae``). Validation and evaluation turn outputs into per-scan predictions with
+:meth:`predict` (class probabilities (N, K); values in original units (N,)) and score all
+scans at once with :meth:`scan_metrics` (host NumPy, :mod:`jaxbrain.metrics`): AUC and
+balanced accuracy are not means of per-batch numbers. ``best_metric`` / ``best_mode`` say
+which scan metric picks the best checkpoint and whether higher ("max") or lower ("min") wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbrain import metrics as metrics_lib
+
+
+def _per_scan(name: str, x: jax.Array, batch_size: int | None = None) -> jax.Array:
+    """``x`` (B,) or (B, 1) as float32 (B,); other shapes raise, naming ``name``."""
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1 or (batch_size is not None and x.shape[0] != batch_size):
+        expected = f"({batch_size},)" if batch_size is not None else "(B,)"
+        raise ValueError(f"{name} must be one value per scan, {expected} or (B, 1), "
+                         f"got shape {tuple(x.shape)}")
+    return x.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """Softmax cross-entropy over ``num_classes`` classes, as PyTorch's
+    ``F.cross_entropy(logits, target, weight=class_weights, label_smoothing=eps)``.
+
+    With log-probabilities ``lp = log_softmax(logits)``, class weights ``w`` (ones when
+    ``class_weights`` is None) and y_i the class of scan i::
+
+        loss = (1 - eps) * sum_i w[y_i] * -lp[i, y_i] / sum_i w[y_i]
+             + eps / K   * sum_i sum_c w[c] * -lp[i, c] / sum_i w[y_i]
+
+    Without weights this is the cross-entropy against ``(1 - eps) * onehot + eps / K``
+    averaged over scans. A target that is not a class index in [0, K) makes the loss NaN
+    (the training loop then stops and names the step).
+
+    Attributes:
+      num_classes: K, the width of the logits (2 for a binary task; class 1 is positive).
+      class_weights: one weight per class (e.g. inverse frequencies), or None.
+      label_smoothing: eps in [0, 1).
+    """
+
+    num_classes: int = 2
+    class_weights: tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
+
+    best_metric: ClassVar[str] = "auc"
+    best_mode: ClassVar[str] = "max"
+
+    def __post_init__(self):
+        if int(self.num_classes) < 2:
+            raise ValueError(f"objective.num_classes must be >= 2, got {self.num_classes}")
+        if self.class_weights is not None:
+            w = np.asarray(self.class_weights, dtype=np.float64)
+            if w.shape != (self.num_classes,) or np.any(w < 0) or not np.all(np.isfinite(w)):
+                raise ValueError(f"objective.class_weights must be {self.num_classes} finite "
+                                 f"non-negative numbers (one per class), got {self.class_weights}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"objective.label_smoothing must be in [0, 1), got "
+                             f"{self.label_smoothing}")
+
+    def _logits(self, outputs: jax.Array) -> jax.Array:
+        if outputs.ndim != 2 or outputs.shape[1] != self.num_classes:
+            raise ValueError(f"classification needs logits (B, num_classes={self.num_classes}), "
+                             f"got shape {tuple(outputs.shape)}")
+        return outputs.astype(jnp.float32)
+
+    def probabilities(self, logits: jax.Array) -> jax.Array:
+        """Class probabilities (B, K): the softmax of the logits, in float32."""
+        return jax.nn.softmax(self._logits(logits), axis=-1)
+
+    def predict(self, outputs: jax.Array) -> jax.Array:
+        """Per-scan predictions: class probabilities (B, K) (jittable)."""
+        return self.probabilities(outputs)
+
+    def loss_and_metrics(self, logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict]:
+        """Loss and batch metrics (``loss``, ``accuracy``) of logits (B, K), targets (B,)."""
+        logits = self._logits(logits)
+        target = _per_scan("batch['target']", target, logits.shape[0])
+        k = self.num_classes
+        valid = jnp.all((target >= 0) & (target < k) & (target == jnp.round(target)))
+        y = jnp.clip(jnp.round(target), 0, k - 1).astype(jnp.int32)
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        w = (jnp.ones((k,), jnp.float32) if self.class_weights is None
+             else jnp.asarray(self.class_weights, jnp.float32))
+        w_y = w[y]
+        nll = -jnp.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
+        total = jnp.sum(w_y)
+        loss = jnp.sum(w_y * nll) / total
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            smooth = -jnp.sum(log_p * w, axis=-1)
+            loss = (1.0 - eps) * loss + eps / k * jnp.sum(smooth) / total
+        loss = jnp.where(valid, loss, jnp.nan)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+        return loss, {"loss": loss, "accuracy": accuracy}
+
+    def compute(self, apply, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        """Loss and metrics of ``apply`` (the model in training mode) on a batch."""
+        del key  # no augmentation on device
+        return self.loss_and_metrics(apply(batch["image"]), batch["target"])
+
+    def scan_metrics(self, predictions, targets) -> dict[str, float]:
+        """Metrics over all scans from probabilities (N, K) and class indices (N,): ``auc``
+        (binary: ROC AUC of class 1's probability; K > 2: one-vs-rest macro AUC), ``accuracy``
+        and ``balanced_accuracy`` of the most probable class, and for K = 2 ``sensitivity``
+        and ``specificity`` (class 1 positive). Conventions: :mod:`jaxbrain.metrics`."""
+        probs = np.asarray(predictions, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != self.num_classes:
+            raise ValueError(f"predictions must be probabilities (N, num_classes="
+                             f"{self.num_classes}), got shape {probs.shape}")
+        targets = np.asarray(targets).reshape(-1)
+        if targets.shape != probs.shape[:1]:
+            raise ValueError(f"targets must be one class index per scan ({probs.shape[0]},), "
+                             f"got shape {np.shape(targets)}")
+        pred = np.argmax(probs, axis=-1)
+        if self.num_classes == 2:
+            auc = metrics_lib.roc_auc(targets, probs[:, 1])
+        else:
+            auc = metrics_lib.roc_auc_ovr(targets, probs)
+        out = {"auc": auc, "accuracy": metrics_lib.accuracy(targets, pred),
+               "balanced_accuracy": metrics_lib.balanced_accuracy(targets, pred)}
+        if self.num_classes == 2:
+            out["sensitivity"] = metrics_lib.sensitivity(targets, pred)
+            out["specificity"] = metrics_lib.specificity(targets, pred)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+    """One value per scan, learned standardised: the model predicts
+    ``z = (target - target_mean) / target_std`` and is trained with the mean squared
+    (``loss="mse"``) or absolute (``"l1"``) error of z. Predictions and metrics are in the
+    target's own units (``prediction = output * target_std + target_mean``).
+
+    Attributes:
+      loss: "mse" or "l1".
+      target_mean, target_std: the training targets' mean and standard deviation (config
+        values the data layer computes from the training table); None means 0 and 1.
+    """
+
+    loss: str = "mse"
+    target_mean: float | None = None
+    target_std: float | None = None
+
+    best_metric: ClassVar[str] = "mae"
+    best_mode: ClassVar[str] = "min"
+
+    def __post_init__(self):
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"objective.loss must be 'mse' or 'l1', got {self.loss!r}")
+        if not np.isfinite(self.mean):
+            raise ValueError(f"objective.target_mean must be finite, got {self.target_mean}")
+        if not (np.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"objective.target_std must be finite and > 0, got "
+                             f"{self.target_std}")
+
+    @property
+    def mean(self) -> float:
+        return 0.0 if self.target_mean is None else float(self.target_mean)
+
+    @property
+    def std(self) -> float:
+        return 1.0 if self.target_std is None else float(self.target_std)
+
+    def predict(self, outputs: jax.Array) -> jax.Array:
+        """Per-scan predictions in the target's units (B,) (jittable)."""
+        return _per_scan("model output", outputs) * self.std + self.mean
+
+    def loss_and_metrics(self, outputs: jax.Array, target: jax.Array) -> tuple[jax.Array, dict]:
+        """Loss (standardised units) and ``mae`` (target units) of outputs and targets (B,)."""
+        z_pred = _per_scan("model output", outputs)
+        target = _per_scan("batch['target']", target, z_pred.shape[0])
+        error = z_pred - (target - self.mean) / self.std
+        loss = jnp.mean(error * error) if self.loss == "mse" else jnp.mean(jnp.abs(error))
+        mae = jnp.mean(jnp.abs(z_pred * self.std + self.mean - target))
+        return loss, {"loss": loss, "mae": mae}
+
+    def compute(self, apply, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        """Loss and metrics of ``apply`` (the model in training mode) on a batch."""
+        del key  # no augmentation on device
+        return self.loss_and_metrics(apply(batch["image"]), batch["target"])
+
+    def scan_metrics(self, predictions, targets) -> dict[str, float]:
+        """Metrics over all scans from predictions and targets (N,), in the target's units:
+        ``mae``, ``rmse``, ``pearson_r`` and ``mean_error`` (mean of prediction - target)."""
+        mae = metrics_lib.mae(targets, predictions)  # checks both: (N,), finite, same N
+        predictions, targets = np.ravel(predictions), np.ravel(targets)
+        return {"mae": mae, "rmse": metrics_lib.rmse(targets, predictions),
+                "pearson_r": metrics_lib.pearson_r(predictions, targets),
+                "mean_error": float(np.mean(predictions.astype(np.float64) - targets))}
