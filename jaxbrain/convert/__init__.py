@@ -21,18 +21,26 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jaxbrain.convert import core, pctnet, ssl_head, swin_unetr
+from jaxbrain.convert import core, pctnet, ssl_head, swin_unetr, videomae, vit
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
-from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR
+from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
 FAMILIES = {
+    ViT: vit.FAMILY,
+    ViTEncoder: vit.FAMILY,
     PCTNet: pctnet.FAMILY,
     SSLHead: ssl_head.FAMILY,
     SwinUNETR: swin_unetr.FAMILY,
     SwinTransformer: swin_unetr.FAMILY,
 }
+
+
+# Further layouts of a class above (one whose family shares their model_names), by name.
+# ``load_torch`` reads a state dict in one of them when its keys show it; ``save_torch`` and
+# ``to-torch`` write the FAMILIES layout (``jaxbrain.convert.videomae.save_torch`` writes VideoMAE's).
+FROM_FAMILIES = {"videomae": videomae.FAMILY}
 
 
 def register(model_class: type, family: core.Family) -> None:
@@ -42,7 +50,7 @@ def register(model_class: type, family: core.Family) -> None:
 
 
 def families() -> list[core.Family]:
-    return list(dict.fromkeys(FAMILIES.values(), None))
+    return list(dict.fromkeys([*FAMILIES.values(), *FROM_FAMILIES.values()], None))
 
 
 def family_for(model_name: str) -> core.Family:
@@ -69,7 +77,27 @@ def detect(state: Mapping) -> tuple[core.Family, dict, str]:
         f"first keys {sorted(state)[:5]}")
 
 
-def family_of(model: Any) -> core.Family:
+def _layouts(model: Any) -> list[core.Family]:
+    """The FROM_FAMILIES layouts of ``model``'s class."""
+    names = set(family_of(model).model_names)
+    return [f for f in FROM_FAMILIES.values() if names & set(f.model_names)]
+
+
+def _shows(family: core.Family, state: Mapping) -> bool:
+    try:
+        canonical, _ = family.canonicalize(dict(state))
+    except ValueError:
+        return False
+    return family.detect(canonical)
+
+
+def family_of(model: Any, state: Mapping | None = None) -> core.Family:
+    """The family of ``model``; given a state dict, the FROM_FAMILIES layout its keys show,
+    if any."""
+    if state is not None:
+        for family in _layouts(model):
+            if _shows(family, state):
+                return family
     for cls, family in FAMILIES.items():
         if isinstance(model, cls):
             return family
@@ -79,7 +107,8 @@ def family_of(model: Any) -> core.Family:
 
 def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = True, *,
                params: Any = None, encoder_only: bool = False,
-               trust_pickle: bool = False, new_head: bool = False) -> tuple[dict, LoadReport]:
+               trust_pickle: bool = False, new_head: bool = False,
+               layout: str | None = None) -> tuple[dict, LoadReport]:
     """Reads a PyTorch checkpoint (a path to .pt/.pth/.bin/.safetensors, or a state dict) into
     Flax parameters for ``model``.
 
@@ -92,11 +121,21 @@ def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = T
       trust_pickle: allow arbitrary pickled objects in a .pt file (only for trusted files).
       new_head: output layers whose shape differs (another class count) are reported and
         kept from ``params`` instead of failing the load.
+      layout: a FROM_FAMILIES name (e.g. "videomae") to read; default: the one the keys show,
+        else the model's family.
 
     Models with running statistics (PCT-Net's BatchNorm) return their variables,
     ``{"params": ..., "batch_stats": ...}``, and take them as ``params=``.
     """
-    return core.load(source, model, family_of(model), strict=strict, params=params,
+    if layout is not None:
+        if layout not in FROM_FAMILIES:
+            raise ValueError(f"layout={layout!r}: expected one of {sorted(FROM_FAMILIES)}")
+        family = FROM_FAMILIES[layout]
+    elif _layouts(model):  # the keys decide (the file is read twice)
+        family = family_of(model, read_state_dict(source, trust_pickle)[0])
+    else:
+        family = family_of(model)
+    return core.load(source, model, family, strict=strict, params=params,
                      encoder_only=encoder_only, trust_pickle=trust_pickle, new_head=new_head)
 
 
@@ -112,6 +151,6 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     return core.save(params, model, family_of(model), path, template)
 
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "detect", "families", "family_for",
-           "family_of", "load_torch", "register",
+__all__ = ["CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "detect", "families",
+           "family_for", "family_of", "load_torch", "register",
            "read_state_dict", "save_torch"]

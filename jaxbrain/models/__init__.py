@@ -19,12 +19,14 @@ import jax.numpy as jnp
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
+from jaxbrain.models.vit import ViT, ViTEncoder
 
 REGISTRY: dict[str, type] = {
     "swin_unetr": SwinUNETR,
     "swin_transformer": SwinTransformer,
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
+    "vit": ViT,
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -71,4 +73,5 @@ def encoder_name(model) -> str | None:
 
 
 __all__ = ["DTYPES", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
-           "SwinUNETR", "count_params", "create", "encoder_name", "from_config", "register"]
+           "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "encoder_name",
+           "from_config", "register"]

@@ -1,0 +1,520 @@
+"""Vision transformer (Dosovitskiy et al., 2021) over 2D images, 3D volumes and video
+tubelets, in Flax Linen.
+
+One module covers the published variants through its fields:
+
+- MONAI ``monai.networks.nets.ViT`` (3D): ``cls_token=True``, learned positions for the patch
+  tokens only (``pos_embed_cls=False``), LayerNorm eps 1e-5, no qkv bias, classification on
+  the CLS token with an optional Tanh (``post_activation="tanh"``); parity in
+  ``tests/test_vit.py``.
+- transformers / MCG-NJU VideoMAE: 2x16x16 tubelets (frames are the depth axis),
+  ``pos_embed="sincos"`` (VideoMAE's fixed 1D table over the flattened patch sequence),
+  ``cls_token=False``, q and v biases with the k bias held at zero
+  (``qkv_bias=True, mask_k_bias=True``), eps 1e-12, ``pool="mean"`` with ``fc_norm`` (eps 1e-5,
+  ``head_norm_eps``) instead of a final norm on the tokens.
+- timm / DINOv2-style 2D ViTs: ``pos_embed_cls=True`` (the CLS token has a row of the learned
+  table), ``qkv_bias=True``, ``layer_scale_init``, ``num_registers`` (registers placed after
+  CLS, without positions), eps 1e-6.
+
+Layout: inputs are channels-last, ``(batch, D, H, W, C)`` or ``(batch, H, W, C)``; a video
+``(batch, T, H, W, C)`` is a volume with frames on the depth axis. The patch embedding is a
+convolution whose kernel equals its stride (``patch_size``, any shape), computed as one
+matrix product over non-overlapping patches; remainders of a size that the patch does not
+divide are dropped, as by the strided convolution. Tokens are ``[CLS, registers, patches]``,
+patches in row-major order of the grid. A learned table is trained for the grid
+``img_size // patch_size``; other grids get the table resized (:func:`resize_pos_embed`,
+``pos_interp``), the sin-cos table is regenerated for the new length.
+
+Attention is ``jax.nn.dot_product_attention`` (``attn_impl=None`` lets JAX choose, which in
+JAX 0.10 is its XLA implementation, softmax in float32; "cudnn" asks for the fused flash
+kernel on GPUs, bf16/fp16 only), except with attention dropout in
+training, which takes the explicit softmax path. ``Attention`` takes a ``rotary`` function
+applied to the queries and keys of the patch tokens only (prefix tokens untouched), the hook
+for axial RoPE.
+
+The k-bias mask (``mask_k_bias``): the qkv bias is one (3 * hidden,) parameter, multiplied by
+a constant mask that is 0 on its k third. The masked entries get zero gradient and start at
+zero, so under SGD or Adam(W) they stay zero; whatever a checkpoint stores there (DINOv3's
+``bias_mask`` convention) has no effect.
+
+Outputs: ``ViT(...)(x)`` gives logits ``(batch, num_classes)`` (float32); ``num_classes=0`` gives
+the pooled features ``(batch, hidden_size)``; ``return_tokens=True`` gives every token
+``(batch, prefix + patches, hidden_size)`` after the final norm (by default none with
+``fc_norm``: the norm comes after pooling, as in VideoMAE and timm). ``pool="cls"`` takes token
+0 (without a CLS token that is the first patch, as transformers' VideoMAE does without mean
+pooling), "mean" the mean of the patch tokens. Regression is a head
+with one output (``num_classes=1``) read as the prediction. The parameters of everything but
+the pooling norm and the head sit under ``encoder`` (:class:`ViTEncoder`, ``encoder_name``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxbrain.models.blocks import DropPath, partitioned, stats_dtype, torch_default_init, trunc_normal_002
+from jaxbrain.models.swin_unetr import Mlp
+
+Dtype = Any
+Rotary = Callable[[jax.Array], jax.Array]  # (B, N, heads, head_dim) -> same, patch tokens only
+
+POS_EMBEDS = ("learned", "sincos", "none")
+POOLS = ("cls", "mean")
+INTERPOLATIONS = ("linear", "bicubic")
+
+
+# ----------------------------------------------------------------------------------------
+# Position tables.
+
+
+@functools.lru_cache(maxsize=None)
+def sincos_table(n: int, dim: int) -> np.ndarray:
+    """VideoMAE's fixed table (``get_sinusoid_encoding_table``), (n, dim) float32: entry
+    (p, j) is sin (even j) or cos (odd j) of p / 10000 ** (2 * (j // 2) / dim), computed in
+    float64."""
+    pos = np.arange(n, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+    return table.astype(np.float32)
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Cubic convolution weights (Keys, a = -0.75 as PyTorch) of the 4 neighbours at offsets
+    -1, 0, 1, 2 for fractional positions t, shape (..., 4)."""
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1)
+
+
+@functools.lru_cache(maxsize=None)
+def interpolation_matrix(old: int, new: int, method: str) -> np.ndarray:
+    """(new, old) matrix resampling one axis as ``F.interpolate(..., align_corners=False)``
+    without antialiasing: half-pixel centres, source x = (i + 0.5) * old / new - 0.5; linear
+    clamps x at 0 and uses the 2 neighbours, bicubic the 4 (a = -0.75) with indices clamped
+    to the axis."""
+    if method not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {method!r}: expected one of {INTERPOLATIONS}")
+    m = np.zeros((new, old), np.float64)
+    x = (np.arange(new) + 0.5) * (old / new) - 0.5
+    rows = np.arange(new)
+    if method == "linear":
+        x = np.maximum(x, 0.0)
+        i0 = np.floor(x).astype(int)
+        i1 = np.minimum(i0 + 1, old - 1)
+        frac = x - i0
+        np.add.at(m, (rows, i0), 1 - frac)
+        np.add.at(m, (rows, i1), frac)
+    else:
+        i0 = np.floor(x).astype(int)
+        w = _cubic_weights(x - i0)
+        for k in range(4):
+            np.add.at(m, (rows, np.clip(i0 - 1 + k, 0, old - 1)), w[:, k])
+    return m
+
+
+def resize_pos_embed(table: jax.Array, old_grid: Sequence[int], new_grid: Sequence[int],
+                     method: str = "bicubic") -> jax.Array:
+    """A position table for the patch tokens, ``(..., prod(old_grid), dim)`` in row-major grid
+    order, resampled to ``new_grid`` one spatial axis at a time (``method`` "linear" or
+    "bicubic", as PyTorch's ``F.interpolate`` with ``align_corners=False``). Prefix-token rows
+    (CLS) are not part of ``table``. The same grid returns the table unchanged."""
+    old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
+    if len(old_grid) != len(new_grid):
+        raise ValueError(f"resize_pos_embed: grids {old_grid} and {new_grid} differ in rank")
+    if table.shape[-2] != int(np.prod(old_grid)):
+        raise ValueError(f"resize_pos_embed: table has {table.shape[-2]} rows, grid {old_grid} "
+                         f"needs {int(np.prod(old_grid))}")
+    if old_grid == new_grid:
+        return table
+    lead, dim = table.shape[:-2], table.shape[-1]
+    x = jnp.asarray(table).reshape(*lead, *old_grid, dim)
+    k = len(lead)
+    for axis, (o, n) in enumerate(zip(old_grid, new_grid)):
+        if o != n:
+            m = jnp.asarray(interpolation_matrix(o, n, method), x.dtype)
+            x = jnp.moveaxis(jnp.tensordot(m, x, axes=([1], [k + axis])), 0, k + axis)
+    return x.reshape(*lead, int(np.prod(new_grid)), dim)
+
+
+# ----------------------------------------------------------------------------------------
+# Layers.
+
+
+def layer_norm(name: str, eps: float, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    """LayerNorm over the model width with PyTorch's two-pass variance and a given eps."""
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
+                        scale_init=partitioned(nn.initializers.ones, ("embed",)),
+                        bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def patchify(x: jax.Array, patch: Sequence[int]) -> jax.Array:
+    """(B, *spatial, C) -> (B, *grid, prod(patch) * C): patch offsets major, channels minor;
+    spatial remainders the patch does not divide are dropped."""
+    b, *spatial, c = x.shape
+    k = len(patch)
+    grid = [s // p for s, p in zip(spatial, patch)]
+    x = x[(slice(None),) + tuple(slice(0, g * p) for g, p in zip(grid, patch))]
+    x = x.reshape(b, *[v for g, p in zip(grid, patch) for v in (g, p)], c)
+    order = [0] + [1 + 2 * i for i in range(k)] + [2 + 2 * i for i in range(k)] + [2 * k + 1]
+    return x.transpose(order).reshape(b, *grid, int(np.prod(patch)) * c)
+
+
+class PatchEmbed(nn.Module):
+    """Conv with kernel = stride = ``patch`` over 2 or 3 spatial axes, as one matrix product.
+    Kernel layout (*patch, in, hidden) as ``nn.Conv``."""
+
+    features: int
+    patch: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = len(self.patch)
+        kernel = self.param("kernel", partitioned(torch_default_init, ("conv_kernel",) * k + ("conv_in", "embed")),
+                            (*self.patch, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.features,),
+                          self.param_dtype)
+        y = patchify(x.astype(self.dtype), self.patch) @ kernel.reshape(-1, self.features).astype(self.dtype)
+        return y + bias.astype(self.dtype)
+
+
+class QKV(nn.Module):
+    """The fused query/key/value projection (hidden -> 3 * hidden, thirds q | k | v, heads
+    major within each). ``use_bias`` with ``mask_k_bias``: the k third of the bias is masked
+    to zero (see the module docstring)."""
+
+    features: int
+    use_bias: bool = False
+    mask_k_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", partitioned(trunc_normal_002, ("embed", "qkv")),
+                            (x.shape[-1], self.features), self.param_dtype)
+        y = x.astype(self.dtype) @ kernel.astype(self.dtype)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("qkv",)), (self.features,),
+                              self.param_dtype)
+            if self.mask_k_bias:
+                third = self.features // 3
+                keep = np.ones(self.features, np.float32)
+                keep[third:2 * third] = 0.0
+                bias = bias * jnp.asarray(keep, bias.dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused qkv, scaled dot product (scale head_dim ** -0.5),
+    output projection ``out_proj``."""
+
+    num_heads: int
+    qkv_bias: bool = False
+    mask_k_bias: bool = False
+    attn_dropout: float = 0.0
+    dropout: float = 0.0
+    attn_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool, num_prefix: int = 0,
+                 rotary: Rotary | None = None) -> jax.Array:
+        b, n, c = x.shape
+        h = self.num_heads
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = QKV(3 * c, self.qkv_bias, self.mask_k_bias, name="qkv", **args)(x)
+        qkv = qkv.reshape(b, n, 3, h, c // h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, head_dim)
+        if rotary is not None:
+            q = jnp.concatenate([q[:, :num_prefix], rotary(q[:, num_prefix:])], axis=1)
+            k = jnp.concatenate([k[:, :num_prefix], rotary(k[:, num_prefix:])], axis=1)
+        scale = (c // h) ** -0.5
+        if self.attn_dropout > 0.0 and not deterministic:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=stats_dtype(self.dtype))
+            attn = jax.nn.softmax(logits * scale, axis=-1).astype(self.dtype)
+            attn = nn.Dropout(self.attn_dropout)(attn, deterministic=False)
+            y = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=self.attn_impl)
+        y = y.reshape(b, n, c)
+        y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="out_proj",
+                     kernel_init=partitioned(trunc_normal_002, ("qkv", "embed")),
+                     bias_init=partitioned(nn.initializers.zeros, ("embed",)))(y)
+        return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale ``gamma``, initially ``init``."""
+
+    init: float
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", partitioned(nn.initializers.constant(self.init), ("embed",)),
+                           (x.shape[-1],), self.param_dtype)
+        return x * gamma.astype(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); each branch
+    optionally LayerScaled (``ls1``/``ls2``) and dropped per sample (stochastic depth)."""
+
+    num_heads: int
+    mlp_dim: int
+    qkv_bias: bool = False
+    mask_k_bias: bool = False
+    layer_scale_init: float | None = None
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    attn_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True, num_prefix: int = 0,
+                 rotary: Rotary | None = None) -> jax.Array:
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        drop_path = DropPath(self.drop_path)
+        y = layer_norm("norm1", self.norm_eps, **args)(x)
+        y = Attention(self.num_heads, self.qkv_bias, self.mask_k_bias, self.attn_dropout,
+                      self.dropout, self.attn_impl, name="attn", **args)(y, deterministic, num_prefix, rotary)
+        if self.layer_scale_init is not None:
+            y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls1")(y)
+        x = x + drop_path(y, deterministic).astype(x.dtype)
+        y = layer_norm("norm2", self.norm_eps, **args)(x)
+        y = Mlp(x.shape[-1], self.mlp_dim, self.dropout, name="mlp", **args)(y, deterministic)
+        if self.layer_scale_init is not None:
+            y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls2")(y)
+        return x + drop_path(y, deterministic).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Models.
+
+
+def _as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    out = (int(value),) * n if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(out) != n:
+        raise ValueError(f"{name}={value}: expected {n} values (one per spatial axis)")
+    return out
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding, prefix tokens, positions and the transformer blocks: ``(B, *spatial,
+    in_channels)`` -> tokens ``(B, prefix + patches, hidden_size)``. See the module docstring.
+
+    ``img_size`` and ``patch_size`` are ints (the same on ``spatial_dims`` axes) or one value
+    per spatial axis. ``pool`` and ``fc_norm`` say how :class:`ViT` pools (``fc_norm``, a
+    LayerNorm after pooling, is on by default with ``pool="mean"``); ``final_norm`` (the
+    LayerNorm of the tokens) is by default on exactly when ``fc_norm`` is off (timm,
+    VideoMAE); VideoMAEModel with mean pooling has neither (``final_norm=False,
+    fc_norm=False``). ``drop_path`` is the last block's stochastic-depth rate (linearly
+    increasing from 0); ``dropout`` acts after the prefix tokens are prepended (timm; MONAI
+    drops the patch tokens only), on attention outputs and in the MLP, ``attn_dropout`` on
+    the attention weights. ``remat`` rematerialises every block.
+    """
+
+    in_channels: int
+    img_size: int | Sequence[int]
+    patch_size: int | Sequence[int] = 16
+    spatial_dims: int = 3
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    cls_token: bool = True
+    num_registers: int = 0
+    pos_embed: str = "learned"
+    pos_embed_cls: bool = False
+    pos_interp: str = "bicubic"
+    qkv_bias: bool = False
+    mask_k_bias: bool = False
+    layer_scale_init: float | None = None
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    pool: str = "cls"
+    fc_norm: bool | None = None
+    final_norm: bool | None = None
+    attn_impl: str | None = None
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        """Path of the layer that reads the input channels."""
+        return ("patch_embedding",)
+
+    @nn.nowrap
+    def dims(self) -> int:
+        for v in (self.img_size, self.patch_size):
+            if not isinstance(v, (int, np.integer)):
+                return len(v)
+        return self.spatial_dims
+
+    @nn.nowrap
+    def patch(self) -> tuple[int, ...]:
+        return _as_tuple(self.patch_size, self.dims(), "patch_size")
+
+    @nn.nowrap
+    def grid(self) -> tuple[int, ...]:
+        """The patch grid of ``img_size`` (the one a learned table is trained for)."""
+        size = _as_tuple(self.img_size, self.dims(), "img_size")
+        return tuple(s // p for s, p in zip(size, self.patch()))
+
+    @nn.nowrap
+    def num_prefix(self) -> int:
+        return int(self.cls_token) + self.num_registers
+
+    @nn.nowrap
+    def uses_fc_norm(self) -> bool:
+        return self.pool == "mean" if self.fc_norm is None else bool(self.fc_norm)
+
+    @nn.nowrap
+    def uses_final_norm(self) -> bool:
+        return not self.uses_fc_norm() if self.final_norm is None else bool(self.final_norm)
+
+    @nn.nowrap
+    def check(self) -> None:
+        for name, value, allowed in (("pos_embed", self.pos_embed, POS_EMBEDS), ("pool", self.pool, POOLS),
+                                     ("pos_interp", self.pos_interp, INTERPOLATIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: expected one of {allowed}")
+        if self.dims() not in (2, 3):
+            raise ValueError(f"ViT: {self.dims()} spatial axes; expected 2 (images) or 3 (volumes, videos)")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.pos_embed_cls and not (self.cls_token and self.pos_embed == "learned"):
+            raise ValueError("pos_embed_cls=True needs cls_token=True and pos_embed='learned'")
+        if self.mask_k_bias and not self.qkv_bias:
+            raise ValueError("mask_k_bias=True needs qkv_bias=True")
+        if min(self.grid()) < 1:
+            raise ValueError(f"img_size={self.img_size} is smaller than patch_size={self.patch_size}")
+
+    def _positions(self, grid: tuple[int, ...]) -> tuple[jax.Array | None, jax.Array | None]:
+        """(rows for the patch tokens (1, N, D), row for the CLS token (1, 1, D) or None)."""
+        d = self.hidden_size
+        n = int(np.prod(grid))
+        if self.pos_embed == "none":
+            return None, None
+        if self.pos_embed == "sincos":
+            return jnp.asarray(sincos_table(n, d), self.dtype)[None], None
+        trained = self.grid()
+        rows = int(np.prod(trained)) + int(self.pos_embed_cls)
+        table = self.param("position_embeddings", partitioned(trunc_normal_002, (None, None, "embed")),
+                           (1, rows, d), self.param_dtype).astype(self.dtype)
+        cls_row = table[:, :1] if self.pos_embed_cls else None
+        patches = table[:, int(self.pos_embed_cls):]
+        return resize_pos_embed(patches, trained, grid, self.pos_interp), cls_row
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, rotary: Rotary | None = None) -> jax.Array:
+        self.check()
+        if x.ndim != self.dims() + 2 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"expected input (batch, {self.dims()} spatial axes, {self.in_channels}) "
+                             f"channels-last, got shape {x.shape}")
+        patch = self.patch()
+        grid = tuple(s // p for s, p in zip(x.shape[1:-1], patch))
+        if min(grid) < 1:
+            raise ValueError(f"input spatial shape {x.shape[1:-1]} is smaller than patch_size {patch}")
+        args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        deterministic = not train
+        b, d = x.shape[0], self.hidden_size
+
+        tokens = PatchEmbed(d, patch, name="patch_embedding", **args)(x).reshape(b, -1, d)
+        pos, cls_pos = self._positions(grid)
+        if pos is not None:
+            tokens = tokens + pos
+        prefix = []
+        if self.cls_token:
+            cls = self.param("cls_token", partitioned(trunc_normal_002, (None, None, "embed")),
+                             (1, 1, d), self.param_dtype).astype(self.dtype)
+            prefix.append(cls if cls_pos is None else cls + cls_pos)
+        if self.num_registers:
+            prefix.append(self.param("registers", partitioned(trunc_normal_002, (None, None, "embed")),
+                                     (1, self.num_registers, d), self.param_dtype).astype(self.dtype))
+        if prefix:
+            tokens = jnp.concatenate([jnp.broadcast_to(p, (b, *p.shape[1:])) for p in prefix] + [tokens], 1)
+        tokens = nn.Dropout(self.dropout)(tokens, deterministic=deterministic)
+
+        block = nn.remat(Block, static_argnums=(2, 3, 4)) if self.remat else Block
+        rates = np.linspace(0.0, self.drop_path, self.depth).tolist()
+        for i in range(self.depth):
+            tokens = block(self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias,
+                           self.layer_scale_init, self.norm_eps, self.dropout, self.attn_dropout,
+                           rates[i], self.attn_impl, name=f"blocks_{i}", **args)(
+                tokens, deterministic, self.num_prefix(), rotary)
+        if self.uses_final_norm():
+            tokens = layer_norm("norm", self.norm_eps, **args)(tokens)
+        return tokens
+
+
+ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(ViTEncoder) if f.name not in ("parent", "name"))
+
+
+class ViT(ViTEncoder):
+    """:class:`ViTEncoder` (under ``encoder``), pooling and a classification head.
+
+    ``num_classes``: head outputs (0: no head, the pooled features are returned);
+    ``post_activation``: None or "tanh" (MONAI's ``classification_head = Sequential(Linear,
+    Tanh)``); ``head_norm_eps``: eps of ``fc_norm`` (None: ``norm_eps``; VideoMAE uses 1e-5).
+    """
+
+    num_classes: int = 0
+    post_activation: str | None = None
+    head_norm_eps: float | None = None
+
+    encoder_name = "encoder"  # the subtree without pooling norm and head
+
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        return ("encoder", "patch_embedding")
+
+    @nn.nowrap
+    def encoder_kwargs(self) -> dict:
+        """Arguments of ``ViTEncoder(**kwargs)``, which has this model's ``encoder`` subtree."""
+        return {f: getattr(self, f) for f in ENCODER_FIELDS}
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_tokens: bool = False,
+                 rotary: Rotary | None = None) -> jax.Array:
+        if self.post_activation not in (None, "tanh"):
+            raise ValueError(f"post_activation={self.post_activation!r}: expected None or 'tanh'")
+        encoder = ViTEncoder(**self.encoder_kwargs(), name="encoder")
+        tokens = encoder(x, train, rotary)
+        if return_tokens:
+            return tokens
+        if self.pool == "cls":
+            pooled = tokens[:, 0]
+        else:
+            pooled = tokens[:, self.num_prefix():].astype(stats_dtype(self.dtype)).mean(1).astype(self.dtype)
+        if self.uses_fc_norm():
+            eps = self.norm_eps if self.head_norm_eps is None else self.head_norm_eps
+            pooled = layer_norm("fc_norm", eps, self.dtype, self.param_dtype)(pooled)
+        if self.num_classes == 0:
+            return pooled.astype(stats_dtype(self.dtype))
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head",
+                          kernel_init=partitioned(trunc_normal_002, ("embed", "classes")),
+                          bias_init=partitioned(nn.initializers.zeros, ("classes",)))(pooled)
+        logits = logits.astype(stats_dtype(self.dtype))
+        return jnp.tanh(logits) if self.post_activation == "tanh" else logits
