@@ -16,6 +16,8 @@ Supported:
     ``*_label-L_desc-T1lesion_mask.nii.gz`` next to it.
   * Unlabeled subject lists (UK Biobank style T1 + T2-FLAIR) from a CSV, a JSON list or glob
     patterns, one per channel.
+  * Label tables (ADNI / PPMI / UK Biobank style CSV or TSV: subject, session, image paths,
+    diagnosis, age, sex, site): :mod:`jaxbrain.data.tables`, layout ``"table"``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class Case:
 
     ``labels`` names the label convention (see :mod:`jaxbrain.data.labels`). ``target`` is a
     volume-level value (a class index or a number such as an age), carried into every crop
-    of the case and batched as ``batch["target"]`` (B,).
+    of the case and batched as ``batch["target"]`` (B,). ``meta`` holds what a label table
+    says about the scan (subject, session, diagnosis, age, sex, site, other columns; see
+    :mod:`jaxbrain.data.tables`), JSON-serialisable, None for the other layouts; it takes
+    no part in hashing.
     """
 
     id: str
@@ -57,6 +62,7 @@ class Case:
     fold: int | None = None
     labels: str = "binary"
     target: float | None = None
+    meta: Mapping | None = dataclasses.field(default=None, hash=False)
 
 
 def _nii(stem: str) -> str:
@@ -327,12 +333,19 @@ def subjects(spec: str | Mapping[str, str], *, channels: Sequence[str] = ("t1", 
     return _from_globs({channels[0]: spec}, channels)
 
 
+def _table(source: str, **kwargs) -> list[Case]:
+    from jaxbrain.data import tables  # tables builds on this module
+    return tables.read_table(source, **kwargs)
+
+
 LAYOUTS = {"brats": brats, "atlas": atlas, "datalist": datalist, "subjects": subjects}
+LAYOUTS["table"] = _table
 
 
 def find_cases(layout: str, source, **kwargs) -> list[Case]:
-    """``find_cases("brats", root)``, ``("atlas", root)``, ``("datalist", json_path)`` or
-    ``("subjects", csv/json/glob)`` -- the form configs and commands use."""
+    """``find_cases("brats", root)``, ``("atlas", root)``, ``("datalist", json_path)``,
+    ``("subjects", csv/json/glob)`` or ``("table", csv/tsv or its folder)`` -- the form configs
+    and commands use."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[layout](source, **kwargs)

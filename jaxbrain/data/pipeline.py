@@ -50,6 +50,9 @@ TRANSFORMS: dict[str, Callable] = {
     "rand_contrast": T.RandContrast,
     "rand_gamma": T.RandGamma,
     "rand_invert": T.RandInvert,
+    "center_crop_or_pad": T.CenterCropOrPad,
+    "robust_scale": T.RobustScale,
+    "rand_affine": T.RandAffine,
 }
 
 

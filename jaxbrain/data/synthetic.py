@@ -49,6 +49,10 @@ with paths relative to ``root`` and BraTS channels ordered FLAIR, T1ce, T1, T2.
 Command line::
 
     python -m jaxbrain.data.synthetic brats --out DIR --n 8 [--version 2023]
+    python -m jaxbrain.data.synthetic cohort --out DIR --n 2000 --shape 91 109 91 [--pd]
+
+``cohort`` writes T1w scans whose anatomy follows age, sex, diagnosis and site, with a label
+table (:mod:`jaxbrain.data.cohort`); :class:`Atrophy` is its hook into the anatomy.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ __all__ = [
     "UKB_CENTER_MM",
     "UKB_FOV_MM",
     "WHITE_MATTER",
+    "Atrophy",
     "Subject",
     "grid_affine",
     "synth_subject",
@@ -419,6 +424,31 @@ def _mni_template(step: int) -> _Template:
     return _Template(brain, grey, white, np.pad(distance, pad, mode="edge"), origin, 1.0)
 
 
+@dataclass(frozen=True)
+class Atrophy:
+    """Tissue loss drawn into the anatomy, in mm (all zero: the anatomy as it is).
+
+    Attributes:
+        ventricles: the lateral ventricles grow outward by this distance.
+        cortex: grey matter within this distance of CSF (or of the outside of the brain)
+            becomes CSF: a thinner cortex, wider sulci.
+        focal: ``((centre, radii, distance), ...)`` ellipsoids in the anatomy's frame (MNI
+            mm) inside which grey matter within ``distance`` of the grey matter's edge
+            becomes CSF: a structure shrinking from all sides, e.g. the hippocampi. The
+            procedural anatomy has no hippocampus: there the ventricle parts centred inside
+            the ellipsoid (the temporal horns) grow by ``distance`` and the sulci inside it
+            widen by it.
+
+    Distances are to the edge of a region on the template's grid (half a template voxel
+    beyond the centres of its outer voxels). The procedural anatomy takes it here
+    (``_procedural_classes``); :mod:`jaxbrain.data.cohort` applies it to the MNI templates.
+    """
+
+    ventricles: float = 0.0
+    cortex: float = 0.0
+    focal: tuple = ()
+
+
 def _mni_classes(coords: np.ndarray, shell: np.ndarray, spacing: float) -> np.ndarray:
     """Rendering classes sampled from the deformed MNI templates."""
     template = _mni_template(2 if spacing >= 1.75 else 1)
@@ -476,8 +506,10 @@ def _mirrored(structures):
     return [((side * c[0], c[1], c[2]), r) for c, r in structures for side in (1.0, -1.0)]
 
 
-def _procedural_classes(rng, coords: np.ndarray, shell: np.ndarray) -> np.ndarray:
-    """Rendering classes of the procedural head at source positions ``coords``."""
+def _procedural_classes(rng, coords: np.ndarray, shell: np.ndarray,
+                        atrophy: Atrophy | None = None) -> np.ndarray:
+    """Rendering classes of the procedural head at source positions ``coords`` (with
+    ``atrophy``, see :class:`Atrophy`)."""
     size = rng.uniform(0.94, 1.06, size=3)
     ventricle_size = rng.uniform(0.7, 1.8)
     thickness = np.float32(rng.uniform(2.4, 3.4))
@@ -497,8 +529,13 @@ def _procedural_classes(rng, coords: np.ndarray, shell: np.ndarray) -> np.ndarra
     cortex = _cortical_depth(points, depth, folds, sulcal_depth)
     tissue = np.where(cortex < thickness, GREY_MATTER, WHITE_MATTER).astype(np.uint8)
     tissue[cortex < _CORTEX_SULCAL_GAP_MM] = CSF
+    if atrophy is not None:
+        tissue[(tissue == GREY_MATTER) & (cortex < _CORTEX_SULCAL_GAP_MM + atrophy.cortex)] = CSF
+        for centre, radii, distance in atrophy.focal:
+            widen = cortex < _CORTEX_SULCAL_GAP_MM + atrophy.cortex + distance
+            tissue[widen & _inside_ellipsoid(points, centre, radii)] = CSF
     _cerebellum_and_stem(tissue, points, cerebrum, cerebellum, stem)
-    _deep_structures(tissue, points, cerebrum, size, ventricle_size)
+    _deep_structures(tissue, points, cerebrum, size, ventricle_size, atrophy)
     classes[inside] = tissue
     return classes
 
@@ -529,8 +566,10 @@ def _cerebellum_and_stem(tissue, points, cerebrum, cerebellum, stem) -> None:
     tissue[(np.abs(cerebrum - cerebellum) < 1.2) & (stem < cerebrum)] = CSF
 
 
-def _deep_structures(tissue, points, cerebrum, size, ventricle_size) -> None:
-    """Deep grey nuclei, and ventricles widened by ``ventricle_size`` (atrophy)."""
+def _deep_structures(tissue, points, cerebrum, size, ventricle_size, atrophy: Atrophy | None = None) -> None:
+    """Deep grey nuclei, and ventricles widened by ``ventricle_size`` and grown by
+    ``atrophy`` (its ventricle distance, plus the focal distance of the parts centred in a
+    focal ellipsoid)."""
     deep = np.flatnonzero(cerebrum > 12.0)
     if deep.size == 0:
         return
@@ -539,7 +578,12 @@ def _deep_structures(tissue, points, cerebrum, size, ventricle_size) -> None:
         tissue[deep[_inside_ellipsoid(inner, centre, np.multiply(radii, size))]] = GREY_MATTER
     widen = np.array([ventricle_size, 1.0, ventricle_size])
     for centre, radii in [*_mirrored(_LATERAL_VENTRICLE), _THIRD_VENTRICLE]:
-        tissue[deep[_inside_ellipsoid(inner, centre, np.multiply(radii, widen * size))]] = CSF
+        radii = np.multiply(radii, widen * size)
+        if atrophy is not None:
+            radii = radii + atrophy.ventricles + sum(
+                d for c, r, d in atrophy.focal if _inside_ellipsoid(np.reshape(centre, (3, 1)), c, r)[0]
+            )
+        tissue[deep[_inside_ellipsoid(inner, centre, radii)]] = CSF
 
 
 # --------------------------------------------------------------------------- lesions
@@ -932,7 +976,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m jaxbrain.data.synthetic", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("dataset", choices=("brats", "atlas", "unlabeled"), help="layout to write")
+    parser.add_argument("dataset", choices=("brats", "atlas", "unlabeled", "cohort"),
+                        help="layout to write (cohort: T1w scans with ages, sexes, diagnoses and "
+                        "sites, see jaxbrain.data.cohort)")
     parser.add_argument("--out", required=True, help="root directory to write into")
     parser.add_argument("--n", type=int, required=True, help="number of subjects")
     parser.add_argument(
@@ -941,6 +987,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0, help="subject i is drawn from seed + i")
     parser.add_argument("--version", type=int, choices=(2021, 2023), default=2021, help="BraTS release")
     parser.add_argument("--anatomy", choices=("auto", "mni", "procedural"), default="auto")
+    parser.add_argument("--pd", action="store_true", help="cohort: PPMI-like (HC / PD)")
+    parser.add_argument("--sites", type=int, default=4, help="cohort: number of sites")
+    parser.add_argument("--workers", type=int, help="cohort: processes (default: one per CPU, up to 8)")
     args = parser.parse_args(argv)
 
     kwargs = {"seed": args.seed, "anatomy": args.anatomy}
@@ -950,6 +999,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         records = write_brats(args.out, args.n, version=args.version, **kwargs)
     elif args.dataset == "atlas":
         records = write_atlas(args.out, args.n, **kwargs)
+    elif args.dataset == "cohort":
+        from jaxbrain.data import cohort  # cohort builds on this module
+
+        records = cohort.write_cohort(
+            args.out, args.n, pd=args.pd, sites=args.sites, workers=args.workers, **kwargs
+        )
+        print(f"wrote {len(records)} scans of {args.n} cohort subjects to {Path(args.out).resolve()}")
+        return records
     else:
         records = write_unlabeled(args.out, args.n, **kwargs)
     print(f"wrote {len(records)} {args.dataset} subjects to {Path(args.out).resolve()}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from jaxbrain.data import labels as labels_lib
 from jaxbrain.data import nifti
@@ -162,6 +163,22 @@ class Pad:
         return _crop_or_pad(record, start, size)
 
 
+class CenterCropOrPad:
+    """Crops or zero-pads each spatial axis about its centre to exactly ``shape``: MONAI's
+    ``ResizeWithPadOrCrop`` (a crop starts at ``n // 2 - s // 2``; a pad puts ``(s - n) // 2``
+    voxels before). For whole scans at a fixed size, e.g. 91 x 109 x 91 -> 96^3."""
+
+    random = False
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = _triple("center_crop_or_pad shape", shape, int)
+
+    def __call__(self, record, rng=None):
+        have = record["image"].shape[:3]
+        start = [n // 2 - s // 2 if n > s else -((s - n) // 2) for n, s in zip(have, self.shape)]
+        return _crop_or_pad(record, start, self.shape)
+
+
 def _map_nonzero(record: dict, fn) -> dict:
     """The record with each channel's nonzero voxels replaced by ``fn(values)`` (float32);
     zero voxels, and channels without any nonzero voxel, stay as they are."""
@@ -227,6 +244,27 @@ class ScalePercentiles:
         def scale(values):
             lo, hi = np.percentile(values, [self.lower, self.upper])
             return np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+        return _map_nonzero(record, scale)
+
+
+class RobustScale:
+    """Per channel, clips to the ``lower`` and ``upper`` percentiles of the nonzero voxels, then
+    z-scores over those voxels (std floor 1e-6); zero voxels (background) stay zero. The
+    volume-level normalisation of BrainDINO's runners (1st / 99th percentile of voxels > 0)."""
+
+    random = False
+
+    def __init__(self, lower: float = 1.0, upper: float = 99.0):
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"robust_scale: need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, record, rng=None):
+        def scale(values):
+            values = values.astype(np.float64)
+            lo, hi = np.percentile(values, [self.lower, self.upper])
+            values = np.clip(values, lo, hi)
+            return (values - values.mean()) / max(values.std(), 1e-6)
         return _map_nonzero(record, scale)
 
 
@@ -362,6 +400,76 @@ class RandRot90:
         for key in ("image", "label"):
             if key in record:
                 out[key] = np.ascontiguousarray(np.rot90(record[key], k, axes=self.axes))
+        out.pop("geometry", None)
+        return out
+
+
+def affine_matrix(rotate_deg: Sequence[float], scale: Sequence[float],
+                  translate: Sequence[float]) -> np.ndarray:
+    """4x4 map from output to input voxel offsets from the volume centre:
+    ``input = R @ (diag(scale) @ output + translate)`` with ``R = Rx @ Ry @ Rz`` (angles in
+    degrees about axes 0, 1, 2; translation in voxels): MONAI's ``Affine`` convention
+    (``rotate_order="XYZ"``), so scale > 1 shrinks the image and translate t moves it by -t."""
+    a = np.deg2rad(np.asarray(rotate_deg, np.float64))
+    (cx, cy, cz), (sx, sy, sz) = np.cos(a), np.sin(a)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    out = np.eye(4)
+    out[:3, :3] = rx @ ry @ rz @ np.diag(np.asarray(scale, np.float64))
+    out[:3, 3] = rx @ ry @ rz @ np.asarray(translate, np.float64)
+    return out
+
+
+def warp_affine(x: np.ndarray, matrix: np.ndarray, order: int = 1) -> np.ndarray:
+    """Resamples the 3 leading axes of ``x`` (trailing channels ride along) with the
+    :func:`affine_matrix` ``matrix`` about the centre ``(n - 1) / 2``: trilinear (``order=1``)
+    or nearest (0); outside the volume counts as 0 (interpolated towards it at the border,
+    as ``grid_sample``'s zero padding)."""
+    centre = (np.asarray(x.shape[:3], np.float64) - 1) / 2
+    linear = matrix[:3, :3]
+    offset = matrix[:3, 3] + centre - linear @ centre
+    src = np.asarray(x)
+    if order == 1 and not np.issubdtype(src.dtype, np.floating):
+        src = src.astype(np.float32)
+    out = np.empty(src.shape, src.dtype)
+    channels = src.reshape(src.shape[:3] + (-1,))
+    flat = out.reshape(channels.shape)
+    for c in range(channels.shape[-1]):
+        ndimage.affine_transform(channels[..., c], linear, offset, output=flat[..., c],
+                                 order=order, mode="grid-constant", cval=0.0)
+    return out
+
+
+class RandAffine:
+    """With probability ``prob``, a random small affine about the volume centre: rotation
+    U(-rotate, rotate) degrees about each axis, scale 1 + U(-scale, scale) per axis and a
+    translation U(-translate, translate) voxels per axis (:func:`affine_matrix`, MONAI's
+    ``RandAffine`` ranges and convention); trilinear for images, nearest for labels, zeros
+    outside. The shape is kept."""
+
+    random = True
+
+    def __init__(self, rotate: float = 5.0, scale: float = 0.1, translate: float = 4.0,
+                 prob: float = 1.0):
+        for name, v in (("rotate", rotate), ("scale", scale), ("translate", translate)):
+            if not 0 <= v:
+                raise ValueError(f"rand_affine {name}: expected a range >= 0, got {v!r}")
+        if scale >= 1:
+            raise ValueError(f"rand_affine scale: expected a range below 1, got {scale!r}")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"rand_affine prob: expected a probability in [0, 1], got {prob!r}")
+        self.rotate, self.scale, self.translate, self.prob = rotate, scale, translate, prob
+
+    def __call__(self, record, rng):
+        if rng.random() >= self.prob:
+            return record
+        matrix = affine_matrix(rng.uniform(-self.rotate, self.rotate, 3),
+                               1 + rng.uniform(-self.scale, self.scale, 3),
+                               rng.uniform(-self.translate, self.translate, 3))
+        out = {**record, "image": warp_affine(record["image"], matrix, order=1)}
+        if "label" in record:
+            out["label"] = warp_affine(record["label"], matrix, order=0)
         out.pop("geometry", None)
         return out
 

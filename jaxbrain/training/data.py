@@ -11,8 +11,8 @@
                        reads it back from there on resume (and in evaluation)
     data.subject_list  layout "subjects" with a folder as root: its CSV/JSON list (subjects.csv)
     data.val_every     instead of folds: every k-th case (by sorted id) is held out (0: off)
-    data.synthetic     {"kind": "brats"|"atlas"|"unlabeled", "n", "shape", "anatomy"}: write
-                       synthetic data under workdir/data once and use it
+    data.synthetic     {"kind": "brats"|"atlas"|"unlabeled"|"cohort", "n", "shape",
+                       "anatomy"}: write synthetic data under workdir/data once and use it
     data.train_fraction  train on this fraction of the training cases (a fixed random subset
                        drawn with data.subset_seed), for label-efficiency studies
     data.cache         cache folder (built on first use), or None to decode .nii.gz
@@ -31,11 +31,11 @@ import jax
 import numpy as np
 
 from jaxbrain import parallel
-from jaxbrain.data import layouts, pipeline, synthetic
+from jaxbrain.data import cohort, layouts, pipeline, synthetic
 from jaxbrain.data.nifti import DataError
 
 _WRITERS = {"brats": synthetic.write_brats, "atlas": synthetic.write_atlas,
-            "unlabeled": synthetic.write_unlabeled}
+            "unlabeled": synthetic.write_unlabeled, "cohort": cohort.write_cohort}
 
 
 def _synthetic_root(cfg, workdir: str) -> str:
