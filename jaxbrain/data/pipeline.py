@@ -121,7 +121,11 @@ _CACHE_FORMAT = 1
 
 
 def _case_dict(case: Case) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(case)))  # as stored in the index
+    """The case as stored in the cache index (``meta``, a label table's other columns, is not
+    part of what the cache holds)."""
+    d = dataclasses.asdict(case)
+    d.pop("meta", None)
+    return json.loads(json.dumps(d))
 
 
 def _write_case(args) -> dict:

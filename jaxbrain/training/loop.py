@@ -57,7 +57,7 @@ from jaxbrain.training.metrics_log import MetricWriter, Progress
 from jaxbrain.training.optim import make_optimizer
 from jaxbrain.training.validation import make_validator
 
-PROGRESS_METRICS = ("loss", "dice_mean", "rotation_acc", "reconstruction_loss")
+PROGRESS_METRICS = ("loss", "dice_mean", "accuracy", "mae", "rotation_acc", "reconstruction_loss")
 # Initialisation runs once: on the CPU its program is compiled without LLVM's expensive
 # optimisations (several times faster to compile; the values are the same).
 _CPU_INIT_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -91,6 +91,17 @@ def check_input_size(model, x: jax.ShapeDtypeStruct) -> None:
         raise ValueError(f"{type(model).__name__} is built for input_size {tuple(size)} but the "
                          f"data gives crops of {tuple(x.shape[1:1 + len(size)])}: set "
                          "model.input_size to data.roi (or data.roi to the model's size)")
+
+
+def best_checkpoint_rule(config, objective) -> tuple[str | None, str]:
+    """(metric, "max" | "min") choosing the best checkpoint: the config's ``best_metric`` /
+    ``best_mode``, else the objective's (``best_metric``, a validation metric's name, e.g.
+    "auc" -> "val_auc")."""
+    metric = config.get("best_metric")
+    if metric:
+        return metric, config.get("best_mode") or "max"
+    metric = getattr(objective, "best_metric", None)
+    return (f"val_{metric}" if metric else None), getattr(objective, "best_mode", "max")
 
 
 def init_variables(model, x: jax.ShapeDtypeStruct, key, shardings) -> dict:
@@ -327,9 +338,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     total_steps = int(config.total_steps)
     tx, lr_fn = make_optimizer(config.optim, total_steps)
 
+    best_metric, best_mode = best_checkpoint_rule(config, objective)
     ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),
-                       best_metric=config.get("best_metric"),
-                       best_mode=config.get("best_mode", "max"))
+                       best_metric=best_metric, best_mode=best_mode)
     latest = ckpt.latest_step()
     if latest is None:
         variables = initial_variables(config, model, x, init_key, v_shardings)

@@ -1,6 +1,10 @@
 """Validation during training, decided by the objective.
 
-Objectives that make whole-volume predictions (``case_metrics``: segmentation) are validated
+Objectives that make one prediction per scan (``predict`` and ``scan_metrics``:
+classification, regression) are validated on the whole preprocessed scans, every held-out
+scan predicted once and the metrics (AUC, balanced accuracy, MAE) computed over all of them
+together, as eval.py does. Objectives that make whole-volume predictions (``case_metrics``:
+segmentation) are validated
 exactly as eval.py evaluates them: the same :class:`jaxbrain.inference.Predictor`, the same
 per-case metric functions and the same means (NaN cases left out), so the checkpoint chosen
 as best carries the number the reports show. Other objectives (self-supervised, Volume
@@ -31,6 +35,8 @@ def make_validator(config, model, objective, cases, mesh, dtype):
         return None
     limit = config.get("eval", {}).get("max_cases")
     cases = cases[:limit] if limit else cases
+    if hasattr(objective, "scan_metrics"):
+        return ScanValidator(config, model, objective, cases, dtype)
     if hasattr(objective, "case_metrics"):
         return PredictionValidator(config, model, objective, cases)
     return LossValidator(config, model, objective, cases, mesh, dtype)
@@ -57,6 +63,38 @@ class PredictionValidator:
     def __call__(self, variables, objective_state=None) -> dict:
         summary = metrics_lib.summarize(self.rows(variables))
         return {k: float(v["mean"]) for k, v in summary.items()}
+
+
+class ScanValidator:
+    """One prediction per whole scan; metrics over all held-out scans at once."""
+
+    def __init__(self, config, model, objective, cases, dtype):
+        missing = [c.id for c in cases if c.target is None]
+        if missing:
+            raise ValueError(f"validation cases without a target (label table value): "
+                             f"{missing[:5]}")
+        self.objective = objective
+        self.dataset = pipeline.eval_dataset(cases, preprocess=config.data.preprocess,
+                                             shard=(0, 1))
+
+        def predict(variables, x):
+            return objective.predict(model.apply(variables, x.astype(dtype), train=False))
+
+        self.predict = jax.jit(predict)
+
+    def predictions(self, variables) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(scan ids, predictions (N, ...) in the objective's units, targets (N,))."""
+        ids, preds, targets = [], [], []
+        for record in self.dataset:
+            ids.append(record["id"])
+            preds.append(np.asarray(jax.device_get(
+                self.predict(variables, jnp.asarray(record["image"])[None])))[0])
+            targets.append(float(record["target"]))
+        return ids, np.stack(preds), np.asarray(targets, np.float32)
+
+    def __call__(self, variables, objective_state=None) -> dict:
+        _, preds, targets = self.predictions(variables)
+        return {k: float(v) for k, v in self.objective.scan_metrics(preds, targets).items()}
 
 
 class LossValidator:
