@@ -16,11 +16,13 @@ from jaxbrain.objectives.segmentation import Segmentation
 
 @models.register("toy_conv")
 class ToyConv(nn.Module):
-    """Two convolutions over as many spatial axes as the input has (2D slices or 3D)."""
+    """Two convolutions over as many spatial axes as the input has (2D slices or 3D); with
+    ``norm``, BatchNorm between them (running statistics in the ``batch_stats`` collection)."""
 
     in_channels: int = 4
     out_channels: int = 3
     features: int = 8
+    norm: bool = False
 
     def input_layer(self):
         return ("stem",)
@@ -30,7 +32,10 @@ class ToyConv(nn.Module):
         k = (3,) * (x.ndim - 2)
         init = nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                             (None,) * len(k) + ("conv_in", "conv_out"))
-        h = nn.relu(nn.Conv(self.features, k, kernel_init=init, name="stem")(x))
+        h = nn.Conv(self.features, k, kernel_init=init, name="stem")(x)
+        if self.norm:
+            h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(h)
+        h = nn.relu(h)
         return nn.Conv(self.out_channels, (1,) * len(k), name="head")(h)
 
 

@@ -3,8 +3,9 @@
     python tests/_train_run.py WORKDIR DEVICES STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
 The script form sets the number of (fake) CPU devices before JAX starts, optionally joins a
-multi-process run on localhost, trains STEPS steps with parameters and optimizer state
-fully sharded (mesh data x fsdp=2), and prints the logged training losses as JSON.
+multi-process run on localhost, trains STEPS steps of the toy model (tests/_toys.py) with
+parameters and optimizer state fully sharded (mesh data x fsdp=2), and prints the logged
+training losses as JSON.
 """
 
 import json
@@ -19,10 +20,10 @@ def tiny_config(**overrides):
     c = load_config_file(os.path.join(ROOT, "configs", "brats_swinunetr.py"), "demo")
     roi = (32, 32, 32)
     c.total_steps, c.log_every, c.ckpt_every, c.eval_every = 4, 1, 2, 0
-    c.batch_size = 8
-    c.model.depths = (1, 1, 1, 1)  # compile time; the demo-recipe test restores (2, 2, 2, 2)
+    c.batch_size = 2
+    c.model.depths = (1, 1, 1, 1)  # compile time
     c.progress = False
-    c.optim.update(lr=1e-3, schedule="constant")
+    c.optim.update(lr=2e-3, schedule="constant")  # the demo-recipe test learns with it
     c.data.update(roi=roi, threads=1,
                   augment="rand_crop(pos_fraction=0.7), brats_regions, rand_flip(prob=0.5), "
                           "rand_scale_shift(scale=0.1, shift=0.1, prob=1.0)")
@@ -37,6 +38,20 @@ def tiny_config(**overrides):
     return c
 
 
+def toy_config(**overrides):
+    """``tiny_config`` with the toy convolutional model (tests/_toys.py must be imported)."""
+    import ml_collections
+    c = tiny_config(**overrides)
+    c.model = ml_collections.ConfigDict(dict(name="toy_conv", in_channels=4, out_channels=3,
+                                             features=8))
+    return c
+
+
+def sharded_config(steps):
+    """The toy run, 8 volumes a step, parameters and optimizer state sharded over fsdp=2."""
+    return toy_config(total_steps=steps, batch_size=8, sharding="fsdp", mesh={"data": -1, "fsdp": 2})
+
+
 def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -47,8 +62,9 @@ def main():
     workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     sys.path.insert(0, ROOT)
+    import _toys  # noqa: F401  (registers toy_conv)
     from jaxbrain.training.loop import train_and_evaluate
-    config = tiny_config(total_steps=steps, sharding="fsdp", mesh={"data": -1, "fsdp": 2})
+    config = sharded_config(steps)
     config.distributed = {}
     if len(sys.argv) > 4:
         config.distributed = {"coordinator": sys.argv[4], "num_processes": int(sys.argv[5]),

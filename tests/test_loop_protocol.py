@@ -16,17 +16,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _toys  # noqa: E402,F401  (registers toy_conv and ema_segmentation)
-from _train_run import losses, tiny_config  # noqa: E402
+from _train_run import losses, toy_config  # noqa: E402
 
 from jaxbrain import metrics, runs  # noqa: E402
 from jaxbrain.training import loop  # noqa: E402
 
 
-def _toy(**overrides):
-    c = tiny_config(**overrides)
-    c.model = ml_collections.ConfigDict(dict(name="toy_conv", in_channels=4, out_channels=3,
-                                             features=8))
-    return c
+_toy = toy_config
 
 
 def _state(workdir, step):
@@ -43,12 +39,14 @@ def test_objective_state_is_checkpointed_and_resumes_bitwise(tmp_path):
     c.objective = ml_collections.ConfigDict(dict(
         name="ema_segmentation", kind="sigmoid", channels=("TC", "WT", "ET"), regions="brats",
         momentum=0.5, momentum_steps=4))
+    c.model.norm = True  # running statistics (model_state) resume with the rest
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     loop.train_and_evaluate(c, straight)
     loop.train_and_evaluate(c, resumed, stop_after=2)
     loop.train_and_evaluate(c, resumed)
     a, b = _state(straight, 4), _state(resumed, 4)
     assert int(a["objective"]["updates"]) == 4
+    assert set(a["model_state"]["batch_stats"]["norm"]) == {"mean", "var"}
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert losses(straight) == losses(resumed)

@@ -1,6 +1,7 @@
 """MIS-FM end to end at test size: Volume Fusion pretraining of PCT-Net through train.py's loop
-(the loss falls; an interrupted run resumes exactly, BatchNorm statistics included), then the
-BraTS fine-tuning initialisation from it, and its export to MIS-FM's PyTorch layout."""
+(the loss falls; BatchNorm statistics are kept and counted), then the BraTS fine-tuning
+initialisation from it, and its export to MIS-FM's PyTorch layout. (Exact resume, running
+statistics included, is the loop's and is tested on the toy model in test_loop_protocol.py.)"""
 
 from __future__ import annotations
 
@@ -44,23 +45,16 @@ def _losses(workdir):
         return [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
 
 
-@pytest.mark.xdist_group(name="reference_run")
-def test_vf_pretraining_resumes_exactly_and_initialises_finetuning(tmp_path):
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+def test_vf_pretraining_initialises_finetuning_and_exports(tmp_path):
+    straight = str(tmp_path / "straight")
     loop.train_and_evaluate(_vf_config(), straight)
     losses = _losses(straight)
     assert len(losses) == 12 and np.all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
-
-    loop.train_and_evaluate(_vf_config(), resumed, stop_after=5)
-    loop.train_and_evaluate(_vf_config(), resumed)
-    assert _losses(resumed) == losses
-    a, b = _state(straight, 12), _state(resumed, 12)
+    a = _state(straight, 12)
     assert "batch_stats" in a["model_state"]
     counts = [v for k, v in flax.traverse_util.flatten_dict(a["model_state"]).items() if k[-1] == "count"]
     assert counts and all(int(c) == 12 for c in counts)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     # Fine-tuning on BraTS (4 channels, 3 regions) from the VF run: the stem's input kernel is
     # averaged 1 -> 4 channels, the output layers are new, everything else is the VF run's.

@@ -47,7 +47,6 @@ def _losses(workdir, key):
         return [r[key] for r in map(json.loads, f) if key in r]
 
 
-@pytest.mark.xdist_group(name="reference_run")
 def test_stage1_stage2_finetune_chain(tmp_path):
     s1, s2 = str(tmp_path / "stage1"), str(tmp_path / "stage2")
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _train_run import losses, tiny_config  # noqa: E402
+import _toys  # noqa: E402,F401  (registers toy_conv)
+from _train_run import losses, sharded_config, tiny_config, toy_config  # noqa: E402
 
 from jaxbrain.training.loop import NonFiniteLossError, train_and_evaluate  # noqa: E402
 from test_metrics_log import read_tensorboard_scalars  # noqa: E402
@@ -76,12 +77,15 @@ def _run(args, **kw):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group(name="reference_run")
-def test_eight_devices_and_two_processes_match_one_device(reference, tmp_path):
+def test_eight_devices_and_two_processes_match_one_device(tmp_path):
     """Parameters and optimizer state fully sharded (fsdp=2) over 8 fake CPU devices in two
     processes of 4 devices each (several devices per process and several processes at once),
-    against the single-device run."""
-    ref = losses(reference)[:2]
+    against the single-device run (the toy model: the loop's sharding is the point)."""
+    one = str(tmp_path / "one")
+    config = sharded_config(2)
+    config.update(sharding="replicate", mesh={"data": -1, "fsdp": 1})
+    train_and_evaluate(config, one)
+    ref = losses(one)
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, SCRIPT, str(tmp_path / "two"), "4", "2",
                                f"localhost:{port}", "2", str(i)],
@@ -97,13 +101,10 @@ def test_eight_devices_and_two_processes_match_one_device(reference, tmp_path):
 def _train_cmd(workdir):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return [sys.executable, os.path.join(root, "train.py"),
-            "--config", os.path.join(root, "configs", "brats_swinunetr.py:demo"), "--workdir", workdir,
-            "--config.total_steps=1000", "--config.ckpt_every=1000", "--config.log_every=1",
-            "--config.eval_every=0", "--config.batch_size=1", "--config.data.roi=(32,32,32)",
-            "--config.model.depths=(1,1,1,1)",
-            "--config.data.synthetic.n=3", "--config.data.synthetic.shape=(40,40,32)",
-            "--config.data.synthetic.anatomy=procedural", "--config.data.fold=1",
-            "--config.data.augment=rand_crop(roi=(32,32,32)), brats_regions"]
+            "--config", os.path.join(root, "tests", "toy_config.py"), "--workdir", workdir,
+            "--config.total_steps=100000", "--config.ckpt_every=100000", "--config.log_every=1",
+            "--config.batch_size=1", "--config.data.synthetic.n=3",
+            "--config.data.synthetic.shape=(40,40,32)"]
 
 
 def _run_until_logged(workdir, lines):
@@ -137,10 +138,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    import ml_collections
-    import _toys  # noqa: F401  (a small model: the loop's behaviour is the point, not SwinUNETR)
-    config = tiny_config(**{"total_steps": 20, "ckpt_every": 1, "batch_size": 2})
-    config.model = ml_collections.ConfigDict(dict(name="toy_conv", in_channels=4, out_channels=3))
+    # The toy model: the loop's behaviour is the point, not SwinUNETR.
+    config = toy_config(**{"total_steps": 20, "ckpt_every": 1, "batch_size": 2})
     config.optim.update(name="sgd", lr=1e30, momentum=0.0, schedule="constant")  # step 2 is NaN
     with pytest.raises(NonFiniteLossError, match="loss is (nan|inf).*last good checkpoint: step"):
         train_and_evaluate(config, str(tmp_path))
@@ -150,12 +149,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_demo_loss_falls_and_validation_dice_rises(tmp_path):
-    """The BraTS demo recipe at test size (48x48x40 synthetic volumes, 32^3 crops): after 40
+    """The BraTS demo recipe at test size (48x48x40 synthetic volumes, 32^3 crops): after 30
     steps the training loss has fallen and the whole-tumour validation Dice (sliding window
-    over the held-out case) is above 0.3."""
-    config = tiny_config(**{"total_steps": 40, "log_every": 10, "eval_every": 40, "batch_size": 2,
-                            "model.depths": (2, 2, 2, 2)})
-    config.optim.update(lr=2e-3, schedule="warmup_cosine", warmup_steps=5)
+    over the held-out case) is above 0.3. The train step is the reference run's program
+    (same model, batch and optimizer), compiled once for both."""
+    config = tiny_config(**{"total_steps": 30, "log_every": 10, "eval_every": 30})
     config.data.synthetic.update(n=6)
     trained = train_and_evaluate(config, str(tmp_path))
     curve = losses(str(tmp_path))
