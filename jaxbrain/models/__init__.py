@@ -16,6 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxbrain.models.cnn3d import DENSENETS, RESNETS
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
@@ -27,6 +28,8 @@ REGISTRY: dict[str, type] = {
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
     "vit": ViT,
+    **DENSENETS,  # "densenet" (any block_config), "densenet121" ... "densenet264"
+    **RESNETS,  # "resnet" (any block / layers), "resnet10" ... "resnet200"
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
