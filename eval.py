@@ -3,11 +3,14 @@ r"""Evaluate a training run, or segment NIfTI files with it.
   python eval.py --workdir runs/demo                       # validation cases of the run's config
   python eval.py --workdir runs/demo --output runs/demo/eval --config configs/brats_swinunetr.py:demo
   python eval.py --workdir runs/demo --output out --images flair.nii.gz t1ce.nii.gz t1.nii.gz t2.nii.gz
+  python eval.py --workdir runs/ad --split test            # a whole-scan run's test split
 
 Uses the run's best checkpoint (by its validation metric), else its latest; the run's saved
-config unless --config is given. Writes <output>/<case>_seg.nii.gz in each input's own space,
-<case>_overlay.png, and metrics.csv / metrics.json when labels are available. Shares train.py's
-persistent compilation cache (--compilation_cache).
+config unless --config is given. Segmentation writes <output>/<case>_seg.nii.gz in each input's
+own space, <case>_overlay.png, and metrics.csv / metrics.json when labels are available.
+Whole-scan runs (classification, regression) write predictions.csv (one row per scan),
+metrics.json and roc.png (classification) or scatter.png (regression) for the validation or
+(--split test) test scans. Shares train.py's persistent compilation cache (--compilation_cache).
 """
 
 import os
@@ -22,6 +25,7 @@ config_flags.DEFINE_config_file("config", None, "config file[:preset] (default: 
 flags.DEFINE_string("workdir", None, "training run directory")
 flags.DEFINE_string("output", None, "output directory (default: <workdir>/eval)")
 flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)")
+flags.DEFINE_enum("split", "val", ["val", "test"], "whole-scan runs: the scans to evaluate")
 flags.DEFINE_string("compilation_cache", None, "persistent compilation cache folder ('' = off)")
 flags.mark_flags_as_required(["workdir"])
 
@@ -47,13 +51,25 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO lines out unless asked for
         logging.set_verbosity(logging.WARNING)
     from jaxbrain import runs
-    from jaxbrain.evaluation.evaluate import evaluate
+    from jaxbrain.evaluation.evaluate import evaluate, evaluate_scans, makes_scan_predictions
     from jaxbrain.metrics import summarize
     from jaxbrain.parallel import enable_compilation_cache
     enable_compilation_cache(flags.FLAGS.compilation_cache)
     workdir = flags.FLAGS.workdir
     config = flags.FLAGS.config or runs.load_config(workdir)
     output = flags.FLAGS.output or os.path.join(workdir, "eval")
+    if makes_scan_predictions(config):
+        if IMAGES:
+            raise SystemExit("--images: whole-scan runs evaluate the scans of their label table")
+        summary = evaluate_scans(config, workdir, output, split=flags.FLAGS.split,
+                                 step=flags.FLAGS.step)
+        print(f"{summary['split']}: {summary['scans']} scans of {summary['subjects']} subjects, "
+              f"step {summary['step']}: " + ", ".join(
+                  f"{k}={v:.4f}" for k, v in summary["metrics"].items()))
+        print(f"wrote {summary['predictions']}, {summary['figure']} and metrics.json to {output}")
+        return
+    if flags.FLAGS.split != "val":
+        raise SystemExit("--split test: segmentation runs evaluate their validation cases")
     rows = evaluate(config, workdir, output, images=IMAGES or None, step=flags.FLAGS.step)
     for row in rows:
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

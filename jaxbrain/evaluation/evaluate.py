@@ -9,21 +9,44 @@ Predictions and metrics come from the run's objective through the shared predict
 thresholded on its own output channel) and write label maps in the case's BraTS convention;
 one-channel sigmoid runs (ATLAS) report Dice, HD95, lesion-wise F1 and volumes; softmax runs
 the Dice of each class.
+
+Whole-scan runs (classification, regression: :func:`evaluate_scans`) predict every scan of
+the validation (or test) split once through :class:`jaxbrain.inference.ScanPredictor`, the
+validator's path, with the objective fitted to the run's training cases as in training, and
+write ``predictions.csv`` (one row per scan: id, subject, session, site, target, the
+prediction or class probabilities), ``metrics.json`` (the objective's scan metrics, the
+numbers the best checkpoint was chosen on for the validation split) and a figure:
+``roc.png`` (classification) or ``scatter.png`` (predicted vs true value, regression). With
+``eval.age_bias=True`` a regression also reports the bias-corrected MAE
+(:func:`jaxbrain.metrics.fit_age_bias` fitted on the validation predictions, applied to the
+split evaluated).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from typing import Sequence
 
 import numpy as np
 
+from jaxbrain import metrics as metrics_lib
 from jaxbrain import objectives, runs
-from jaxbrain.data import nifti, pipeline
+from jaxbrain.data import nifti, pipeline, splits
 from jaxbrain.data.layouts import Case
 from jaxbrain.evaluation import report
-from jaxbrain.inference import Predictor
+from jaxbrain.inference import Predictor, ScanPredictor
 from jaxbrain.training import data as data_lib
+
+SPLITS = ("val", "test")
+PREDICTIONS_CSV = "predictions.csv"
+METRICS_JSON = "metrics.json"
+
+
+def makes_scan_predictions(config) -> bool:
+    """Whether the config's objective predicts one value per scan (:func:`evaluate_scans`)."""
+    return hasattr(objectives.create(**config.objective), "scan_metrics")
 
 
 def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None = None,
@@ -32,6 +55,9 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
     and writes ``output/<case>_seg.nii.gz``, ``<case>_overlay.png`` and metrics.csv/json."""
     run = runs.load_run(workdir, step)
     objective = objectives.create(**config.objective)
+    if hasattr(objective, "scan_metrics"):
+        raise ValueError(f"objective {config.objective.name!r} predicts one value per scan: "
+                         "use evaluate_scans (eval.py chooses it)")
     if not hasattr(objective, "case_metrics"):
         raise ValueError(f"objective {config.objective.name!r} makes no whole-volume predictions "
                          "to evaluate; its validation loss is logged in metrics.jsonl")
@@ -64,3 +90,102 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
     if any(len(r) > 2 for r in rows):
         report.write_metrics(rows, output)
     return rows
+
+
+def evaluate_scans(config, workdir: str, output: str, *, split: str = "val",
+                   step: int | None = None) -> dict:
+    """Predicts every scan of the ``split`` ("val" or "test") and writes predictions.csv,
+    metrics.json and roc.png / scatter.png to ``output``. Returns the metrics.json content."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    run = runs.load_run(workdir, step)
+    parts = data_lib.split(config.data, workdir)
+    cases = parts.val if split == "val" else parts.test
+    if not cases:
+        hint = ("data.num_folds or data.held_out_site" if split == "val"
+                else "data.test_fold (with num_folds) or data.test_table")
+        raise ValueError(f"the config's data has no {split} scans; set {hint}")
+    objective = data_lib.fit_objective(objectives.create(**config.objective), parts.train)
+    predict = ScanPredictor.from_config(config, run.model, objective)
+
+    def predictions(of):
+        return predict(run.variables, pipeline.eval_dataset(
+            of, preprocess=config.data.preprocess, shard=(0, 1)))
+
+    ids, preds, targets = predictions(cases)
+    if np.isnan(targets).any():
+        raise ValueError(f"{split} scans without a target: "
+                         f"{[i for i, t in zip(ids, targets) if np.isnan(t)][:5]}")
+    summary = {"split": split, "step": run.step, "scans": len(ids),
+               "subjects": len({splits.subject(c) for c in cases}),
+               "metrics": objective.scan_metrics(preds, targets),
+               "objective": {k: v for k, v in vars(objective).items()}}
+    os.makedirs(output, exist_ok=True)
+    rows = [_scan_row(c, t) for c, t in zip(cases, targets)]
+    if hasattr(objective, "num_classes"):
+        names = _class_names(parts.classes, objective.num_classes)
+        summary["classes"] = list(names)
+        for row, p in zip(rows, preds):
+            row["target_class"] = names[int(row["target"])]
+            row.update({f"prob_{n}": float(v) for n, v in zip(names, p)})
+            row["predicted_class"] = names[int(np.argmax(p))]
+        summary["figure"] = report.roc_png(os.path.join(output, "roc.png"), targets, preds,
+                                           names, title=f"{split}: {len(ids)} scans")
+    else:
+        train_targets = np.asarray([c.target for c in parts.train], np.float64)
+        summary["metrics"]["mae_of_training_mean"] = metrics_lib.mae(
+            targets, np.full(targets.shape, train_targets.mean()))
+        corrected = None
+        if config.get("eval", {}).get("age_bias"):
+            corrected = _age_bias(summary, preds, targets, split, parts, predictions)
+        for i, (row, p) in enumerate(zip(rows, preds)):
+            row["prediction"] = float(p)
+            if corrected is not None:
+                row["prediction_corrected"] = float(corrected[i])
+        task = config.data.get("task") or "target"
+        summary["figure"] = report.scatter_png(
+            os.path.join(output, "scatter.png"), targets, preds, corrected=corrected,
+            quantity=task, unit="years" if task == "age" else "")
+    summary["predictions"] = _write_rows(os.path.join(output, PREDICTIONS_CSV), rows)
+    with open(os.path.join(output, METRICS_JSON), "w") as f:
+        json.dump(report.json_ready(summary), f, indent=2, allow_nan=False)
+        f.write("\n")
+    return summary
+
+
+def _age_bias(summary, preds, targets, split, parts, predictions) -> np.ndarray:
+    """The bias-corrected predictions of the split (the bias fitted on the validation
+    predictions); adds the fit and the corrected MAE to ``summary``."""
+    if split == "val":
+        val_preds, val_targets = preds, targets
+    elif parts.val:
+        _, val_preds, val_targets = predictions(parts.val)
+    else:
+        raise ValueError("eval.age_bias: the bias is fitted on the validation predictions, "
+                         "but the config's data has no validation scans")
+    slope, intercept = metrics_lib.fit_age_bias(val_preds, val_targets)
+    corrected = metrics_lib.apply_age_bias(preds, slope, intercept)
+    summary["age_bias"] = {"slope": slope, "intercept": intercept, "fitted_on": "val",
+                           "fitted_scans": int(len(val_targets)),
+                           "formula": "corrected = (prediction - intercept) / slope"}
+    summary["metrics"]["mae_bias_corrected"] = metrics_lib.mae(targets, corrected)
+    return corrected
+
+
+def _class_names(classes, k: int) -> tuple[str, ...]:
+    names = tuple(classes) if classes else ()
+    return names if len(names) == k else tuple(f"class{i}" for i in range(k))
+
+
+def _scan_row(case, target: float) -> dict:
+    meta = case.meta or {}
+    return {"id": case.id, "subject": splits.subject(case), "session": meta.get("session"),
+            "site": meta.get("site"), "target": float(target)}
+
+
+def _write_rows(path: str, rows: list[dict]) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

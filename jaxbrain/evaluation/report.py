@@ -1,5 +1,5 @@
-"""Evaluation reports: overlay figures as PNG files (matplotlib, Agg) and metric tables as CSV
-and JSON.
+"""Evaluation reports: overlay figures, ROC curves and predicted-vs-true scatter plots as PNG
+files (matplotlib, Agg) and metric tables as CSV and JSON.
 
 Overlays show axial slices of canonical RAS arrays (axis 0 left -> right, axis 1 posterior ->
 anterior, axis 2 inferior -> superior, see :mod:`jaxbrain.data.nifti`). Each slice is displayed
@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from jaxbrain import metrics as metrics_lib
 from jaxbrain.metrics import summarize
 
 Color = tuple[int, int, int]
@@ -181,12 +182,12 @@ def _columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
     return (["case"] if any("case" in row for row in rows) else []) + names
 
 
-def _json_ready(value: object) -> object:
+def json_ready(value: object) -> object:
     """Plain Python values for JSON; NaN and infinities become null."""
     if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -212,7 +213,81 @@ def write_metrics(rows: Iterable[Mapping[str, object]], out_dir: str | os.PathLi
         writer.writeheader()
         writer.writerows(rows)
     with open(json_path, "w") as f:
-        json.dump(_json_ready({"cases": rows, "summary": summarize(rows)}), f, indent=2,
+        json.dump(json_ready({"cases": rows, "summary": summarize(rows)}), f, indent=2,
                   allow_nan=False)
         f.write("\n")
     return csv_path, json_path
+
+
+def _plot_figure(size_px: tuple[int, int] = (560, 520)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def roc_png(path: str | os.PathLike, targets, probabilities, class_names: Sequence[str], *,
+            title: str = "") -> str:
+    """ROC curve(s) of class probabilities (N, K) against class indices (N,) as one PNG.
+
+    Binary (K = 2): the curve of class 1's probability (class 1 positive). K > 2: one
+    one-vs-rest curve per class. The legend gives each curve's AUC
+    (:func:`jaxbrain.metrics.roc_auc`); the dashed diagonal is chance (AUC 0.5). Returns
+    ``path``."""
+    probs = np.asarray(probabilities, np.float64)
+    y = np.asarray(targets).reshape(-1)
+    if probs.ndim != 2 or probs.shape != (y.size, len(class_names)):
+        raise ValueError(f"roc_png: expected probabilities ({y.size}, {len(class_names)}) for "
+                         f"{y.size} targets and classes {list(class_names)}, got {probs.shape}")
+    fig, ax = _plot_figure()
+    positives = [1] if len(class_names) == 2 else range(len(class_names))
+    for k in positives:
+        is_k = (y == k).astype(np.int64)
+        fpr, tpr, _ = metrics_lib.roc_curve(is_k, probs[:, k])
+        auc = metrics_lib.roc_auc(is_k, probs[:, k])
+        label = (f"{class_names[1]} vs {class_names[0]}" if len(class_names) == 2
+                 else f"{class_names[k]} vs rest")
+        ax.plot(fpr, tpr, lw=2, label=f"{label}: AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="chance: AUC = 0.5")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", aspect="equal")
+    ax.set_title(title or "ROC", fontsize=11)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    return str(path)
+
+
+def scatter_png(path: str | os.PathLike, targets, predictions, *, corrected=None,
+                quantity: str = "age", unit: str = "years") -> str:
+    """Predicted against true values (N,) as one PNG, with the identity line (a perfect
+    prediction) and the MAE in the title; ``corrected`` (N,) (bias-corrected predictions)
+    is drawn as a second series with its own MAE. Returns ``path``."""
+    true = np.asarray(targets, np.float64).reshape(-1)
+    series = [("predicted", predictions)] + ([("bias-corrected", corrected)]
+                                             if corrected is not None else [])
+    fig, ax = _plot_figure()
+    units = f" ({unit})" if unit else ""
+    maes = []
+    for name, values in series:
+        values = np.asarray(values, np.float64).reshape(-1)
+        mae = metrics_lib.mae(true, values)
+        maes.append(mae)
+        ax.scatter(true, values, s=18, alpha=0.75, label=f"{name}: MAE = {mae:.2f}{units}")
+    every = np.concatenate([true] + [np.ravel(v) for _, v in series])
+    lo, hi = float(every.min()), float(every.max())
+    pad = 0.05 * ((hi - lo) or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="0.4", lw=1,
+            label="identity")
+    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal",
+           xlabel=f"true {quantity}{units}", ylabel=f"predicted {quantity}{units}")
+    title = f"MAE {maes[0]:.2f}{' ' + unit if unit else ''}"
+    if len(maes) > 1:
+        title += f" (bias-corrected {maes[1]:.2f})"
+    ax.set_title(f"{title}, n = {true.size}", fontsize=11)
+    ax.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    return str(path)

@@ -12,6 +12,13 @@ Training: :meth:`compute` gives the loss and per-batch metrics (``loss``, ``accu
 scans at once with :meth:`scan_metrics` (host NumPy, :mod:`jaxbrain.metrics`): AUC and
 balanced accuracy are not means of per-batch numbers. ``best_metric`` / ``best_mode`` say
 which scan metric picks the best checkpoint and whether higher ("max") or lower ("min") wins.
+
+Settings read off the training data (the loop's optional ``fit`` hook, called once with the
+training scans' targets before training and again, on the same scans, by eval.py):
+``class_weights="balanced"`` becomes inverse class frequencies; a regression's
+``target_mean`` / ``target_std`` left None become the training targets' mean and standard
+deviation. ``fit`` returns a new objective (these are frozen dataclasses) and is a pure
+function of the targets, so a resumed run and its evaluation get the same objective.
 """
 
 from __future__ import annotations
@@ -54,7 +61,9 @@ class Classification:
 
     Attributes:
       num_classes: K, the width of the logits (2 for a binary task; class 1 is positive).
-      class_weights: one weight per class (e.g. inverse frequencies), or None.
+      class_weights: one weight per class, None (or "none": all 1), or ``"balanced"``:
+        ``N / (K * n_k)`` for class k with n_k of the N training scans (scikit-learn's
+        "balanced"), set by :meth:`fit`.
       label_smoothing: eps in [0, 1).
     """
 
@@ -68,7 +77,13 @@ class Classification:
     def __post_init__(self):
         if int(self.num_classes) < 2:
             raise ValueError(f"objective.num_classes must be >= 2, got {self.num_classes}")
-        if self.class_weights is not None:
+        if isinstance(self.class_weights, str) and self.class_weights.lower() == "none":
+            object.__setattr__(self, "class_weights", None)  # as a command line spells None
+        if isinstance(self.class_weights, str):
+            if self.class_weights != "balanced":
+                raise ValueError(f"objective.class_weights: expected None, 'balanced' or one "
+                                 f"weight per class, got {self.class_weights!r}")
+        elif self.class_weights is not None:
             w = np.asarray(self.class_weights, dtype=np.float64)
             if w.shape != (self.num_classes,) or np.any(w < 0) or not np.all(np.isfinite(w)):
                 raise ValueError(f"objective.class_weights must be {self.num_classes} finite "
@@ -76,6 +91,26 @@ class Classification:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"objective.label_smoothing must be in [0, 1), got "
                              f"{self.label_smoothing}")
+
+    def fit(self, targets) -> "Classification":
+        """This objective with ``class_weights="balanced"`` made numbers from the training
+        targets (class indices (N,)); unchanged otherwise. Every class must be present and
+        every target a class index below ``num_classes``."""
+        y = np.asarray(targets, np.float64).reshape(-1)
+        k = self.num_classes
+        bad = y[(y != np.round(y)) | (y < 0) | (y >= k)]
+        if bad.size:
+            raise ValueError(f"training target {bad[0]:g} is not a class index 0..{k - 1} "
+                             f"(objective.num_classes={k}); data.classes and "
+                             "objective.num_classes must agree")
+        if self.class_weights != "balanced":
+            return self
+        counts = np.bincount(y.astype(np.int64), minlength=k)
+        if np.any(counts == 0):
+            raise ValueError(f"class_weights='balanced': the training data has no scan of "
+                             f"class {int(np.argmin(counts))} (counts per class {counts.tolist()})")
+        weights = tuple(float(w) for w in y.size / (k * counts))
+        return dataclasses.replace(self, class_weights=weights)
 
     def _logits(self, outputs: jax.Array) -> jax.Array:
         if outputs.ndim != 2 or outputs.shape[1] != self.num_classes:
@@ -96,6 +131,9 @@ class Classification:
         logits = self._logits(logits)
         target = _per_scan("batch['target']", target, logits.shape[0])
         k = self.num_classes
+        if isinstance(self.class_weights, str):
+            raise ValueError("objective.class_weights='balanced' is set from the training data by "
+                             "fit(targets), which the training loop calls; call it first")
         valid = jnp.all((target >= 0) & (target < k) & (target == jnp.round(target)))
         y = jnp.clip(jnp.round(target), 0, k - 1).astype(jnp.int32)
         log_p = jax.nn.log_softmax(logits, axis=-1)
@@ -153,8 +191,9 @@ class Regression:
 
     Attributes:
       loss: "mse" or "l1".
-      target_mean, target_std: the training targets' mean and standard deviation (config
-        values the data layer computes from the training table); None means 0 and 1.
+      target_mean, target_std: the standardisation; None is set by :meth:`fit` to the
+        training targets' mean and (population) standard deviation, and means 0 and 1 for an
+        objective that was never fitted.
     """
 
     loss: str = "mse"
@@ -180,6 +219,23 @@ class Regression:
     @property
     def std(self) -> float:
         return 1.0 if self.target_std is None else float(self.target_std)
+
+    def fit(self, targets) -> "Regression":
+        """This objective with the ``target_mean`` / ``target_std`` left None set from the
+        training targets (N,); the ones the config gives are kept."""
+        y = np.asarray(targets, np.float64).reshape(-1)
+        if y.size == 0 or not np.all(np.isfinite(y)):
+            raise ValueError(f"regression fit: expected finite training targets, got {y.size} "
+                             f"values{'' if y.size == 0 else ' with NaN or Inf among them'}")
+        changes = {}
+        if self.target_mean is None:
+            changes["target_mean"] = float(y.mean())
+        if self.target_std is None:
+            if not y.std() > 0:
+                raise ValueError(f"regression fit: every training target is {y[0]:g}; "
+                                 "nothing to learn (and no spread to standardise by)")
+            changes["target_std"] = float(y.std())
+        return dataclasses.replace(self, **changes) if changes else self
 
     def predict(self, outputs: jax.Array) -> jax.Array:
         """Per-scan predictions in the target's units (B,) (jittable)."""

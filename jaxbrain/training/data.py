@@ -1,7 +1,8 @@
-"""The data a config asks for: training and validation cases, synthetic data for demos.
+"""The data a config asks for: training, validation and test cases, synthetic data for demos.
 
-    data.layout        "brats" | "atlas" | "datalist" | "subjects"
-    data.root          dataset folder (or datalist / subject list); None with data.synthetic
+    data.layout        "brats" | "atlas" | "datalist" | "subjects" | "table"
+    data.root          dataset folder (or datalist / subject list / label table); None with
+                       data.synthetic
     data.datalist      MONAI-style JSON with folds (relative paths: in root); given, it must exist
     data.datalist_if_present  a datalist used when root has it (brats: brats21_folds.json)
     data.fold          validation fold
@@ -12,13 +13,40 @@
     data.subject_list  layout "subjects" with a folder as root: its CSV/JSON list (subjects.csv)
     data.val_every     instead of folds: every k-th case (by sorted id) is held out (0: off)
     data.synthetic     {"kind": "brats"|"atlas"|"unlabeled"|"cohort", "n", "shape",
-                       "anatomy"}: write synthetic data under workdir/data once and use it
+                       "anatomy", ...}: write synthetic data under workdir/data once and use it
+                       (cohort also takes sites, groups, ages, pd, followup, workers:
+                       :func:`jaxbrain.data.cohort.write_cohort`)
     data.train_fraction  train on this fraction of the training cases (a fixed random subset
-                       drawn with data.subset_seed), for label-efficiency studies
+                       drawn with data.subset_seed), for label-efficiency studies; layout
+                       "table": a stratified fraction of the training *subjects*
+                       (:func:`jaxbrain.data.splits.subset`)
     data.cache         cache folder (built on first use), or None to decode .nii.gz
 
+Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tables):
+
+    data.root          the CSV / TSV file, or a folder holding labels.csv / labels.tsv /
+                       participants.tsv (image paths relative to it unless data.image_root)
+    data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target)
+    data.classes       class order of a classification task, e.g. ("CN", "AD") (other rows
+                       are dropped); None: the classes present
+    data.images        image column(s), one per channel (None: t1 / t1w / image / path)
+    data.columns, data.vocabulary, data.drop_missing   load_table's columns=,
+                       vocabulary_extra=, drop_missing=
+    data.num_folds     a stratified (class, or target quantile bins) subject-level k-fold
+                       split with data.split_seed (kfold); data.fold is validated (0 / None:
+                       no folds)
+    data.held_out_site instead of folds (num_folds is then ignored): validation is that site
+                       (or list of sites), the other sites train (out-of-distribution)
+    data.test_fold     k-fold only: a second fold kept out of training and validation, the
+                       test split of eval.py --split test
+    data.test_table    a separate label table (same options) as the test split
+    Neither num_folds nor held_out_site: every scan trains, nothing is validated. The split is
+    saved as workdir/folds.json (splits.write_split) with how it was made, and read back on
+    resume and in evaluation; a config asking for another split there is an error.
+
 Which split, in order: data.datalist; data.val_every; (brats, atlas) workdir/folds.json,
-data.datalist_if_present in root, a new split; (subjects, datalist) no validation cases.
+data.datalist_if_present in root, a new split; (table) as above; (subjects, datalist) no
+validation cases.
 """
 
 from __future__ import annotations
@@ -26,16 +54,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
 
 from jaxbrain import parallel
-from jaxbrain.data import cohort, layouts, pipeline, synthetic
+from jaxbrain.data import cohort, layouts, pipeline, splits, synthetic, tables
 from jaxbrain.data.nifti import DataError
 
 _WRITERS = {"brats": synthetic.write_brats, "atlas": synthetic.write_atlas,
             "unlabeled": synthetic.write_unlabeled, "cohort": cohort.write_cohort}
+
+
+COHORT_OPTIONS = ("sites", "groups", "ages", "pd", "followup", "workers")
+
+
+def _plain(value):
+    """Config values as write_cohort takes them: dicts and tuples, not ConfigDicts and lists."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _synthetic_root(cfg, workdir: str) -> str:
@@ -47,6 +86,8 @@ def _synthetic_root(cfg, workdir: str) -> str:
                   "anatomy": spec.get("anatomy", "auto")}
         if spec.kind == "brats":
             kwargs["version"] = spec.get("version", 2021)
+        if spec.kind == "cohort":
+            kwargs.update({k: _plain(spec[k]) for k in COHORT_OPTIONS if spec.get(k) is not None})
         _WRITERS[spec.kind](root, int(spec.n), **kwargs)
         open(done, "w").close()
     parallel.barrier("synthetic data written")
@@ -57,8 +98,25 @@ FOLDS_FILE = "folds.json"
 FOLD_LAYOUTS = ("brats", "atlas")  # without a datalist, the run makes folds for these
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The cases of a config's data: training, validation and test (empty when the data has
+    none), and the class names of a classification table (None otherwise)."""
+
+    train: list
+    val: list
+    test: list
+    classes: tuple[str, ...] | None = None
+
+
 def cases(cfg, workdir: str) -> tuple[list, list]:
     """(training, validation) cases for the config's ``data`` section."""
+    parts = split(cfg, workdir)
+    return parts.train, parts.val
+
+
+def split(cfg, workdir: str) -> Split:
+    """The training, validation and test cases of the config's ``data`` section."""
     root = cfg.root
     if root is None:
         if not cfg.get("synthetic"):
@@ -66,6 +124,7 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
         root = _synthetic_root(cfg, workdir)
     datalist = cfg.get("datalist")
     every = int(cfg.get("val_every") or 0)
+    test, classes = [], None
     if datalist:
         path = datalist if os.path.isabs(datalist) else os.path.join(root, datalist)
         labels = cfg.get("labels", "brats2021")
@@ -76,6 +135,8 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
         train = [c for i, c in enumerate(found) if i % every != every - 1]
     elif cfg.layout in FOLD_LAYOUTS:
         train, val = layouts.split_fold(folds(cfg, root, workdir), int(cfg.fold))
+    elif cfg.layout == "table":
+        train, val, test, classes = _table_split(cfg, root, workdir)
     else:
         train, val = _find(cfg, root), []
     if not train:
@@ -83,11 +144,40 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
     fraction = float(cfg.get("train_fraction", 1.0))
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"config.data.train_fraction must be in (0, 1], got {fraction}")
-    if fraction < 1.0:
+    if fraction < 1.0 and cfg.layout == "table":
+        train = splits.subset(train, fraction, int(cfg.get("subset_seed", 0)))
+    elif fraction < 1.0:
         keep = max(1, int(round(fraction * len(train))))
-        chosen = np.random.default_rng(int(cfg.get("subset_seed", 0))).permutation(len(train))[:keep]
+        rng = np.random.default_rng(int(cfg.get("subset_seed", 0)))
+        chosen = rng.permutation(len(train))[:keep]
         train = [train[i] for i in sorted(chosen)]
-    return train, val
+    return Split(train, val, test, classes)
+
+
+def fit_objective(objective, train_cases: Sequence):
+    """The objective fitted to the training targets (its optional ``fit(targets)`` hook: class
+    weights, target standardisation), or ``objective`` itself when it has no hook. The same
+    training cases give the same objective (in training, on resume and in evaluation)."""
+    if not hasattr(objective, "fit"):
+        return objective
+    missing = [c.id for c in train_cases if c.target is None]
+    if missing:
+        raise ValueError(f"training cases without a target: {missing[:5]} ({len(missing)} of "
+                         f"{len(train_cases)}); objective {type(objective).__name__} needs one "
+                         "per scan (data.task of a label table)")
+    fitted = objective.fit(np.asarray([c.target for c in train_cases], np.float64))
+    changed = {f.name: getattr(fitted, f.name) for f in dataclasses.fields(fitted)
+               if getattr(fitted, f.name) != getattr(objective, f.name)}
+    if changed and jax.process_index() == 0:
+        text = ", ".join(f"{k}={_short(v)}" for k, v in changed.items())
+        print(f"objective: {text} (from {len(train_cases)} training scans)", flush=True)
+    return fitted
+
+
+def _short(value):
+    if isinstance(value, tuple):
+        return "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def _find(cfg, root: str) -> list:
@@ -146,6 +236,92 @@ def _saved_folds(path: str, found: list, root: str, num_folds: int, seed: int) -
                         f"{root} ({len(missing)} missing: {missing[:5]}); point data.root at "
                         "the data the run started with, or use a new workdir")
     return [dataclasses.replace(by_id[i], fold=fold) for i, fold in saved.items()]
+
+
+# --- label tables ---------------------------------------------------------------------------
+
+
+def _table_options(cfg) -> dict:
+    """load_table's keyword arguments from the data section."""
+    def plain(key):
+        value = cfg.get(key)
+        return _plain(value) if value is not None else None
+    return {"task": cfg.get("task", "diagnosis"), "classes": plain("classes"),
+            "images": plain("images"), "root": cfg.get("image_root"),
+            "columns": plain("columns"), "vocabulary_extra": plain("vocabulary"),
+            "drop_missing": bool(cfg.get("drop_missing", False))}
+
+
+def _read_table(cfg, source: str):
+    table = tables.load_table(source, **_table_options(cfg))
+    if jax.process_index() == 0:
+        print(table.summary(), flush=True)
+    return table
+
+
+def _table_split(cfg, root: str, workdir: str) -> tuple[list, list, list, tuple | None]:
+    """(train, val, test, classes) of a label table, by subject (see the module docstring)."""
+    table = _read_table(cfg, root)
+    held = cfg.get("held_out_site")
+    num_folds = cfg.get("num_folds")
+    test_fold = cfg.get("test_fold")
+    if held:
+        num_folds = None  # the site split takes the place of folds
+    if test_fold is not None and not num_folds:
+        raise ValueError("config.data.test_fold needs a k-fold split (data.num_folds, without "
+                         "data.held_out_site)")
+    test = _read_table(cfg, cfg.test_table).cases if cfg.get("test_table") else []
+    if not held and not num_folds:
+        return table.cases, [], test, table.classes
+    if held:
+        held = [held] if isinstance(held, str) else [str(s) for s in held]
+        how = {"split": "site", "held_out_site": sorted(held)}
+        make = lambda: splits.site_split(table.cases, held)  # noqa: E731
+        val_fold = splits.HELD_OUT
+    else:
+        how = {"split": "kfold", "num_folds": int(num_folds),
+               "split_seed": int(cfg.get("split_seed") or 0)}
+        make = lambda: splits.kfold(table.cases, how["num_folds"], how["split_seed"])  # noqa: E731
+        val_fold = int(cfg.fold)
+    found = _saved_split(os.path.join(workdir, FOLDS_FILE), table.cases, make, how, root)
+    present = sorted({c.fold for c in found})
+    for name, fold in (("fold", val_fold), ("test_fold", test_fold)):
+        if fold is not None and fold not in present:
+            raise ValueError(f"config.data.{name}={fold}: the split has folds {present}")
+    if test_fold is not None:
+        if int(test_fold) == val_fold:
+            raise ValueError(f"config.data.test_fold equals data.fold ({val_fold}); the test "
+                             "fold must be another fold")
+        test = test + [c for c in found if c.fold == int(test_fold)]
+    val = [c for c in found if c.fold == val_fold]
+    train = [c for c in found if c.fold != val_fold and c.fold != test_fold]
+    return train, val, test, table.classes
+
+
+def _saved_split(path: str, found: list, make, how: dict, root: str) -> list:
+    """``found`` with the folds saved in ``path`` by an earlier run of the workdir (made as
+    ``how`` says, else an error), or with the folds of ``make()``, saved there."""
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            saved = {k: info.get(k) for k in how}
+        except (OSError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: not a split file written by this project ({e!r}); "
+                            "delete it to make the split again") from e
+        if saved != how:
+            raise ValueError(f"{path}: the run's split was made with {saved}, but the config "
+                             f"asks for {how}; keep those or use a new workdir")
+        return splits.read_split(path, found)
+    made = make()
+    if jax.process_index() == 0:
+        splits.write_split(path, made, **how, root=os.path.abspath(root))
+        sizes = {k: sum(c.fold == k for c in made) for k in sorted({c.fold for c in made})}
+        subjects = len({splits.subject(c) for c in made})
+        print(f"data: {how} split of {len(made)} scans ({subjects} subjects), scans per fold "
+              f"{sizes}: {path}", flush=True)
+    parallel.barrier("split written")
+    return made
 
 
 def cached(cfg, cases_list: list, preprocess: str, split: str) -> list:

@@ -28,10 +28,19 @@ The objective protocol (everything but ``compute`` optional):
         dict of ShapeDtypeStructs, batch axis first). Default: ``spec["image"]``.
     for_mesh(batch_shards) -> objective
         The objective for a batch split over ``batch_shards`` devices.
+    fit(train_targets) -> objective
+        The objective with settings read off the training data (class weights, target
+        standardisation), from the training cases' targets (N,) float64; called once, before
+        training, and by eval.py on the same cases (:func:`jaxbrain.training.data.
+        fit_objective`), so it must be a pure function of the targets.
     probabilities(logits), label_map(probs, convention), case_metrics(probs, label,
     convention, spacing)
         Whole-volume prediction: validation runs the shared predictor and these; without
         them validation is the objective's own loss on held-out cases.
+    predict(outputs), scan_metrics(predictions, targets), best_metric, best_mode
+        One prediction per whole scan (classification, regression): validation and eval.py
+        run :class:`jaxbrain.inference.ScanPredictor` and score all held-out scans at once;
+        ``best_metric`` ("auc", "mae") with ``best_mode`` picks the best checkpoint.
 """
 
 from __future__ import annotations
@@ -286,15 +295,19 @@ class _Metrics:
 def datasets(config, workdir: str):
     """(this process's training batches, validation cases) of the config's ``data``; crops
     are ``data.roi``."""
+    train_cases, val_cases = data_lib.cases(config.data, workdir)
+    return training_batches(config, train_cases), val_cases
+
+
+def training_batches(config, train_cases: list):
+    """This process's training batches of ``train_cases`` (read from ``data.cache`` when set)."""
     dcfg = config.data
     roi = tuple(dcfg.roi) if dcfg.get("roi") else None
-    train_cases, val_cases = data_lib.cases(dcfg, workdir)
     train_source = data_lib.cached(dcfg, train_cases, dcfg.preprocess, "train")
-    train_ds = pipeline.training_dataset(
+    return pipeline.training_dataset(
         train_source, preprocess=dcfg.preprocess, augment=dcfg.augment,
         global_batch_size=config.batch_size, seed=config.seed,
         crops_per_volume=dcfg.get("crops_per_volume", 1), roi=roi)
-    return train_ds, val_cases
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -313,14 +326,15 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 
     # Data.
     dcfg = config.data
-    train_ds, val_cases = datasets(config, workdir)
+    train_cases, val_cases = data_lib.cases(dcfg, workdir)
+    train_ds = training_batches(config, train_cases)
     spec = element_spec(train_ds)
     train_iter = iter(pipeline.loader(train_ds, workers=dcfg.get("workers", 0),
                                       threads=dcfg.get("threads", 2)))
 
     # Model, objective, mesh.
     model = models.from_config(config.model, config.get("compute_dtype"))
-    objective = objectives.create(**config.objective)
+    objective = data_lib.fit_objective(objectives.create(**config.objective), train_cases)
     dtype = models.DTYPES[config.get("compute_dtype", "float32")]
     mesh = parallel.make_mesh(dict(config.mesh))
     if hasattr(objective, "for_mesh"):

@@ -23,7 +23,7 @@ import numpy as np
 from jaxbrain import metrics as metrics_lib
 from jaxbrain import parallel
 from jaxbrain.data import pipeline
-from jaxbrain.inference import Predictor
+from jaxbrain.inference import Predictor, ScanPredictor
 
 VALIDATION_SEED = 12345  # crops and augmentation of the loss validation, the same every time
 
@@ -66,7 +66,8 @@ class PredictionValidator:
 
 
 class ScanValidator:
-    """One prediction per whole scan; metrics over all held-out scans at once."""
+    """One prediction per whole scan (:class:`jaxbrain.inference.ScanPredictor`, as eval.py);
+    metrics over all held-out scans at once."""
 
     def __init__(self, config, model, objective, cases, dtype):
         missing = [c.id for c in cases if c.target is None]
@@ -76,21 +77,11 @@ class ScanValidator:
         self.objective = objective
         self.dataset = pipeline.eval_dataset(cases, preprocess=config.data.preprocess,
                                              shard=(0, 1))
-
-        def predict(variables, x):
-            return objective.predict(model.apply(variables, x.astype(dtype), train=False))
-
-        self.predict = jax.jit(predict)
+        self.predictor = ScanPredictor(model, objective, dtype)
 
     def predictions(self, variables) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(scan ids, predictions (N, ...) in the objective's units, targets (N,))."""
-        ids, preds, targets = [], [], []
-        for record in self.dataset:
-            ids.append(record["id"])
-            preds.append(np.asarray(jax.device_get(
-                self.predict(variables, jnp.asarray(record["image"])[None])))[0])
-            targets.append(float(record["target"]))
-        return ids, np.stack(preds), np.asarray(targets, np.float32)
+        return self.predictor(variables, self.dataset)
 
     def __call__(self, variables, objective_state=None) -> dict:
         _, preds, targets = self.predictions(variables)
