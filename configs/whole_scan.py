@@ -131,7 +131,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                     c.data.get_ref("roi"))
         c.data.augment = DEMO_AUGMENT
         if not any(a in MODELS for a in args):  # 200 subjects from scratch: a small CNN
-            c.model = dict(SMALL_RESNET, num_classes=num_classes)
+            c.model = dict(SMALL_RESNET, num_classes=num_classes, remat="remat" in args)
         elif model == "vit":
             c.model.update(patch_size=8, hidden_size=96, depth=4, num_heads=4, mlp_dim=192,
                            drop_path=0.0, pool="mean")
