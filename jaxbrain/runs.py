@@ -97,9 +97,30 @@ def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def best_rule(workdir: str) -> tuple[str | None, str]:
+    """(metric, "max" | "min") that chose the run's best checkpoint: its config's
+    ``best_metric`` / ``best_mode``, else its objective's (e.g. "auc" -> "val_auc")."""
+    try:
+        config = load_config(workdir)
+    except RunError:  # no readable config.json: no best, the latest is used
+        return None, "max"
+    metric = config.get("best_metric")
+    if metric:
+        return metric, config.get("best_mode") or "max"
+    from jaxbrain import objectives  # floor 0
+    cls = objectives.OBJECTIVES.get(config.get("objective", {}).get("name"))
+    metric = getattr(cls, "best_metric", None)
+    return (f"val_{metric}" if metric else None), getattr(cls, "best_mode", "max")
+
+
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+    metric, mode = best_rule(workdir)
+    options = None
+    if metric:
+        options = ocp.CheckpointManagerOptions(
+            best_fn=lambda m: m[metric], best_mode=mode, create=False)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS),
-                                 item_names=(STATE_ITEM, DATA_ITEM))
+                                 options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 
 def choose_step(workdir: str, step: int | None = None) -> int:

@@ -32,9 +32,12 @@ class Checkpoints:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric],
                                      reverse=best_mode == "min", n=keep_best,
                                      keep_checkpoints_without_metrics=False))
+        # best_fn as well: Orbax then writes each step's metrics into its metadata, so the
+        # best step is known after a restart and to runs.choose_step.
+        best = dict(best_fn=lambda m: m[best_metric], best_mode=best_mode) if best_metric else {}
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=asynchronous, create=True)
+            enable_async_checkpointing=asynchronous, create=True, **best)
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=(STATE_ITEM, DATA_ITEM))
