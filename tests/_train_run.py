@@ -60,7 +60,8 @@ def losses(workdir):
 
 def main():
     workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={devices}")
     sys.path.insert(0, ROOT)
     import _toys  # noqa: F401  (registers toy_conv)
     from jaxbrain.training.loop import train_and_evaluate

@@ -72,6 +72,9 @@ PROGRESS_METRICS = ("loss", "dice_mean", "accuracy", "mae", "rotation_acc", "rec
 _CPU_INIT_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+_FINITE = "_state_finite"  # per-step flag: every parameter is finite after the update
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
@@ -245,6 +248,10 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, lr=lr_fn(state["step"]), grad_norm=optax.global_norm(grads))
+        # A finite loss can still give an update that overflows the parameters; such a state
+        # must not be saved either (checked on the host with the loss; not logged).
+        metrics[_FINITE] = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in
+                                             jax.tree_util.tree_leaves(params)]))
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         if model_state:
             new_state["model_state"] = {**model_state, **updated}
@@ -277,10 +284,14 @@ class _Metrics:
         self.pending = []
         for step, m in zip(steps, jax.device_get(list(values))):
             host = {k: float(v) for k, v in m.items()}
-            if not np.isfinite(host["loss"]):
+            finite = bool(host.pop(_FINITE, True))
+            if not np.isfinite(host["loss"]) or not finite:
                 self.ckpt.wait()
+                what = (f"loss is {host['loss']}" if not np.isfinite(host["loss"]) else
+                        f"loss is {host['loss']:.4g} but the update made parameters non-finite "
+                        f"(grad_norm {host.get('grad_norm', float('nan')):.4g})")
                 raise NonFiniteLossError(
-                    f"step {step}: loss is {host['loss']}; stopped without saving this state "
+                    f"step {step}: {what}; stopped without saving this state "
                     f"(last good checkpoint: step {self.ckpt.latest_step()}); lower optim.lr, "
                     "enable optim.grad_clip, or check the data")
             self.host.append(host)
