@@ -16,7 +16,9 @@ from jaxbrain.data import layouts, pipeline, synthetic
 from jaxbrain.training.config import _load, load_config_file, presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+# configs/_x.py files are shared helpers of configs, not configs.
+FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+               if not os.path.basename(f).startswith("_"))
 
 
 def _preset_cases():

@@ -1,8 +1,8 @@
-"""Whole-scan prediction end to end on the synthetic cohort (configs/whole_scan.py:demo at 6 mm):
-short in-process runs learn brain age (MAE well below predicting the training mean) and AD vs
+"""Whole-scan prediction end to end on the synthetic cohort (configs/brain_age.py:demo and
+configs/brain_classification.py:demo at 6 mm): short in-process runs learn brain age (MAE well below predicting the training mean) and AD vs
 CN (AUC well above chance); eval.py's whole-scan evaluation writes its CSV, JSON and figure
 with the numbers validation logged; splits are by subject, the held-out site is the
-validation set, and a run reads its saved folds back."""
+validation set, and a run reads its saved folds back; the sex task reads the sex column."""
 
 import csv
 import json
@@ -19,13 +19,14 @@ from jaxbrain.training import data as data_lib
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "whole_scan.py")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CLASSIFICATION = os.path.join(CONFIGS, "brain_classification.py")
+AGE = os.path.join(CONFIGS, "brain_age.py")
 SHAPE = (30, 36, 30)  # the cohort at 6 mm
 
 
-def _config(preset: str, n: int, steps: int, **synthetic):
-    c = load_config_file(CONFIG, preset)
+def _config(path: str, preset: str, n: int, steps: int, **synthetic):
+    c = load_config_file(path, preset)
     c.data.synthetic.update(n=n, shape=SHAPE, workers=0, **synthetic)
     c.data.roi = SHAPE
     c.data.num_folds = 3
@@ -43,12 +44,13 @@ def _train(tmp_path_factory, name, c):
 
 @pytest.fixture(scope="module")
 def age_run(tmp_path_factory):
-    return _train(tmp_path_factory, "age", _config("age,demo", n=60, steps=60))
+    return _train(tmp_path_factory, "age", _config(AGE, "demo", n=60, steps=60))
 
 
 @pytest.fixture(scope="module")
 def ad_run(tmp_path_factory):
-    return _train(tmp_path_factory, "ad", _config("ad,demo", n=100, steps=100))
+    c = _config(CLASSIFICATION, "ad,demo", n=100, steps=100)
+    return _train(tmp_path_factory, "ad", c)
 
 
 def _csv(path):
@@ -194,6 +196,51 @@ def test_test_fold_and_label_budget_stay_subject_level(ad_run, tmp_path):
     data.test_fold = 0
     with pytest.raises(ValueError, match="test_fold equals data.fold"):
         data_lib.split(data, str(tmp_path / "b"))
+
+
+def test_task_presets_of_the_two_configs():
+    tasks = {}
+    for path, preset in [(CLASSIFICATION, ""), (CLASSIFICATION, "pd"), (CLASSIFICATION, "sex"),
+                         (AGE, "")]:
+        c = load_config_file(path, preset)
+        tasks[preset or os.path.basename(path)] = (c.data.task, c.data.classes,
+                                                   c.objective.name, c.model.num_classes)
+        assert c.model.name == "vit" and c.data.layout == "table"
+        assert ("scale=0.0," in c.data.augment) == (preset == "sex")  # head size is a cue
+    assert tasks == {"brain_classification.py": ("diagnosis", ("CN", "AD"), "classification", 2),
+                     "pd": ("diagnosis", ("CN", "PD"), "classification", 2),
+                     "sex": ("sex", ("F", "M"), "classification", 2),
+                     "brain_age.py": ("age", None, "regression", 1)}
+    demo = load_config_file(CLASSIFICATION, "sex,demo").data.synthetic
+    assert demo.groups.to_dict() == {"CN": 1.0} and "pd" not in demo  # UK Biobank-like
+    assert load_config_file(AGE, "demo").data.synthetic.ages == (40.0, 85.0)
+    with pytest.raises(ValueError, match=r"configs/brain_classification.py: unknown preset "
+                                         r"'age'; known: ad, pd, sex, vit"):
+        load_config_file(CLASSIFICATION, "age")
+    with pytest.raises(ValueError, match=r"configs/brain_age.py: unknown preset 'sex'"):
+        load_config_file(AGE, "sex,demo")
+    with pytest.raises(ValueError, match=r"presets ad, sex exclude each other"):
+        load_config_file(CLASSIFICATION, "ad,sex")
+
+
+def test_sex_task_targets_are_the_sex_column(ad_run, tmp_path):
+    """The sex preset's data on a written cohort (the AD run's): every scan, whatever its
+    diagnosis, with target 0 for F and 1 for M as the label table's sex column says."""
+    _, workdir, _ = ad_run
+    data = load_config_file(CLASSIFICATION, "sex,demo").data.copy_and_resolve_references()
+    data.root = os.path.join(workdir, "data", "cohort")
+    data.synthetic = None
+    data.num_folds = 3
+    parts = data_lib.split(data, str(tmp_path))
+    assert parts.classes == ("F", "M")
+    sex = {(r["subject"], r["session"]): r["sex"]
+           for r in _csv(os.path.join(data.root, "labels.csv"))}
+    cases = [*parts.train, *parts.val]
+    assert len(cases) == len(sex)
+    targets = [x.target for x in cases]
+    assert targets == [float(sex[x.meta["subject"], x.meta["session"]] == "M") for x in cases]
+    assert set(targets) == {0.0, 1.0}
+    assert 0.3 < np.mean([x.target for x in parts.val]) < 0.7  # stratified by sex
 
 
 def test_objective_fit_hook():

@@ -1,63 +1,65 @@
-r"""Whole-scan prediction from T1w MRI: Alzheimer's (ADNI CN vs AD), Parkinson's (PPMI PD vs
-control) and brain age (UK Biobank style), with a 3D ViT or a 3D CNN.
+"""What the whole-scan configs share (``brain_classification.py``, ``brain_age.py``): one
+prediction per T1w scan from a 3D ViT or a 3D CNN. Not a config itself: :func:`build` makes
+the config of one task, the two config files choose the task and check the presets.
 
-  python train.py --config configs/whole_scan.py:demo --workdir runs/ad_demo    # synthetic, CPU
-  python eval.py --workdir runs/ad_demo                  # predictions.csv, metrics.json, roc.png
-  python train.py --config configs/whole_scan.py:age,demo --workdir runs/age_demo
-  python train.py --config configs/whole_scan.py:ad,vit --workdir runs/ad_vit_f0 \
-      --config.data.root=/data/adni/labels.csv --config.data.fold=0
-  python train.py --config configs/whole_scan.py:pd,resnet18 --workdir runs/pd_site3 \
-      --config.data.root=/data/ppmi --config.data.num_folds=None --config.data.held_out_site=site3
-  python train.py --config configs/whole_scan.py:age,densenet121 --workdir runs/ukb_age \
-      --config.data.root=/data/ukb/participants.tsv
-  python eval.py --workdir runs/ukb_age --split test     # with data.test_fold or data.test_table
-
-Presets (``:arg``, comma-separated): task ``ad`` (default) | ``pd`` | ``age``; model ``vit``
-(default: ViT-B/16, MONAI's layout) | ``densenet121`` | ``resnet18`` | ``resnet50``
-(MedicalNet's); input ``128`` (1.5 mm, 128^3; default 2 mm, 96^3); ``demo`` (a synthetic
-cohort of 200 subjects at 4 mm, a small ResNet, 300 steps: minutes on a laptop CPU; with a
-model preset, that model, e.g. ``demo,vit`` a small ViT, which from scratch overfits so few
-subjects); ``bf16`` computes in bfloat16, ``remat`` rematerialises blocks.
+Models (:data:`MODELS`): ``vit`` (default: ViT-B/16 in MONAI's layout: CLS token, learned
+positions, no qkv bias), ``densenet121``, ``resnet18``, ``resnet50`` (MedicalNet's). Input:
+2 mm, 96^3 (``128``: 1.5 mm, 128^3). ``demo``: a synthetic cohort of 200 subjects at 4 mm and
+300 steps (minutes on a laptop CPU) with a small ResNet, or with a model preset that model
+(``demo,vit`` a small ViT, which from scratch overfits so few subjects). ``bf16`` computes in
+bfloat16, ``remat`` rematerialises blocks.
 
 Data: a label table (``data.layout="table"``, :mod:`jaxbrain.data.tables`): one row per scan
 with a subject column (subject / participant_id / PTID / RID / PATNO / eid), an image path
 column (t1 / t1w / image / path; relative to the table's folder), and the task's column:
-diagnosis (dx / group / research_group: CN, MCI, AD, PD, "Healthy Control", ...), age, or
-sex; session and site columns are optional (site is needed for ``data.held_out_site``). Scans
-are skull-stripped T1w in MNI space (e.g. FSL's 91 x 109 x 91 at 2 mm): resampled to
-``data.spacing``, robust-scaled (1st-99th percentile clip, z-score over brain voxels) and
-cropped or padded about the centre to ``data.roi``, the whole-scan shape the model sees.
+diagnosis (dx / group / research_group: CN, MCI, AD, PD, "Healthy Control", ...), sex
+(sex / gender / ptgender: F, M) or age; session and site columns are optional (site is needed
+for ``data.held_out_site``). Scans are skull-stripped T1w in MNI space (e.g. FSL's
+91 x 109 x 91 at 2 mm): resampled to ``data.spacing``, robust-scaled (1st-99th percentile
+clip, z-score over brain voxels) and cropped or padded about the centre to ``data.roi``, the
+whole-scan shape the model sees.
 
 Splits are by subject (all sessions of a subject on one side): a 5-fold split stratified by
-class (age: by quantile bins), ``data.fold`` validated, saved as ``<workdir>/folds.json``
-and read back on resume; or ``--config.data.num_folds=None --config.data.held_out_site=X``
-validates on site X (out-of-distribution). ``data.train_fraction`` trains on a stratified
-fraction of the training subjects (label budgets). Classification uses class weights
-"balanced" on the training scans, regression standardises targets by the training mean and
-std (both fitted once from the training cases). The best checkpoint is chosen by validation
-AUC (classification) or MAE (regression); eval.py reports the bias-corrected brain-age MAE
-too (``eval.age_bias``, fitted on the validation predictions).
+class (regression: by quantile bins of the target), ``data.fold`` validated, saved as
+``<workdir>/folds.json`` and read back on resume; or ``--config.data.num_folds=None
+--config.data.held_out_site=X`` validates on site X (out-of-distribution).
+``data.train_fraction`` trains on a stratified fraction of the training subjects (label
+budgets). Classification uses class weights "balanced" on the training scans, regression
+standardises targets by the training mean and std (both fitted once from the training cases).
+The best checkpoint is chosen by validation AUC (classification) or MAE (regression); eval.py
+reports the bias-corrected brain-age MAE too (``eval.age_bias``, fitted on the validation
+predictions).
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from jaxbrain.training.config import derived, presets
+from jaxbrain.training.config import derived
 
-TASKS = ("ad", "pd", "age")
 MODELS = ("vit", "densenet121", "resnet18", "resnet50")
-PRESETS = (*TASKS, *MODELS, "128", "demo", "bf16", "remat")
+COMMON = ("128", "demo", "bf16", "remat")  # the presets of every whole-scan config
 
-CLASSES = {"ad": ("CN", "AD"), "pd": ("CN", "PD")}  # class 1 is the positive class
+CLASSES = {"ad": ("CN", "AD"), "pd": ("CN", "PD"), "sex": ("F", "M")}  # class 1: positive
 # Small poses (translation in voxels: 8 mm at 2 mm, 4 mm in the demo) and left-right flips.
-AUGMENT = ("rand_affine(rotate=5.0, scale=0.05, translate=4.0, prob=0.5), "
+# The sex task does not rescale: head size is one of its cues (the only one in the demo).
+AUGMENT = ("rand_affine(rotate=5.0, scale={scale}, translate={translate}, prob=0.5), "
            "rand_flip(prob=0.5, axes=(0,))")
-DEMO_AUGMENT = ("rand_affine(rotate=5.0, scale=0.05, translate=1.0, prob=0.5), "
-                "rand_flip(prob=0.5, axes=(0,))")
 # A ResNet-10 shape, 8..64 channels, 3^3 stem: learns the demo cohort in a few hundred CPU steps.
 SMALL_RESNET = dict(name="resnet", in_channels=1, block="basic", layers=(1, 1, 1, 1),
                     block_inplanes=(8, 16, 32, 64), conv1_t_size=3, conv1_t_stride=2,
                     shortcut_type="B")
+# The demo's synthetic cohorts (jaxbrain.data.cohort.write_cohort options) per task.
+DEMO_COHORTS = {
+    "ad": dict(groups={"CN": 0.5, "AD": 0.5}, ages=(70.0, 80.0)),          # ADNI-like
+    "pd": dict(groups={"HC": 0.5, "PD": 0.5}, ages=(55.0, 75.0), pd=True),  # PPMI-like
+    "sex": dict(groups={"CN": 1.0}, ages=(40.0, 85.0)),                     # UK Biobank-like
+    "age": dict(groups={"CN": 1.0}, ages=(40.0, 85.0)),
+}
+
+
+def augment(task: str, translate: float) -> str:
+    """The training augmentation of ``task`` with translations up to ``translate`` voxels."""
+    return AUGMENT.format(scale=0.0 if task == "sex" else 0.05, translate=translate)
 
 
 def model_config(name: str, roi, num_classes: int, remat: bool) -> dict:
@@ -70,9 +72,13 @@ def model_config(name: str, roi, num_classes: int, remat: bool) -> dict:
     return dict(name=name, in_channels=1, num_classes=num_classes, remat=remat)
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = presets(arg, PRESETS, __file__, exclusive=[TASKS, MODELS])
-    task = next((a for a in args if a in TASKS), "ad")
+def build(task: str, args) -> ml_collections.ConfigDict:
+    """The config of ``task`` (``ad``, ``pd``, ``sex``: classification of the label table's
+    diagnosis or sex column; ``age``: regression of its age column) with the presets
+    ``args`` (already checked by the config file: at most one of :data:`MODELS`, others of
+    :data:`COMMON`)."""
+    if task not in (*CLASSES, "age"):
+        raise ValueError(f"whole-scan task {task!r}: expected one of {(*CLASSES, 'age')}")
     model = next((a for a in args if a in MODELS), "vit")
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -89,14 +95,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     fine = "128" in args
     c.data = dict(
         layout="table", root=placeholder(str), image_root=placeholder(str),
-        task="age" if task == "age" else "diagnosis",
+        task={"age": "age", "sex": "sex"}.get(task, "diagnosis"),
         classes=CLASSES.get(task), images=placeholder(tuple), drop_missing=False,
         num_folds=5, fold=0, split_seed=0, held_out_site=placeholder(str),
         test_fold=placeholder(int), test_table=placeholder(str),
         train_fraction=1.0, subset_seed=0,
         spacing=(1.5, 1.5, 1.5) if fine else (2.0, 2.0, 2.0),
         roi=(128, 128, 128) if fine else (96, 96, 96),
-        cache=placeholder(str), workers=0, threads=2, synthetic=None, augment=AUGMENT)
+        cache=placeholder(str), workers=0, threads=2, synthetic=None,
+        augment=augment(task, translate=4.0))
     c.data.preprocess = (
         derived("resample(spacing={spacing}), robust_scale, ", "spacing",
                 c.data.get_ref("spacing"))
@@ -120,16 +127,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     if "demo" in args:
         # The synthetic cohort on a 4 mm grid (46 x 55 x 46), padded to 48 x 56 x 48.
-        ad_like = dict(groups={"CN": 0.5, "AD": 0.5}, ages=(70.0, 80.0))
-        pd_like = dict(groups={"HC": 0.5, "PD": 0.5}, ages=(55.0, 75.0), pd=True)
-        ukb_like = dict(groups={"CN": 1.0}, ages=(40.0, 85.0))
-        cohort = {"ad": ad_like, "pd": pd_like, "age": ukb_like}[task]
         c.data.update(num_folds=4, roi=(48, 56, 48), synthetic=dict(
             kind="cohort", n=200, shape=(46, 55, 46), seed=0, sites=3, followup=0.2,
-            anatomy="auto", **cohort))
+            anatomy="auto", **DEMO_COHORTS[task]))
         c.data.preprocess = derived("robust_scale, center_crop_or_pad(shape={roi})", "roi",
                                     c.data.get_ref("roi"))
-        c.data.augment = DEMO_AUGMENT
+        c.data.augment = augment(task, translate=1.0)
         if not any(a in MODELS for a in args):  # 200 subjects from scratch: a small CNN
             c.model = dict(SMALL_RESNET, num_classes=num_classes, remat="remat" in args)
         elif model == "vit":
