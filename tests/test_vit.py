@@ -275,6 +275,28 @@ def test_mcg_nju_and_pretraining_files(videomae_nets):
     assert rel_l2(_ours(model, params, x, tokens=True), _videomae_out(pre.videomae, x)) < 1e-4
 
 
+def test_videomae_file_initialises_a_vit_through_init_torch(videomae_nets, tmp_path):
+    """``init.torch`` (train.py's way into load_pretrained) with a transformers VideoMAE file:
+    the file's keys choose VideoMAE's layout, the encoder loads, the new head starts fresh."""
+    from ml_collections import ConfigDict
+    from jaxbrain.training import loop
+    net = videomae_nets[1]  # VideoMAEModel
+    state = numpy_state(net)
+    path = tmp_path / "videomae.pt"
+    torch.save(torch_state(state), path)
+    family, canonical, _ = detect(state)
+    model = ViT(img_size=CLIP, num_heads=HEADS, **family.config_for(canonical, "vit"),
+                num_classes=2)
+    fresh = {"params": random_params(model, seed=5)}
+    config = ConfigDict({"init": {"torch": str(path), "encoder_only": True, "new_head": True}})
+    variables = loop.pretrained(config, model, fresh, None)
+    x = _video(2)
+    assert rel_l2(_ours(model, variables["params"], x, tokens=True), _videomae_out(net, x)) < 1e-4
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(variables["params"]["head"][name],
+                                      fresh["params"]["head"][name])
+
+
 def test_sincos_table_is_videomaes():
     from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
     np.testing.assert_array_equal(sincos_table(10, 12), get_sinusoid_encoding_table(10, 12)[0].numpy())

@@ -108,6 +108,16 @@ def family_of(model: Any, state: Mapping | None = None) -> core.Family:
                     f"{sorted(c.__name__ for c in FAMILIES)}")
 
 
+def family_for_source(model: Any, source: str | os.PathLike | Mapping,
+                      trust_pickle: bool = False) -> core.Family:
+    """The family that reads ``source`` (a PyTorch file or state dict) into ``model``: the
+    FROM_FAMILIES layout its keys show (the file is read for them when the model's class has
+    such layouts, e.g. a ViT with VideoMAE's), else the model's family."""
+    if _layouts(model):
+        return family_of(model, read_state_dict(source, trust_pickle)[0])
+    return family_of(model)
+
+
 def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = True, *,
                params: Any = None, encoder_only: bool = False,
                trust_pickle: bool = False, new_head: bool = False,
@@ -134,10 +144,8 @@ def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = T
         if layout not in FROM_FAMILIES:
             raise ValueError(f"layout={layout!r}: expected one of {sorted(FROM_FAMILIES)}")
         family = FROM_FAMILIES[layout]
-    elif _layouts(model):  # the keys decide (the file is read twice)
-        family = family_of(model, read_state_dict(source, trust_pickle)[0])
-    else:
-        family = family_of(model)
+    else:  # the keys decide (a file with other layouts is read twice)
+        family = family_for_source(model, source, trust_pickle)
     return core.load(source, model, family, strict=strict, params=params,
                      encoder_only=encoder_only, trust_pickle=trust_pickle, new_head=new_head)
 
@@ -155,5 +163,5 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
 
 
 __all__ = ["CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "detect", "families",
-           "family_for", "family_of", "load_torch", "register",
+           "family_for", "family_for_source", "family_of", "load_torch", "register",
            "read_state_dict", "save_torch"]

@@ -3,9 +3,10 @@
     variables, report = load_pretrained("stage1.pt", model, fresh_variables,
                                         encoder_only=True, channels="average")
 
-A source is a PyTorch file (.pt/.pth/.bin/.ckpt/.safetensors, read by the model's convert
-family), a ``train.py`` run or a ``convert from-torch`` directory (read by
-:func:`jaxbrain.runs.load_run`). It becomes a flat tree of Flax variables, then one merge
+A source is a PyTorch file (.pt/.pth/.bin/.ckpt/.safetensors, or a state dict; read by the
+model's convert family, or by another layout of the model's class that the file's keys show,
+e.g. a VideoMAE file into a ViT), a ``train.py`` run or a ``convert from-torch`` directory
+(read by :func:`jaxbrain.runs.load_run`). It becomes a flat tree of Flax variables, then one merge
 (:func:`jaxbrain.convert.core.merge`) applies the same rules to all of them:
 
   * ``encoder_only``: only the model's encoder subtree (the model's ``encoder_name``) is
@@ -58,9 +59,9 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
     input_layer = ("params",) + tuple(model.input_layer()) if hasattr(model, "input_layer") else None
 
     if is_torch_source(source):
-        if family is None:
-            from jaxbrain.convert import family_of
-            family = family_of(model)
+        if family is None:  # the model's, or another layout of it the file's keys show
+            from jaxbrain.convert import family_for_source
+            family = family_for_source(model, source, trust_pickle)
         found, report, _ = core.to_flax(source, model, family, encoder_only=encoder_only,
                                         trust_pickle=trust_pickle)
         single = family.collections == ("params",)
