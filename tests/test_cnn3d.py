@@ -214,6 +214,33 @@ def test_medicalnet_backbone_into_features_and_into_a_new_head(medicalnet_file):
                                   variables["params"]["encoder"]["conv1"]["kernel"])
 
 
+def test_encoder_only_from_orbax_keeps_the_encoders_running_statistics(tmp_path):
+    """init.encoder_only from an Orbax directory (a converted model; a training run reads the
+    same way) takes the encoder's parameters *and* its BatchNorm statistics; the head stays
+    as initialised (another class count)."""
+    from jaxbrain import runs
+    from jaxbrain.convert.pretrained import load_pretrained
+    kw = dict(block="basic", layers=(1, 1, 1, 1), block_inplanes=(4, 8, 8, 8))
+    source = random_params(ResNet(1, 3, **kw), seed=1)
+    assert set(source) == {"params", "batch_stats"}
+    runs.save_converted(str(tmp_path / "pretrained"), {"name": "resnet", "in_channels": 1,
+                                                       "num_classes": 3, **kw}, source)
+    model = ResNet(1, 2, **kw)
+    fresh = random_params(model, seed=2)
+    variables, report = load_pretrained(str(tmp_path / "pretrained"), model, fresh,
+                                        encoder_only=True)
+    assert report.ok and "params/fc/kernel" in report.kept
+    got, want, start = _flat(variables), _flat(source), _flat(fresh)
+    encoder = [k for k in got if k[1] == "encoder"]
+    assert {k[0] for k in encoder} == {"params", "batch_stats"}
+    assert ("batch_stats", "encoder", "bn1", "mean") in encoder
+    for k in encoder:
+        np.testing.assert_array_equal(got[k], want[k], err_msg="/".join(k))
+    for k in got:
+        if k[1] != "encoder":
+            np.testing.assert_array_equal(got[k], start[k], err_msg="/".join(k))
+
+
 def _tiny_resnet_state(classes, **kw):
     torch.manual_seed(0)
     return numpy_state(MonaiResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], n_input_channels=1,

@@ -10,7 +10,8 @@ e.g. a VideoMAE file into a ViT), a ``train.py`` run or a ``convert from-torch``
 (:func:`jaxbrain.convert.core.merge`) applies the same rules to all of them:
 
   * ``encoder_only``: only the model's encoder subtree (the model's ``encoder_name``) is
-    taken; the rest keeps its fresh values, and the source's other entries are ignored;
+    taken, in every collection (parameters and BatchNorm running statistics alike); the rest
+    keeps its fresh values, and the source's other entries are ignored;
   * ``channels``: an input layer (the model's ``input_layer()``) for another channel count
     is adapted ("average", "repeat") or started fresh ("fresh");
   * ``new_head``: output layers for another class count start fresh;
@@ -55,7 +56,7 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
         if name is None:
             raise ValueError(f"init.encoder_only: {type(model).__name__} names no encoder "
                              "subtree (encoder_name)")
-        scope = ("params", name)
+        scope = name  # in every collection: the encoder's BatchNorm statistics come with it
     input_layer = ("params",) + tuple(model.input_layer()) if hasattr(model, "input_layer") else None
 
     if is_torch_source(source):
@@ -84,8 +85,8 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
         report = core.LoadReport(source=run.path, source_format=fmt, target=type(model).__name__)
         name, shown, is_head = "/".join, (lambda path, shape: tuple(shape)), (lambda path: True)
 
-        def inside(path):
-            return scope is None or path[:len(scope)] == scope
+        def inside(path):  # (collection, module, ...): the encoder's in any collection
+            return scope is None or path[1:2] == (scope,)
 
         for path, value in found.items():
             if path not in like_flat:
