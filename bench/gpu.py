@@ -25,6 +25,12 @@ Benchmarks (each: jaxbrain and the PyTorch side, in the same run, on the same de
   DataLoader), at bench_train's size (feature 12, 64^3 crops, batch 2), loader workers 4. In
   bf16 the config's ``model.dtype`` is set with ``compute_dtype`` (which alone only casts the
   input).
+* ``vit``: the 3D ViT classifier training step (ViT-B/16: width 768, depth 12, 12 heads,
+  MLP 3072, CLS token, learned positions, no qkv bias; 96^3, one channel, batch 2, 2 classes;
+  softmax cross-entropy, AdamW) against MONAI's ``ViT`` (classification, no post-activation);
+  as bench/bench_vit.py.
+* ``densenet``: DenseNet121 3D (BatchNorm in training mode, running statistics updated),
+  the same step and sizes, against MONAI's ``DenseNet``; as bench/bench_cnn3d.py.
 
 jaxbrain's parameters are drawn on the host with the shapes of the model's init (a step's
 speed does not depend on their values, and the init program is not compiled: PCT-Net's takes
@@ -44,13 +50,15 @@ PyTorch side. Compute is bf16 (torch: autocast bf16) on a GPU, float32 on a CPU
 Every side of every benchmark runs in its own Python process (fresh peak-memory counters,
 no memory contention between JAX and torch, crashes contained), the PyTorch side first. A
 failure or a timeout becomes a row with the error; the rest still run. Time budget: each
-benchmark has its own (seconds: swin 140, ssl 110, pctnet 110, loop 90, 450 in all;
+benchmark has its own (seconds: swin 110, ssl 80, pctnet 80, loop 70, vit 50, densenet 50,
+440 in all;
 ``--budget`` sets all), and what a benchmark leaves unused goes to the next; the PyTorch side
 may take 60% of it, the jaxbrain side the rest; a side stops taking timed repetitions
 (keeping at least one) when its time would run out.
 
 ``--dry-run``: tiny sizes (SwinUNETR and SSL feature 12, depths 1,1,1,1, 64x32x32, batch 1;
-PCT-Net features 4..64, depths 1,1,1, 16x32x32, batch 2; the loop 64^3, batch 1, 2 cases), on
+PCT-Net features 4..64, depths 1,1,1, 16x32x32, batch 2; the loop 64^3, batch 1, 2 cases;
+ViT width 32, depth 1, and DenseNet blocks 1,1,1,1, growth 4, at 32^3, batch 2), on
 the CPU (``--device auto`` to use a GPU), float32, 1 timed run and no warm-up (the loop keeps
 bench_train's one warm-up step); XLA compiles with its backend optimisation off and keeps
 the programs in a persistent cache ($JAX_COMPILATION_CACHE_DIR, default
@@ -135,6 +143,9 @@ FULL = {
                    batch=2),
     "loop": dict(feature=12, depths=(2, 2, 2, 2), roi=64, batch=2, cases=8, shape=(96, 96, 64),
                  steps=40, workers=4),
+    "vit": dict(hidden=768, depth=12, heads=12, mlp=3072, patch=16, roi=96, batch=2, classes=2),
+    "densenet": dict(init_features=64, growth_rate=32, block_config=(6, 12, 24, 16), roi=96,
+                     batch=2, classes=2),
 }
 DRY = {
     # MONAI's SwinUNETR needs > 1 voxel in its deepest map, the SSL heads 2 tokens: 64 on an axis.
@@ -144,15 +155,22 @@ DRY = {
     "pctnet": dict(size=(16, 32, 32), features=(4, 8, 16, 32, 64), depths=(1, 1, 1), batch=2),
     "loop": dict(feature=12, depths=(1, 1, 1, 1), roi=64, batch=1, cases=2, shape=(64, 64, 64),
                  steps=1, workers=1),  # bench_train's crops are cubic
+    "vit": dict(hidden=32, depth=1, heads=2, mlp=64, patch=16, roi=32, batch=2, classes=2),
+    "densenet": dict(init_features=8, growth_rate=4, block_config=(1, 1, 1, 1), roi=32, batch=2,
+                     classes=2),
 }
-BUDGET_S = {"swin": 140, "ssl": 110, "pctnet": 110, "loop": 90}
+BUDGET_S = {"swin": 110, "ssl": 80, "pctnet": 80, "loop": 70, "vit": 50, "densenet": 50}
 # (row key, benchmark, label); a benchmark's worker may report several rows.
 ROWS = [("swin", "swin", "SwinUNETR train step"),
         ("ssl", "ssl", "BrainSegFounder SSL step"),
         ("ssl_views", "ssl", "SSL augmentation (2 views)"),
         ("pctnet", "pctnet", "PCT-Net Volume Fusion step"),
         ("pctnet_fusion", "pctnet", "Volume Fusion alone"),
-        ("loop", "loop", "training loop with data (cache)")]
+        ("loop", "loop", "training loop with data (cache)"),
+        ("vit", "vit", "3D ViT classifier train step"),
+        ("densenet", "densenet", "3D DenseNet classifier train step")]
+# Rows with their own compiled step: FLOPs, peak memory and MFU are theirs.
+OWN_STEP = ("swin", "ssl", "pctnet", "loop", "vit", "densenet")
 BENCHMARKS = list(BUDGET_S)
 
 
@@ -175,6 +193,14 @@ def size_label(name: str, s: dict, precision: str) -> str:
         return (f"features {','.join(map(str, s['features']))}, depths "
                 f"{','.join(map(str, s['depths']))}, {'x'.join(map(str, s['size']))}, "
                 f"batch {s['batch']}, {precision}")
+    if name == "vit":
+        return (f"width {s['hidden']}, depth {s['depth']}, heads {s['heads']}, patch "
+                f"{s['patch']}, {_roi_label(s['roi'])}, 1 ch, batch {s['batch']}, "
+                f"{s['classes']} classes, {precision}")
+    if name == "densenet":
+        return (f"blocks {','.join(map(str, s['block_config']))}, growth {s['growth_rate']}, "
+                f"stem {s['init_features']}, {_roi_label(s['roi'])}, 1 ch, batch {s['batch']}, "
+                f"{s['classes']} classes, {precision}")
     return (f"feature {s['feature']}, depths {','.join(map(str, s['depths']))}, {s['roi']}^3, "
             f"batch {s['batch']}, {s['cases']} cases {'x'.join(map(str, s['shape']))}, "
             f"{s['workers']} workers, {precision}")
@@ -697,10 +723,108 @@ def torch_loop(s, precision, clock, data):
     return {"loop": _torch_info(out, holder.get("cuda", False))}
 
 
+def _classifier_data(s):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(s["batch"], *_spatial(s["roi"]), 1)).astype(np.float32)
+    return x, rng.integers(0, s["classes"], s["batch"])
+
+
+def _jax_classifier(model, s, clock) -> dict:
+    """bench_vit.bench_jax's / bench_cnn3d.bench_jax's step: softmax cross-entropy on fixed
+    labels, AdamW, the model's other collections (BatchNorm running statistics) updated by
+    the training forward pass; the batch an argument."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    x, y = _classifier_data(s)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y, jnp.int32)}
+    variables = host_init(model, batch["x"][:1])
+    params = variables.pop("params")
+    tx = optax.adamw(1e-4, weight_decay=1e-5)
+
+    def step(state, b):
+        def loss_fn(p):
+            logits, new = model.apply({"params": p, **state["v"]}, b["x"], train=True,
+                                      mutable=list(state["v"]))
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), b["y"])
+            return ce.mean(), new
+        (loss, new), g = jax.value_and_grad(loss_fn, has_aux=True)(state["p"])
+        u, o = tx.update(g, state["o"], state["p"])
+        return {"p": optax.apply_updates(state["p"], u), "o": o, "v": dict(new)}, loss
+
+    out = _jax_time_step(step, {"p": params, "o": tx.init(params), "v": variables}, batch, clock)
+    return _jax_info(dict(out, samples=s["batch"]))
+
+
+def _torch_classifier(net, s, precision, clock, logits_of=lambda out: out) -> dict:
+    """The PyTorch side of :func:`_jax_classifier`: cross-entropy, AdamW, training mode;
+    autocast bf16 on a GPU."""
+    import numpy as np
+    torch, device, cuda = _torch_setup()
+    amp = precision == "bf16" and cuda
+    x, y = _classifier_data(s)
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(device)
+    y = torch.from_numpy(y).to(device)
+    net = net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    ce = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = logits_of(net(x))
+        ce(logits.float(), y).backward()
+        opt.step()
+        _sync(cuda)
+
+    return _torch_info(dict(clock.median(step), samples=s["batch"]), cuda)
+
+
+def jax_vit(s, precision, clock):
+    """The 3D ViT (CLS token, linear head; MONAI's layout) as bench/bench_vit.py."""
+    from jaxbrain.models import ViT
+    model = ViT(1, _spatial(s["roi"]), s["patch"], hidden_size=s["hidden"], depth=s["depth"],
+                num_heads=s["heads"], mlp_dim=s["mlp"], num_classes=s["classes"],
+                dtype=_jax_dtype(precision))
+    return {"vit": _jax_classifier(model, s, clock)}
+
+
+def torch_vit(s, precision, clock):
+    """MONAI's ViT (classification, no post-activation; it returns (logits, hidden states))."""
+    import torch
+    from monai.networks.nets import ViT as MonaiViT
+    torch.manual_seed(0)
+    net = MonaiViT(1, _spatial(s["roi"]), s["patch"], hidden_size=s["hidden"], mlp_dim=s["mlp"],
+                   num_layers=s["depth"], num_heads=s["heads"], classification=True,
+                   num_classes=s["classes"], post_activation=None)
+    return {"vit": _torch_classifier(net, s, precision, clock, logits_of=lambda out: out[0])}
+
+
+def jax_densenet(s, precision, clock):
+    """The 3D DenseNet (BatchNorm in training mode) as bench/bench_cnn3d.py."""
+    from jaxbrain.models.cnn3d import DenseNet
+    model = DenseNet(1, s["classes"], init_features=s["init_features"],
+                     growth_rate=s["growth_rate"], block_config=tuple(s["block_config"]),
+                     dtype=_jax_dtype(precision))
+    return {"densenet": _jax_classifier(model, s, clock)}
+
+
+def torch_densenet(s, precision, clock):
+    import torch
+    from monai.networks.nets import DenseNet as MonaiDenseNet
+    torch.manual_seed(0)
+    net = MonaiDenseNet(3, 1, s["classes"], init_features=s["init_features"],
+                        growth_rate=s["growth_rate"], block_config=tuple(s["block_config"]))
+    return {"densenet": _torch_classifier(net, s, precision, clock)}
+
+
 WORKERS = {("swin", "jax"): jax_swin, ("swin", "torch"): torch_swin,
            ("ssl", "jax"): jax_ssl, ("ssl", "torch"): torch_ssl,
            ("pctnet", "jax"): jax_pctnet, ("pctnet", "torch"): torch_pctnet,
-           ("loop", "jax"): jax_loop, ("loop", "torch"): torch_loop}
+           ("loop", "jax"): jax_loop, ("loop", "torch"): torch_loop,
+           ("vit", "jax"): jax_vit, ("vit", "torch"): torch_vit,
+           ("densenet", "jax"): jax_densenet, ("densenet", "torch"): torch_densenet}
 
 
 def worker_main(task: str, spec_json: str, result: str) -> int:
@@ -851,13 +975,13 @@ def make_table(results: dict, specs: dict, args) -> tuple[str, list[dict]]:
             sides[side] = row or {}
         j, t = sides["jax"], sides["torch"]
         rate = {k: (v["samples"] / v["step_s"] if v.get("step_s") else None) for k, v in sides.items()}
-        flops = j.get("flops") if key in ("swin", "ssl", "pctnet", "loop") else None
+        flops = j.get("flops") if key in OWN_STEP else None
         mfu = {}
         for side, v in sides.items():
             on_gpu = v.get("platform") == "gpu"
             mfu[side] = (flops / v["step_s"] / peak if flops and peak and on_gpu and v.get("step_s")
                          else None)
-        shared = key not in ("swin", "ssl", "pctnet", "loop")  # sub-measurements: no own peak
+        shared = key not in OWN_STEP  # sub-measurements: no own peak
         ratio = (f"{rate['jax'] / rate['torch']:.2f}x" if rate["jax"] and rate["torch"] else "-")
         cells = [
             label, size_label(bench, sizes, args.precision),

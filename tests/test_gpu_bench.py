@@ -45,7 +45,7 @@ def test_dry_run_reports_every_benchmark(tmp_path):
         for side in ("jaxbrain samples/s", "PyTorch samples/s"):
             assert float(row[side]) > 0, row
         assert row["ratio"].endswith("x") and float(row["ratio"][:-1]) > 0, row
-        if key in ("swin", "ssl", "pctnet", "loop"):  # on the CPU: no device memory, no MFU
+        if key in gpu.OWN_STEP:  # on the CPU: no device memory, no MFU
             for col in ("jaxbrain peak mem", "PyTorch peak mem", "jaxbrain MFU", "PyTorch MFU"):
                 assert row[col] == "n/a", (col, row)
             assert float(row["TFLOP/step"]) > 0, row
