@@ -2,8 +2,9 @@
 weights: outputs both directions (eval mode), strict round trips, files of older MONAI
 versions, files that must fail with the key named; the MCG-NJU names; position-table
 resizing against PyTorch's F.interpolate; remat and gradients; logical axis names; the
-command line on both layouts. (timm cannot be imported here: its torchvision dependency does
-not load beside the CPU torch wheel, so the timm-style 2D configuration is checked in shape.)"""
+command line on both layouts; the 2D configuration against timm's VisionTransformer (imported
+with placeholders for the torchvision modules timm's package imports but the model does not
+use: no torchvision wheel matches the CPU torch)."""
 
 from __future__ import annotations
 
@@ -351,6 +352,140 @@ def test_timm_style_2d_config_shapes():
     assert jax.eval_shape(model.apply, params, x).shape == (2, 7)
     tokens = jax.eval_shape(lambda p, x: model.apply(p, x, return_tokens=True), params, jnp.zeros((1, 80, 32, 3)))
     assert tokens.shape == (1, 1 + 4 + 5 * 2, 32)
+
+
+# ----------------------------------------------------------------------------------------
+# timm's VisionTransformer (2D).
+
+
+class _Placeholder(type):
+    """A stand-in class for any torchvision name timm's package reads at import time (e.g.
+    ``FrozenBatchNorm2d``, ``InterpolationMode.BILINEAR``); its attributes are stand-ins too."""
+
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(f"{cls.__name__}.{name}", (), {})
+
+
+class _PlaceholderModule(type(functools)):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(f"{self.__name__}.{name}", (), {})
+
+
+class _TorchvisionPlaceholders:
+    """An import finder that answers ``torchvision`` and its submodules with placeholders."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            import importlib.machinery
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _PlaceholderModule(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_vit_module():
+    """``timm.models.vision_transformer`` (timm's code, unmodified). Without torchvision the
+    placeholders stand in while timm imports and are removed right after, so that nothing
+    else sees a torchvision."""
+    import importlib.util
+    import sys
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (pip install --no-deps timm: it needs no torchvision "
+                    "for its VisionTransformer)")
+    placeholders = None
+    if importlib.util.find_spec("torchvision") is None:
+        placeholders = _TorchvisionPlaceholders()
+        sys.meta_path.insert(0, placeholders)
+    try:
+        from timm.models import vision_transformer
+    finally:
+        if placeholders is not None:
+            sys.meta_path.remove(placeholders)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
+    return vision_transformer
+
+
+TIMM_VARIANTS = {  # timm VisionTransformer arguments (2D, patch 16, width 64, depth 2, 4 heads)
+    # ViT-B's layout: CLS token with a learned position row, qkv bias, head on the CLS token
+    "vit_b": dict(),
+    # registers without positions (no_embed_class), LayerScale, average pooling with fc_norm
+    "registers_layerscale_avg": dict(reg_tokens=2, no_embed_class=True, init_values=0.1,
+                                     global_pool="avg"),
+}
+
+
+def _timm_net(seed, **kw):
+    vt = _timm_vit_module()
+    torch.manual_seed(seed)
+    net = vt.VisionTransformer(img_size=48, patch_size=16, in_chans=3, num_classes=5, embed_dim=64,
+                               depth=2, num_heads=4, mlp_ratio=4.0, qkv_bias=True, **kw)
+    return _perturb(net, seed + 1)
+
+
+def _timm_out(net, x, tokens=False):
+    with torch.no_grad():
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return (net.forward_features(t) if tokens else net(t)).numpy()
+
+
+@pytest.mark.parametrize("variant", list(TIMM_VARIANTS))
+def test_2d_vit_equals_timm(variant):
+    """The ViT configured as a 2D ViT (ViT-B/16's layout at width 64) equals timm's
+    VisionTransformer: logits and tokens both directions, strict load into timm, exact round
+    trip; the file's keys choose the timm layout and the arguments come off its shapes."""
+    kw = TIMM_VARIANTS[variant]
+    net = _timm_net(0, **kw)
+    state = numpy_state(net)
+    family, canonical, fmt = detect(state)
+    assert family is vit_family.TIMM_FAMILY and fmt == "timm VisionTransformer"
+    model = ViT(num_heads=4, **family.config_for(canonical, "vit"))
+    assert model.patch() == (16, 16) and model.grid() == (3, 3) and model.norm_eps == 1e-6
+    assert model.qkv_bias and not model.mask_k_bias and model.num_classes == 5
+    assert model.pos_embed_cls == (variant == "vit_b")
+    assert model.pool == ("cls" if variant == "vit_b" else "mean")
+    params, report = load_torch(state, model)
+    assert report.ok and report.source_format == "timm VisionTransformer"
+    x = _x((2, 48, 48, 3), seed=1)
+    assert rel_l2(_ours(model, params, x), _timm_out(net, x)) < 1e-4
+    assert rel_l2(_ours(model, params, x, tokens=True), _timm_out(net, x, tokens=True)) < 1e-4
+
+    mine = random_params(model, seed=3)
+    exported = vit_family.save_timm(mine, model)
+    fresh = _timm_net(5, **kw).eval()
+    fresh.load_state_dict(torch_state(exported), strict=True)
+    assert rel_l2(_ours(model, mine, x), _timm_out(fresh, x)) < 1e-4
+    back, _ = load_torch(exported, model)
+    _assert_bitwise(mine, back)
+
+
+def test_timm_files_that_do_not_fit_are_named():
+    net = _timm_net(0)
+    state = numpy_state(net)
+    model = ViT(3, 48, 16, spatial_dims=2, hidden_size=64, depth=2, num_heads=4, mlp_dim=256,
+                qkv_bias=True, pos_embed_cls=False, norm_eps=1e-6, num_classes=5)  # no CLS row
+    with pytest.raises(CheckpointMismatchError, match=r"pos_embed.*\(1, 10, 64\).*\(1, 9, 64\)"
+                       ) as err:
+        load_torch(state, model)
+    assert "no_embed_class=False is pos_embed_cls=True" in str(err.value)
+    volume = ViT(3, 48, 16, spatial_dims=3, hidden_size=64, depth=2, num_heads=4, mlp_dim=256,
+                 qkv_bias=True, pos_embed_cls=True, norm_eps=1e-6, num_classes=5)
+    with pytest.raises(CheckpointMismatchError, match=r"patch_embed\.proj\.weight") as err:
+        load_torch(state, volume)
+    assert "a 2D checkpoint into a 3D model" in str(err.value)
+    with pytest.raises(ValueError, match="no timm VisionTransformer equivalent: 3 spatial axes"):
+        vit_family.save_timm(random_params(volume), volume)
 
 
 def _tiny(**kw):

@@ -42,8 +42,9 @@ FAMILIES = {
 
 # Further layouts of a class above (one whose family shares their model_names), by name.
 # ``load_torch`` reads a state dict in one of them when its keys show it; ``save_torch`` and
-# ``to-torch`` write the FAMILIES layout (``jaxbrain.convert.videomae.save_torch`` writes VideoMAE's).
-FROM_FAMILIES = {"videomae": videomae.FAMILY}
+# ``to-torch`` write the FAMILIES layout (``jaxbrain.convert.videomae.save_torch`` writes
+# VideoMAE's, ``jaxbrain.convert.vit.save_timm`` timm's).
+FROM_FAMILIES = {"timm": vit.TIMM_FAMILY, "videomae": videomae.FAMILY}
 
 
 def register(model_class: type, family: core.Family) -> None:

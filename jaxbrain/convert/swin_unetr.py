@@ -60,7 +60,9 @@ def canonicalize(state: State) -> tuple[State, str]:
     keys = list(state)
     if any(k.startswith("swin_vit.") for k in keys):
         state = rename(state, [(r"^swin_vit\.", ENCODER)])
-    bare = any(re.match(r"^(patch_embed|layers\d)\.", k) for k in state)
+    # A bare Swin encoder has its stages (layers1..4) at the top; a ViT's patch_embed alone
+    # (timm, MCG-NJU VideoMAE) is not one.
+    bare = any(re.match(r"^layers\d\.", k) for k in state)
     if bare:
         state = rename(state, [(r"^(patch_embed|layers\d)", ENCODER + r"\1")])
     fc_named = any(".mlp.fc1." in k for k in state)

@@ -126,6 +126,10 @@ def canonicalize(state: State) -> tuple[State, str]:
             state = rename(state, [(r"\.attention\.attention\.q_bias$", _ATTN + "query.bias"),
                                    (r"\.attention\.attention\.v_bias$", _ATTN + "value.bias")])
     elif any(k.endswith("patch_embed.proj.weight") for k in keys):
+        w = next(v for k, v in state.items() if k.endswith("patch_embed.proj.weight"))
+        if w.ndim != 5:
+            raise ValueError(f"not a VideoMAE state dict: patch_embed.proj.weight {tuple(w.shape)} "
+                             "has 2 spatial axes, not tubelets (timm's VisionTransformer names)")
         fmt = "MCG-NJU VideoMAE"
         if any(k.startswith("encoder.patch_embed.") for k in keys):  # pre-training file
             state = rename(state, [(r"^encoder\.", "")])

@@ -1,5 +1,6 @@
-"""ViT <-> PyTorch: MONAI's ``monai.networks.nets.ViT`` state dict (the default layout; the
-VideoMAE layouts are ``jaxbrain.convert.videomae``).
+"""ViT <-> PyTorch: MONAI's ``monai.networks.nets.ViT`` state dict (the default layout), and
+timm's ``VisionTransformer`` (``TIMM_FAMILY``, :func:`save_timm`; at the end of this module).
+The VideoMAE layouts are ``jaxbrain.convert.videomae``.
 
 Keys: ``patch_embedding.patch_embeddings.{weight [D, C, *patch], bias}`` (``proj_type="conv"``),
 ``patch_embedding.position_embeddings [1, N, D]`` (patch tokens only; MONAI stores it for every
@@ -126,8 +127,9 @@ def canonicalize(state: State) -> tuple[State, str]:
         raise ValueError(f"{PATCH}1.weight: MONAI ViT with proj_type='perceptron' is not read (its "
                          "Linear does not show the patch shape); build it with proj_type='conv'")
     if PATCH + "weight" not in state:
-        extra_hint = (" It looks like a VideoMAE state dict: jaxbrain.convert reads it through the "
-                      "'videomae' family (from-torch without --model)") if _looks_like_videomae(state) else ""
+        extra_hint = (" It looks like a VideoMAE or timm state dict: jaxbrain.convert reads those "
+                      "through the 'videomae' and 'timm' layouts (chosen by the keys)"
+                      ) if _looks_like_videomae(state) else ""
         raise ValueError(f"not a MONAI ViT state dict: no {PATCH}weight." + extra_hint)
     if any(".cross_attn." in k for k in state):
         fmt += ", MONAI 1.4-1.6.0 cross-attention keys"
@@ -243,4 +245,185 @@ FAMILY = Family(
     config_for=lambda state, model_name: infer_config(state),
     missing=missing,
     note=NOTE,
+)
+
+
+# ----------------------------------------------------------------------------------------
+# timm's VisionTransformer (2D): another layout of the same model (``TIMM_FAMILY``, chosen by
+# ``jaxbrain.convert.load_torch`` from the keys; written by :func:`save_timm`).
+#
+# Keys: ``cls_token [1, 1, D]``, ``reg_token [1, R, D]``, ``pos_embed [1, rows, D]`` (rows:
+# the patches, plus the CLS token unless timm's ``no_embed_class``; ``pos_embed_cls`` here),
+# ``patch_embed.proj.{weight [D, C, p, p], bias}``, ``blocks.i.{norm1, attn.qkv (+ bias),
+# attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}``, ``norm`` (on the tokens),
+# ``fc_norm`` (after average pooling), ``head``. timm's LayerNorms use eps 1e-6; its head is
+# a plain Linear on the CLS token (``global_pool="token"``) or on the patch mean ("avg").
+
+TIMM_PATCH = "patch_embed.proj."
+TIMM_POSITIONS = "pos_embed"
+# The encoder's keys (init.encoder_only): everything but fc_norm and head.
+TIMM_ENCODER = ("cls_token", "reg_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+
+_FLAX_TO_TIMM = [
+    (r"^encoder\.patch_embedding\.(kernel|bias)$", TIMM_PATCH + r"\1"),
+    (r"^encoder\.position_embeddings$", TIMM_POSITIONS),
+    (r"^encoder\.registers$", "reg_token"),
+    (r"^encoder\.", ""),
+    (r"^blocks_(\d+)\.", r"blocks.\1."),
+    (r"\.attn\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.linear1\.", ".mlp.fc1."),
+    (r"\.mlp\.linear2\.", ".mlp.fc2."),
+    (r"\.(kernel|scale)$", ".weight"),
+]
+
+
+def timm_key(model, path: Path) -> str:
+    key = ".".join(full_path(model, path))
+    for pattern, repl in _FLAX_TO_TIMM:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _timm_not(state: State) -> str | None:
+    """Why ``state`` is not a timm VisionTransformer state dict (None when it is one)."""
+    w = state.get(TIMM_PATCH + "weight")
+    if w is None:
+        return f"no {TIMM_PATCH}weight"
+    if w.ndim != 4:
+        return (f"{TIMM_PATCH}weight has {w.ndim - 2} spatial axes (timm's VisionTransformer "
+                "has 2; 3D tubelets with these names are MCG-NJU VideoMAE's)")
+    if any(k.endswith((".attn.q_bias", ".attn.v_bias", ".gamma_1")) for k in state):
+        return "q_bias / v_bias / gamma_1 keys (MCG-NJU VideoMAE's names)"
+    return None
+
+
+def timm_canonicalize(state: State) -> tuple[State, str]:
+    why = _timm_not(state)
+    if why is not None:
+        raise ValueError(f"not a timm VisionTransformer state dict: {why}")
+    return dict(state), "timm VisionTransformer"
+
+
+def timm_detect(state: State) -> bool:
+    return _timm_not(state) is None
+
+
+def timm_is_head(key: str) -> bool:
+    return key in ("head.weight", "head.bias")
+
+
+def _power_side(n: int, k: int) -> int | None:
+    side = round(n ** (1 / k)) if n > 0 else 0
+    return side if side > 0 and side ** k == n else None
+
+
+def timm_config(state: State) -> dict:
+    """Constructor arguments read off the shapes, with timm's conventions (eps 1e-6, qkv
+    bias as stored, no Tanh). ``num_heads`` is not recorded; ``img_size`` comes from the
+    position table when its patch rows form a square grid."""
+    w = state.get(TIMM_PATCH + "weight")
+    if w is None:
+        return {}
+    cfg: dict = dict(in_channels=int(w.shape[1]), patch_size=tuple(int(p) for p in w.shape[2:]),
+                     hidden_size=int(w.shape[0]), norm_eps=1e-6)
+    cfg["depth"] = len({m.group(1) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k))})
+    lin = state.get("blocks.0.mlp.fc1.weight")
+    if lin is not None:
+        cfg["mlp_dim"] = int(lin.shape[0])
+    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+    cfg["cls_token"] = "cls_token" in state
+    if "reg_token" in state:
+        cfg["num_registers"] = int(state["reg_token"].shape[1])
+    table = state.get(TIMM_POSITIONS)
+    if table is None:
+        cfg["pos_embed"] = "none"
+    else:
+        rows, k = int(table.shape[1]), len(cfg["patch_size"])
+        side = _power_side(rows, k)
+        with_cls = cfg["cls_token"] and side is None and _power_side(rows - 1, k) is not None
+        cfg["pos_embed_cls"] = with_cls
+        side = _power_side(rows - 1, k) if with_cls else side
+        if side is not None:
+            cfg["img_size"] = tuple(side * p for p in cfg["patch_size"])
+    fc_norm = "fc_norm.weight" in state
+    cfg.update(fc_norm=fc_norm, final_norm="norm.weight" in state,
+               pool="cls" if cfg["cls_token"] and not fc_norm else "mean")
+    if "head.weight" in state:
+        cfg["num_classes"] = int(state["head.weight"].shape[0])
+    if "blocks.0.ls1.gamma" in state:
+        cfg["layer_scale_init"] = 1.0
+    return cfg
+
+
+def timm_hints(model, source: State, expected: dict) -> list[str]:
+    out = []
+    w, want = source.get(TIMM_PATCH + "weight"), expected.get(TIMM_PATCH + "weight")
+    want = None if want is None else core.torch_shape(("kernel",), tuple(want.shape), False)
+    if w is not None and want is not None and w.shape != want:
+        if w.ndim != len(want):
+            out.append(f"the checkpoint's patch embedding has {w.ndim - 2} spatial axes, the model "
+                       f"{len(want) - 2} (a 2D checkpoint into a 3D model, or the reverse)")
+        else:
+            out.append(f"the checkpoint's patch embedding is {tuple(w.shape)}, the model's {want} "
+                       "(hidden, channels, patch, patch)")
+    table, want_table = source.get(TIMM_POSITIONS), expected.get(TIMM_POSITIONS)
+    if table is not None and want_table is not None and table.shape != tuple(want_table.shape):
+        out.append(f"the checkpoint's position table has {table.shape[1]} rows, the model "
+                   f"{want_table.shape[1]}: img_size / patch_size differ, or the CLS token's row "
+                   "(timm's no_embed_class=False is pos_embed_cls=True)")
+    head = source.get("head.weight")
+    if head is not None and isinstance(model, ViT) and model.num_classes and head.shape[0] != model.num_classes:
+        out.append(f"the checkpoint has {head.shape[0]} classes, the model {model.num_classes} "
+                   "(new_head=True / --new-head starts the head fresh)")
+    return out
+
+
+def timm_missing(model_name: str, kwargs: dict) -> str | None:
+    needed = [k for k in ("num_heads", "img_size") if k not in kwargs]
+    if needed:
+        return ("timm files do not record " + " and ".join(needed) + ": give "
+                + " ".join(f"--set {k}=" + ("12" if k == "num_heads" else "[224,224]") for k in needed)
+                + " (the values it was trained with)")
+    return None
+
+
+def _check_timm_exportable(model) -> None:
+    bad = []
+    if model.dims() != 2:
+        bad.append(f"{model.dims()} spatial axes (timm's VisionTransformer is 2D)")
+    if model.pos_embed == "sincos":
+        bad.append("pos_embed='sincos' (timm stores a learned table: build with 'learned')")
+    if isinstance(model, ViT) and model.post_activation is not None:
+        bad.append(f"post_activation={model.post_activation!r} (timm's head is a Linear)")
+    if model.mask_k_bias:
+        bad.append("mask_k_bias (timm's qkv bias has a trained k third)")
+    if bad:
+        raise ValueError("the model has no timm VisionTransformer equivalent: " + "; ".join(bad))
+
+
+def save_timm(params, model, path=None) -> State:
+    """Writes ``params`` in timm's VisionTransformer layout (.pt/.pth/.bin or .safetensors;
+    ``path=None`` only returns the state dict), which timm's model of the same arguments
+    loads with ``strict=True``."""
+    _check_timm_exportable(model)
+    state = core.save(params, model, TIMM_FAMILY, None)
+    if path is not None:
+        core.write_state_dict(state, path)
+    return state
+
+
+TIMM_FAMILY = Family(
+    name="ViT (timm)",
+    torch_key=timm_key,
+    buffers=lambda model: {},
+    canonicalize=timm_canonicalize,
+    dummy_input=dummy_input,
+    encoder_prefix=TIMM_ENCODER,  # type: ignore[arg-type]  (str.startswith takes the tuple)
+    hints=timm_hints,
+    is_head=timm_is_head,
+    detect=timm_detect,
+    model_names=("vit",),
+    config_for=lambda state, model_name: timm_config(state),
+    missing=timm_missing,
+    note="timm files do not record num_heads; LayerNorm eps 1e-6",
 )

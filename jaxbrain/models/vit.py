@@ -14,7 +14,8 @@ One module covers the published variants through its fields:
   ``head_norm_eps``) instead of a final norm on the tokens.
 - timm / DINOv2-style 2D ViTs: ``pos_embed_cls=True`` (the CLS token has a row of the learned
   table), ``qkv_bias=True``, ``layer_scale_init``, ``num_registers`` (registers placed after
-  CLS, without positions), eps 1e-6.
+  CLS, without positions: timm's ``no_embed_class=True``), eps 1e-6; parity with timm's
+  ``VisionTransformer`` in ``tests/test_vit.py``.
 
 Layout: inputs are channels-last, ``(batch, D, H, W, C)`` or ``(batch, H, W, C)``; a video
 ``(batch, T, H, W, C)`` is a volume with frames on the depth axis. The patch embedding is a
