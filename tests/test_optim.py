@@ -48,3 +48,95 @@ def test_grad_accum_equals_mean_gradient_update(name):
 def test_grad_accum_rejects_zero():
     with pytest.raises(ValueError, match="grad_accum"):
         make_optimizer(ConfigDict(dict(name="adamw", lr=1e-3, grad_accum=0)), 10)
+
+
+# --- fine-tuning: frozen prefixes and layer-wise learning-rate decay -------------------------
+
+from flax import traverse_util  # noqa: E402
+
+from jaxbrain import models  # noqa: E402
+from jaxbrain.training.optim import layer_id, num_layers, path_of  # noqa: E402
+
+
+def _random_params(model, shape, seed=0):
+    """Random parameters of ``model`` for inputs ``shape`` (shapes only traced, not compiled)."""
+    abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape)), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype),
+                                  abstract["params"])
+
+
+def _flat(tree):
+    return {path_of(kp): v for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+TINY_VIT = dict(name="vit", in_channels=1, img_size=16, patch_size=8, hidden_size=16, depth=3,
+                num_heads=2, mlp_dim=32, num_classes=2)
+TINY_RESNET = dict(name="resnet", in_channels=1, block="basic", layers=(1, 1, 1, 1),
+                   block_inplanes=(4, 4, 4, 4), conv1_t_size=3, conv1_t_stride=2, num_classes=2)
+
+
+@pytest.mark.parametrize("freeze", ["encoder", ("encoder/blocks_0", "encoder/patch_embedding")])
+def test_freeze_keeps_parameters_bitwise(freeze):
+    """Frozen prefixes get zero updates (AdamW with weight decay and clipping: bitwise the
+    same after steps); the rest trains."""
+    model = models.from_config(TINY_VIT)
+    params = _random_params(model, (1, 16, 16, 16, 1))
+    cfg = ConfigDict(dict(name="adamw", lr=0.1, weight_decay=0.1, schedule="constant",
+                          grad_clip=1.0, freeze=freeze))
+    tx, _ = make_optimizer(cfg, 10, encoder_name=models.encoder_name(model))
+    state = tx.init(params)
+    p = params
+    for step in range(3):
+        grads = jax.tree_util.tree_map(jnp.ones_like, p)
+        upd, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, upd)
+    before, after = _flat(params), _flat(p)
+    prefixes = ("encoder",) if freeze == "encoder" else freeze
+    frozen = [k for k in before if any(k.startswith(f + "/") for f in prefixes)]
+    assert frozen and len(frozen) < len(before)
+    for k in before:
+        if k in frozen:
+            assert np.asarray(after[k]).tobytes() == np.asarray(before[k]).tobytes(), k
+        else:
+            assert not np.array_equal(after[k], before[k]), k
+
+
+def test_freeze_unknown_prefix_names_it():
+    model = models.from_config(TINY_VIT)
+    params = _random_params(model, (1, 16, 16, 16, 1))
+    tx, _ = make_optimizer(ConfigDict(dict(name="sgd", lr=0.1, freeze=["encoder/blocks_9"])), 10)
+    with pytest.raises(ValueError, match="blocks_9"):
+        tx.init(params)
+
+
+@pytest.mark.parametrize("config,shape,expected", [
+    (TINY_VIT, (1, 16, 16, 16, 1),  # L = 3 blocks
+     {"encoder/patch_embedding": 0, "encoder/cls_token": 0, "encoder/position_embeddings": 0,
+      "encoder/blocks_0": 1, "encoder/blocks_2": 3, "encoder/norm": 4, "head": 4}),
+    (TINY_RESNET, (1, 16, 16, 16, 1),  # L = 4 stages
+     {"encoder/conv1": 0, "encoder/bn1": 0, "encoder/layer1_0": 1, "encoder/layer4_0": 4,
+      "fc": 5}),
+])
+def test_layer_decay_scales_each_leaf(config, shape, expected):
+    """SGD without momentum, constant lr: each leaf moves by -lr * decay ** (L + 1 - id) * g."""
+    decay, lr = 0.5, 0.1
+    model = models.from_config(config)
+    params = _random_params(model, shape)
+    flat = _flat(params)
+    num = num_layers(list(flat))
+    assert num == max(expected.values()) - 1
+    tx, _ = make_optimizer(ConfigDict(dict(name="sgd", lr=lr, momentum=0.0, schedule="constant",
+                                           layer_decay=decay)), 10)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    seen = set()
+    for path, u in _flat(upd).items():
+        lid = layer_id(path, num)
+        for prefix, want in expected.items():
+            if path.startswith(prefix + "/") or path == prefix:
+                assert lid == want, path
+                seen.add(prefix)
+        np.testing.assert_allclose(np.asarray(u), -lr * decay ** (num + 1 - lid), rtol=1e-6,
+                                   err_msg=path)
+    assert seen == set(expected)

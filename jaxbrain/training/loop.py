@@ -361,7 +361,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     v_shardings = parallel.logical_shardings(abstract, mesh, rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     total_steps = int(config.total_steps)
-    tx, lr_fn = make_optimizer(config.optim, total_steps)
+    tx, lr_fn = make_optimizer(config.optim, total_steps,
+                                 encoder_name=models.encoder_name(model))
 
     best_metric, best_mode = best_checkpoint_rule(config, objective)
     ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),

@@ -10,6 +10,26 @@
     optim.grad_clip     clip by global norm (0: off)
     optim.grad_accum    accumulate this many micro-batches per update (1: off)
 
+Fine-tuning options:
+
+    optim.freeze        parameter path prefixes kept fixed (zero updates, no weight decay, no
+                        optimizer state of their own), e.g. ("encoder/blocks_0", "encoder/
+                        patch_embedding"); the entry "encoder" stands for the model's encoder
+                        subtree (its ``encoder_name``: "encoder" for the ViT and ResNets,
+                        "features" for the DenseNets); a string is one prefix. Paths are the
+                        parameter tree's keys joined by "/". Running statistics (BatchNorm)
+                        of frozen layers are still updated by training-mode forward passes.
+    optim.layer_decay   layer-wise learning-rate decay (0 or 1: off): the update of a
+                        parameter in layer i is scaled by ``layer_decay ** (L + 1 - i)``, i.e.
+                        its learning rate is ``lr * layer_decay ** (L + 1 - i)`` (the
+                        schedule's lr times that factor, weight decay included), with
+                        :func:`layer_id`: ViT: patch embedding, CLS token, registers and
+                        position table 0, ``blocks_k`` k + 1, the rest (final norms, head,
+                        decoders) L + 1 where L is the number of blocks; CNNs by stage: the
+                        stem 0 (DenseNet conv0 / norm0, ResNet conv1 / bn1), DenseNet
+                        ``denseblock{s}`` and ``transition{s}`` s, ResNet ``layer{s}_*`` s, the
+                        rest (norm5, classifier, fc, projection heads) L + 1 with L stages.
+
 Step counts (warm-up, decay, total) are training-loop steps, i.e. micro-batches: with
 ``grad_accum=k`` the update made after loop step ``n*k`` uses the learning rate of step
 ``n*k``, so changing k keeps the schedule's shape over the run.
@@ -17,7 +37,20 @@ Step counts (warm-up, decay, total) are training-loop steps, i.e. micro-batches:
 
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
+import jax
 import optax
+
+# Path components that number a layer: (pattern, layer id of its group(1)).
+_NUMBERED = ((re.compile(r"blocks_(\d+)$"), lambda k: int(k) + 1),   # ViT blocks
+             (re.compile(r"denseblock(\d+)$"), int),                # DenseNet stages
+             (re.compile(r"transition(\d+)$"), int),
+             (re.compile(r"layer(\d+)_\d+$"), int))                 # ResNet stages
+# Components of the input layer (layer 0) when no numbered component comes first.
+_STEM = ("patch_embedding", "cls_token", "registers", "position_embeddings", "conv0", "norm0",
+         "conv1", "bn1")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -36,8 +69,98 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
                      "(warmup_cosine, constant or step)")
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer described by ``cfg`` (see module docstring) and its schedule."""
+def path_of(key_path) -> str:
+    """A tree path (JAX key entries) as "a/b/c"."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                    for k in key_path)
+
+
+def _numbered(parts: Sequence[str]) -> int | None:
+    for part in parts:
+        for pattern, layer in _NUMBERED:
+            m = pattern.match(part)
+            if m:
+                return layer(m.group(1))
+        if part in _STEM:
+            return 0
+    return None
+
+
+def num_layers(paths: Sequence[str]) -> int:
+    """L: the largest layer number among ``paths`` (ViT blocks, CNN stages)."""
+    ids = [_numbered(p.split("/")) for p in paths]
+    return max([i for i in ids if i is not None], default=0)
+
+
+def layer_id(path: str, num: int) -> int:
+    """The layer of parameter ``path`` (see the module docstring) in a model of ``num``
+    layers: 0 (input layer) .. num + 1 (everything after the last block or stage)."""
+    found = _numbered(path.split("/"))
+    return num + 1 if found is None else found
+
+
+def layer_scales(params, decay: float) -> dict[str, float]:
+    """{parameter path: learning-rate factor ``decay ** (L + 1 - layer_id)``}."""
+    paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    num = num_layers(paths)
+    return {p: float(decay) ** (num + 1 - layer_id(p, num)) for p in paths}
+
+
+def scale_by_layer(decay: float) -> optax.GradientTransformation:
+    """Multiplies each update by its layer's factor (:func:`layer_scales`); stateless."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        scales = layer_scales(updates, decay)
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda kp, u: u * jax.numpy.asarray(scales[path_of(kp)], u.dtype), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def frozen_prefixes(freeze, encoder_name: str | None = None) -> tuple[str, ...]:
+    """``optim.freeze`` as path prefixes ("encoder" becomes the model's encoder subtree)."""
+    if not freeze:
+        return ()
+    items = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+    out = []
+    for item in items:
+        item = str(item).strip("/")
+        if item == "encoder" and encoder_name:
+            item = encoder_name
+        if not item:
+            raise ValueError("optim.freeze: an empty path prefix would freeze every parameter")
+        out.append(item)
+    return tuple(out)
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def freeze_labels(params, prefixes: Sequence[str]):
+    """The tree of "frozen" / "train" labels of ``params``; a prefix matching no parameter
+    is an error naming it (a typo would otherwise train everything)."""
+    paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    unused = [p for p in prefixes if not any(_is_under(q, p) for q in paths)]
+    if unused:
+        tops = sorted({q.split("/")[0] for q in paths})
+        raise ValueError(f"optim.freeze: {unused[0]!r} matches no parameter path (top-level "
+                         f"names: {tops}; paths are joined by '/')")
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: "frozen" if any(_is_under(path_of(kp), p) for p in prefixes)
+        else "train", params)
+
+
+def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer described by ``cfg`` (see module docstring) and its schedule.
+    ``encoder_name`` is the model's encoder subtree, what ``optim.freeze="encoder"`` means."""
     lr = schedule(cfg, total_steps)
     accum = int(cfg.get("grad_accum", 1))
     if accum < 1:
@@ -59,6 +182,15 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
         raise ValueError(f"optim.name: unknown optimizer {name!r} (adamw, adam or sgd)")
     if cfg.get("grad_clip", 0):
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+    prefixes = frozen_prefixes(cfg.get("freeze"), encoder_name)
+    if prefixes:  # clipping and the optimizer see the trained parameters only
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: freeze_labels(params, prefixes))
+    decay = float(cfg.get("layer_decay") or 0.0)
+    if decay and decay != 1.0:  # on the whole tree: L counts frozen blocks too
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"optim.layer_decay must be in (0, 1] (0: off), got {decay}")
+        tx = optax.chain(tx, scale_by_layer(decay))
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx, lr
