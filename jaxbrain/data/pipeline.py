@@ -198,7 +198,7 @@ class CachedCase:
         if "geometry" in self.entry:
             record["geometry"] = Geometry.from_dict(self.entry["geometry"])
         if self.entry["case"].get("target") is not None:
-            record["target"] = np.float32(self.entry["case"]["target"])
+            record["target"] = np.asarray(self.entry["case"]["target"], np.float32)
         return record
 
 

@@ -72,7 +72,9 @@ def strata(groups: dict[str, list], stratify: str | None = "auto", bins: int = 5
         if missing:
             raise DataError(f"cases {missing[:5]} have no meta field {stratify!r} to stratify by")
         return {s: str(c.meta[stratify]) for s, c in baseline.items()}
-    targets = {s: c.target for s, c in baseline.items()}
+    # Several targets per scan (a multi-task table): stratified by the first.
+    targets = {s: c.target[0] if isinstance(c.target, (tuple, list)) else c.target
+               for s, c in baseline.items()}
     if any(t is None for t in targets.values()):
         if stratify != "auto":
             none = [baseline[s].id for s, t in targets.items() if t is None][:5]

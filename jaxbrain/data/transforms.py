@@ -55,7 +55,7 @@ def load_case(case: Case, *, check_labels: bool = True) -> dict:
     record["image"] = image
     record["geometry"] = geometries[0]
     if case.target is not None:
-        record["target"] = np.float32(case.target)
+        record["target"] = np.asarray(case.target, np.float32)  # () or (T,) tasks
     return record
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxbrain.models.cnn3d import DENSENETS, RESNETS
+from jaxbrain.models.contrastive import CONTRASTIVE
+from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
@@ -28,8 +30,10 @@ REGISTRY: dict[str, type] = {
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
     "vit": ViT,
+    "mae": MAE,
     **DENSENETS,  # "densenet" (any block_config), "densenet121" ... "densenet264"
     **RESNETS,  # "resnet" (any block / layers), "resnet10" ... "resnet200"
+    **CONTRASTIVE,  # "contrastive_<cnn>": the CNN with a projection head
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -75,6 +79,6 @@ def encoder_name(model) -> str | None:
     return getattr(model, "encoder_name", None)
 
 
-__all__ = ["DTYPES", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
+__all__ = ["DTYPES", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
            "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "encoder_name",
            "from_config", "register"]

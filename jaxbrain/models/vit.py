@@ -429,7 +429,11 @@ class ViTEncoder(nn.Module):
         return resize_pos_embed(patches, trained, grid, self.pos_interp), cls_row
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, rotary: Rotary | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, rotary: Rotary | None = None,
+                 keep: jax.Array | None = None) -> jax.Array:
+        """``keep`` (B, K) int: indices (row-major in the patch grid) of the patch tokens to
+        keep, after positions are added (a masked autoencoder's visible patches); the output
+        then has ``prefix + K`` tokens, in ``keep``'s order."""
         self.check()
         if x.ndim != self.dims() + 2 or x.shape[-1] != self.in_channels:
             raise ValueError(f"expected input (batch, {self.dims()} spatial axes, {self.in_channels}) "
@@ -446,6 +450,14 @@ class ViTEncoder(nn.Module):
         pos, cls_pos = self._positions(grid)
         if pos is not None:
             tokens = tokens + pos
+        if keep is not None:
+            if rotary is not None:
+                raise ValueError("ViTEncoder: rotary positions with keep= (a subset of the "
+                                 "patch tokens) are not supported")
+            if keep.ndim != 2 or keep.shape[0] != b:
+                raise ValueError(f"keep must be (batch={b}, K) patch indices, got shape "
+                                 f"{tuple(keep.shape)}")
+            tokens = jnp.take_along_axis(tokens, keep[..., None].astype(jnp.int32), axis=1)
         prefix = []
         if self.cls_token:
             cls = self.param("cls_token", partitioned(trunc_normal_002, (None, None, "embed")),

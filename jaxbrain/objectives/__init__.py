@@ -6,13 +6,16 @@ whole-volume predictions optional) is documented in one place, :mod:`jaxbrain.tr
 ``register(name)`` adds an objective class; configs name it in ``objective.name``.
 """
 
+from jaxbrain.objectives.contrastive import Contrastive
+from jaxbrain.objectives.mae import MAE
 from jaxbrain.objectives.segmentation import Segmentation
 from jaxbrain.objectives.ssl import SSL
-from jaxbrain.objectives.supervised import Classification, Regression
+from jaxbrain.objectives.supervised import Classification, Multitask, Regression
 from jaxbrain.objectives.volume_fusion import VolumeFusion
 
 OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion,
-              "classification": Classification, "regression": Regression}
+              "classification": Classification, "regression": Regression,
+              "mae": MAE, "contrastive": Contrastive, "multitask": Multitask}
 
 
 def register(name: str):

@@ -1,5 +1,6 @@
 """Whole-scan supervised objectives: one class (Alzheimer's vs control, sex) or one number
-(brain age) per scan.
+(brain age) per scan, or several such targets at once (:class:`Multitask`: e.g. a synthetic
+cohort's age, sex and diagnosis, for supervised pretraining).
 
 Batches hold ``image`` (B, D, H, W, C), which the model reads, and ``target`` (B,) float32:
 a class index 0..K-1 (classification) or the value in its own units, e.g. years
@@ -263,3 +264,107 @@ class Regression:
         return {"mae": mae, "rmse": metrics_lib.rmse(targets, predictions),
                 "pearson_r": metrics_lib.pearson_r(predictions, targets),
                 "mean_error": float(np.mean(predictions.astype(np.float64) - targets))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Multitask:
+    """Several per-scan targets from one scan, e.g. a synthetic cohort's known variables (age,
+    sex, diagnosis): one model output block per task, the weighted sum of the tasks' losses.
+
+    Batches hold ``target`` (B, T), column t the target of ``tasks[t]`` (a label table read
+    with ``data.task = tasks``). The model outputs (B, sum(num_classes)): task t reads the next
+    ``num_classes[t]`` columns, one standardised value for a regression (``num_classes[t] ==
+    1``: :class:`Regression`, mean squared error of the standardised target) or logits of
+    ``num_classes[t] >= 2`` classes (:class:`Classification`). ``loss = sum_t weights[t] *
+    loss_t``; metrics ``<task>_loss`` and ``<task>_mae`` (regression, target units) or
+    ``<task>_accuracy``.
+
+    Attributes:
+      tasks: the tasks' names, in the order of the target columns (``data.task``).
+      num_classes: per task, 1 (regression) or the number of classes.
+      weights: per task (None: all 1).
+      target_mean, target_std: per task, the regression standardisation (None, or None
+        entries: set by :meth:`fit` from the training targets; classification entries are
+        unused, 0 and 1).
+    """
+
+    tasks: tuple[str, ...] = ("age", "sex", "diagnosis")
+    num_classes: tuple[int, ...] = (1, 2, 2)
+    weights: tuple[float, ...] | None = None
+    target_mean: tuple[float | None, ...] | None = None
+    target_std: tuple[float | None, ...] | None = None
+
+    def __post_init__(self):
+        t = len(self.tasks)
+        for name in ("num_classes", "weights", "target_mean", "target_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != t:
+                raise ValueError(f"objective.{name} has {len(value)} entries for {t} tasks "
+                                 f"{tuple(self.tasks)}")
+        if t == 0 or any(int(k) < 1 for k in self.num_classes):
+            raise ValueError(f"objective.num_classes: one entry >= 1 per task (1: regression), "
+                             f"got {self.num_classes}")
+        self.heads()  # checks the standardisation
+
+    def heads(self) -> list:
+        """Per task, its :class:`Regression` or :class:`Classification` objective."""
+        out = []
+        for t, k in enumerate(self.num_classes):
+            if int(k) == 1:
+                mean = None if self.target_mean is None else self.target_mean[t]
+                std = None if self.target_std is None else self.target_std[t]
+                out.append(Regression(loss="mse", target_mean=mean, target_std=std))
+            else:
+                out.append(Classification(num_classes=int(k)))
+        return out
+
+    @property
+    def width(self) -> int:
+        return int(sum(int(k) for k in self.num_classes))
+
+    def _targets(self, targets, n_rows=None) -> np.ndarray:
+        y = np.asarray(targets, np.float64)
+        if y.ndim != 2 or y.shape[1] != len(self.tasks):
+            raise ValueError(f"multitask targets must be one column per task {tuple(self.tasks)}"
+                             f" (N, {len(self.tasks)}), got shape {y.shape}; set data.task to "
+                             "the same tasks")
+        return y
+
+    def fit(self, targets) -> "Multitask":
+        """The standardisation of each regression task from its training targets; class
+        indices of each classification task checked."""
+        y = self._targets(targets)
+        means, stds = [], []
+        for t, head in enumerate(self.heads()):
+            fitted = head.fit(y[:, t])
+            if isinstance(fitted, Regression):
+                means.append(float(fitted.mean))
+                stds.append(float(fitted.std))
+            else:
+                means.append(0.0)
+                stds.append(1.0)
+        return dataclasses.replace(self, target_mean=tuple(means), target_std=tuple(stds))
+
+    def loss_and_metrics(self, outputs: jax.Array, target: jax.Array) -> tuple[jax.Array, dict]:
+        if outputs.ndim != 2 or outputs.shape[1] != self.width:
+            raise ValueError(f"multitask needs outputs (B, {self.width}) (num_classes "
+                             f"{tuple(self.num_classes)} summed): set model.num_classes="
+                             f"{self.width}; got shape {tuple(outputs.shape)}")
+        if target.ndim != 2 or target.shape[1] != len(self.tasks):
+            raise ValueError(f"batch['target'] must be (B, {len(self.tasks)}) for tasks "
+                             f"{tuple(self.tasks)}, got shape {tuple(target.shape)}")
+        weights = self.weights or (1.0,) * len(self.tasks)
+        total, metrics, start = 0.0, {}, 0
+        for t, (name, head) in enumerate(zip(self.tasks, self.heads())):
+            k = int(self.num_classes[t])
+            loss, m = head.loss_and_metrics(outputs[:, start:start + k], target[:, t])
+            start += k
+            total = total + float(weights[t]) * loss
+            for key, value in m.items():
+                metrics[f"{name}_{key}"] = value
+        metrics["loss"] = total
+        return total, metrics
+
+    def compute(self, apply, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        del key  # no augmentation on device
+        return self.loss_and_metrics(apply(batch["image"]), batch["target"])

@@ -26,7 +26,11 @@ Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tabl
 
     data.root          the CSV / TSV file, or a folder holding labels.csv / labels.tsv /
                        participants.tsv (image paths relative to it unless data.image_root)
-    data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target)
+    data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target),
+                       or several, e.g. ("age", "sex", "diagnosis"): Case.target is then the
+                       tuple of the scan's targets in that order (batch["target"] (B, T)),
+                       data.classes None or {task: class order}; folds are stratified by
+                       the first task
     data.classes       class order of a classification task, e.g. ("CN", "AD") (other rows
                        are dropped); None: the classes present
     data.images        image column(s), one per channel (None: t1 / t1w / image / path)
@@ -252,11 +256,59 @@ def _table_options(cfg) -> dict:
             "drop_missing": bool(cfg.get("drop_missing", False))}
 
 
+def tasks_of(cfg) -> tuple[str, ...] | None:
+    """``data.task`` as a tuple of tasks when it names several (a multi-task table), else
+    None."""
+    task = cfg.get("task", "diagnosis")
+    if task is None or isinstance(task, str):
+        return None
+    task = tuple(task)
+    if not task or len(set(task)) != len(task):
+        raise ValueError(f"config.data.task: expected one task or several different ones, "
+                         f"got {task}")
+    return task
+
+
 def _read_table(cfg, source: str):
+    multi = tasks_of(cfg)
+    if multi is not None:
+        return _read_multitask_table(cfg, source, multi)
     table = tables.load_table(source, **_table_options(cfg))
     if jax.process_index() == 0:
         print(table.summary(), flush=True)
     return table
+
+
+def _read_multitask_table(cfg, source: str, tasks: tuple[str, ...]):
+    """A table read for several tasks at once: each scan's ``Case.target`` is the tuple of
+    its targets in ``tasks`` order (class indices, numbers), from one read of the table per
+    task; a row dropped for one task (another class, a missing value with drop_missing) is
+    dropped for all. ``data.classes`` is then None or {task: class order}."""
+    options = _table_options(cfg)
+    classes = options.pop("classes") or {}
+    if not isinstance(classes, dict):
+        raise ValueError(f"config.data.classes: with several tasks {tasks}, give None or "
+                         f"{{task: class order}}, got {classes!r}")
+    unknown = sorted(set(classes) - set(tasks))
+    if unknown:
+        raise ValueError(f"config.data.classes names {unknown}, which are not among the tasks "
+                         f"{tasks}")
+    read = [tables.load_table(source, **dict(options, task=t, classes=classes.get(t)))
+            for t in tasks]
+    if jax.process_index() == 0:
+        for table in read:
+            print(table.summary(), flush=True)
+    targets = [{c.id: c.target for c in table.cases} for table in read]
+    kept = [c for c in read[0].cases if all(c.id in t for t in targets)]
+    if not kept:
+        raise DataError(f"{source}: no scan has a value for every task {tasks}")
+    cases_list = [dataclasses.replace(c, target=tuple(float(t[c.id]) for t in targets))
+                  for c in kept]
+    dropped = {}
+    for table in read:
+        for why, n in table.dropped.items():
+            dropped[why] = max(dropped.get(why, 0), n)
+    return tables.Table(read[0].path, cases_list, tasks, None, read[0].rows, dropped)
 
 
 def _table_split(cfg, root: str, workdir: str) -> tuple[list, list, list, tuple | None]:

@@ -11,9 +11,12 @@ saving the bad state.
 The objective protocol (everything but ``compute`` optional):
 
     compute(apply, batch, key[, state=..., step=...]) -> (loss, metrics) | (loss, metrics, aux)
-        ``apply(x, variables=None, *, train=True)`` runs the model; ``variables`` replaces
-        collections for that call (e.g. {"params": teacher}, which then runs without updating
-        running statistics). ``key`` drives on-device augmentation. ``step`` is passed to an
+        ``apply(x, variables=None, *, train=True, **inputs)`` runs the model; ``variables``
+        replaces collections for that call (e.g. {"params": teacher}, which then runs without
+        updating running statistics); ``inputs`` are further keyword arguments of the
+        model's ``__call__`` (e.g. ``keep=`` indices of the visible patches that a masked
+        autoencoder objective draws; the model is initialised without them, so each must
+        have a default). ``key`` drives on-device augmentation. ``step`` is passed to an
         objective whose ``compute`` names it (schedules of hyper-parameters); ``state`` and
         ``step`` to one that keeps state.
     init_state(params) -> pytree
@@ -225,17 +228,17 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
         def loss_fn(params):
             updated = {}
 
-            def apply(x, variables=None, *, train=True):
+            def apply(x, variables=None, *, train=True, **inputs):
                 base = {"params": params, **model_state}
                 x = x.astype(dtype)
                 if variables is not None:  # another set of weights (e.g. a teacher)
                     return model.apply({**base, **variables}, x, train=train,
-                                       rngs={"dropout": key})
+                                       rngs={"dropout": key}, **inputs)
                 if not model_state or not train:
-                    return model.apply(base, x, train=train, rngs={"dropout": key})
+                    return model.apply(base, x, train=train, rngs={"dropout": key}, **inputs)
                 # Running statistics (BatchNorm) are updated by the training forward pass.
                 out, new = model.apply(base, x, train=True, rngs={"dropout": key},
-                                       mutable=list(model_state))
+                                       mutable=list(model_state), **inputs)
                 updated.update(new)
                 return out
 

@@ -104,9 +104,9 @@ class LossValidator:
         key = jax.random.key(VALIDATION_SEED)
 
         def evaluate(variables, objective_state, batch):
-            def apply(x, override=None, *, train=False):
+            def apply(x, override=None, *, train=False, **inputs):
                 v = variables if override is None else {**variables, **override}
-                return model.apply(v, x.astype(dtype), train=train)
+                return model.apply(v, x.astype(dtype), train=train, **inputs)
             kwargs = {}
             if hasattr(objective, "init_state"):
                 kwargs = {"state": objective_state, "step": jnp.zeros((), jnp.int32)}
