@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 monai_nets = pytest.importorskip("monai.networks.nets")
 transformers = pytest.importorskip("transformers")
 
-from _util import numpy_state, random_params, rel_l2, torch_state  # noqa: E402
+from _util import numpy_state, random_params, rel_l2, timm_module, torch_state  # noqa: E402
 from jaxbrain.convert import CheckpointMismatchError, detect, load_torch, save_torch  # noqa: E402
 from jaxbrain.convert import videomae, vit as vit_family  # noqa: E402
 from jaxbrain.convert.__main__ import main as convert_main  # noqa: E402
@@ -358,63 +358,9 @@ def test_timm_style_2d_config_shapes():
 # timm's VisionTransformer (2D).
 
 
-class _Placeholder(type):
-    """A stand-in class for any torchvision name timm's package reads at import time (e.g.
-    ``FrozenBatchNorm2d``, ``InterpolationMode.BILINEAR``); its attributes are stand-ins too."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(f"{cls.__name__}.{name}", (), {})
-
-
-class _PlaceholderModule(type(functools)):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(f"{self.__name__}.{name}", (), {})
-
-
-class _TorchvisionPlaceholders:
-    """An import finder that answers ``torchvision`` and its submodules with placeholders."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            import importlib.machinery
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _PlaceholderModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-@functools.lru_cache(maxsize=None)
 def _timm_vit_module():
-    """``timm.models.vision_transformer`` (timm's code, unmodified). Without torchvision the
-    placeholders stand in while timm imports and are removed right after, so that nothing
-    else sees a torchvision."""
-    import importlib.util
-    import sys
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm: it needs no torchvision "
-                    "for its VisionTransformer)")
-    placeholders = None
-    if importlib.util.find_spec("torchvision") is None:
-        placeholders = _TorchvisionPlaceholders()
-        sys.meta_path.insert(0, placeholders)
-    try:
-        from timm.models import vision_transformer
-    finally:
-        if placeholders is not None:
-            sys.meta_path.remove(placeholders)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
-    return vision_transformer
+    """``timm.models.vision_transformer`` (timm's code, unmodified; see _util.timm_module)."""
+    return timm_module("vision_transformer")
 
 
 TIMM_VARIANTS = {  # timm VisionTransformer arguments (2D, patch 16, width 64, depth 2, 4 heads)

@@ -12,7 +12,9 @@ returned as a nested dict of NumPy arrays in the model's ``param_dtype``.
 The command line (``python -m jaxbrain.convert --help``) converts between PyTorch files and
 Orbax checkpoints. Initialising a model from any pretrained source (a PyTorch file, a training
 run, a converted directory), with channel adaptation, new heads and encoder-only loads, is
-:func:`jaxbrain.convert.pretrained.load_pretrained`.
+:func:`jaxbrain.convert.pretrained.load_pretrained`; 2D image networks (timm ViT, torchvision /
+timm ResNet and DenseNet) and VideoMAE go into the 3D models through it, inflated
+(:mod:`jaxbrain.convert.inflate`; their family names, ``init.from``, are :data:`SOURCES`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxbrain.convert import core, densenet, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
+from jaxbrain.convert import inflate
+from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
 from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 from jaxbrain.models.cnn3d import DenseNet, ResNet
@@ -163,6 +167,6 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     return core.save(params, model, family_of(model), path, template)
 
 
-__all__ = ["CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "detect", "families",
+__all__ = ["CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "SOURCES", "detect", "families",
            "family_for", "family_for_source", "family_of", "load_torch", "register",
            "read_state_dict", "save_torch"]

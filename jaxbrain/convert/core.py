@@ -85,7 +85,7 @@ class LoadReport:
                      f"({len(self.new_head)}):")
             body += "".join(f"\n    {k}  checkpoint {a} vs model {b}" for k, a, b in self.new_head)
         if self.adapted:
-            body += "\n  input layer adapted to the model's channels:"
+            body += "\n  adapted (input channels, inflation to 3D):"
             body += "".join(f"\n    {line}" for line in self.adapted)
         body = body.lstrip("\n")
         return head + ("\n" + body if body else "")
@@ -309,19 +309,25 @@ def adapt_channels(kernel: np.ndarray, channels: int, mode: str) -> np.ndarray:
 
     ``average``: every new channel gets the mean kernel over the old channels; ``repeat``: new
     channel j gets old channel j mod C_old. Both are scaled by C_old / channels, so that inputs
-    whose channels look alike give the layer the pretrained magnitude.
+    whose channels look alike give the layer the pretrained magnitude. ``sum`` is ``average``
+    by its other name: the old kernels summed, divided by ``channels`` (an RGB stem for grey
+    input: a grey image replicated to RGB keeps its response). ``mean``: every new channel
+    gets the mean kernel divided by ``channels`` (the response of alike channels divided by
+    C_old).
     """
     old = kernel.shape[-2]
-    if mode == "average":
-        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2)
+    if mode in ("average", "sum"):
+        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2) * (old / channels)
     elif mode == "repeat":
-        out = np.take(kernel, np.arange(channels) % old, axis=-2)
+        out = np.take(kernel, np.arange(channels) % old, axis=-2) * (old / channels)
+    elif mode == "mean":
+        out = np.repeat(kernel.mean(-2, keepdims=True), channels, axis=-2) / channels
     else:
-        raise ValueError(f"init.channels: expected 'fresh', 'average' or 'repeat', got {mode!r}")
-    return (out * (old / channels)).astype(kernel.dtype)
+        raise ValueError(f"init.channels: expected one of {CHANNEL_MODES[1:]}, got {mode!r}")
+    return out.astype(kernel.dtype)
 
 
-CHANNEL_MODES = ("fresh", "average", "repeat")
+CHANNEL_MODES = ("fresh", "average", "repeat", "sum", "mean")
 
 
 def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: LoadReport, *,
@@ -335,7 +341,7 @@ def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: Lo
     Rules, one set for every source (PyTorch files, training runs, converted models):
       * same shape: loaded (cast to the model's dtype);
       * the input layer's kernel (``input_layer`` + "kernel") for another number of input
-        channels: adapted with ``channels`` ("average" / "repeat", see
+        channels: adapted with ``channels`` ("average" = "sum", "mean", "repeat"; see
         :func:`adapt_channels`) or, with "fresh", left as initialised together with its bias
         (``None``: a mismatch like any other);
       * an output layer (``is_head``) whose last axis (the class count) differs, with

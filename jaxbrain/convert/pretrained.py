@@ -5,7 +5,8 @@
 
 A source is a PyTorch file (.pt/.pth/.bin/.ckpt/.safetensors, or a state dict; read by the
 model's convert family, or by another layout of the model's class that the file's keys show,
-e.g. a VideoMAE file into a ViT), a ``train.py`` run or a ``convert from-torch`` directory
+e.g. a VideoMAE file into a ViT; a 2D image or video network for a 3D model is inflated
+first, :mod:`jaxbrain.convert.inflate`), a ``train.py`` run or a ``convert from-torch`` directory
 (read by :func:`jaxbrain.runs.load_run`). It becomes a flat tree of Flax variables, then one merge
 (:func:`jaxbrain.convert.core.merge`) applies the same rules to all of them:
 
@@ -13,7 +14,8 @@ e.g. a VideoMAE file into a ViT), a ``train.py`` run or a ``convert from-torch``
     taken, in every collection (parameters and BatchNorm running statistics alike); the rest
     keeps its fresh values, and the source's other entries are ignored;
   * ``channels``: an input layer (the model's ``input_layer()``) for another channel count
-    is adapted ("average", "repeat") or started fresh ("fresh");
+    is adapted ("average" = "sum", "mean", "repeat": e.g. an RGB stem for grey scans) or
+    started fresh ("fresh");
   * ``new_head``: output layers for another class count start fresh;
   * everything else must fit: with ``strict`` (the default) any missing, unused or
     mismatched entry fails the load with one :class:`CheckpointMismatchError` listing them.
@@ -45,9 +47,15 @@ def is_torch_source(source: Any) -> bool:
 def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: bool = False,
                     channels: str | None = "average", new_head: bool = False,
                     strict: bool = True, trust_pickle: bool = False,
-                    family: core.Family | None = None) -> tuple[dict, core.LoadReport]:
+                    family: core.Family | None = None, source_family: str | None = None,
+                    inflate: str = "mean") -> tuple[dict, core.LoadReport]:
     """``like`` (the model's fresh variables, {"params": ..., "batch_stats": ...}) with the
-    values of ``source``; returns (variables, report). See the module docstring."""
+    values of ``source``; returns (variables, report). See the module docstring.
+
+    PyTorch sources: ``source_family`` names the file's family (``init.from``: one of
+    :data:`jaxbrain.convert.inflate.SOURCES`; None: the keys decide) and ``inflate`` ("mean"
+    or "centre") how 2D kernels become 3D ones when a 2D or video network initialises a 3D
+    model (:mod:`jaxbrain.convert.inflate`)."""
     like_flat = traverse_util.flatten_dict(nn.meta.unbox(dict(like)))
     like_flat = {k: np.asarray(v) for k, v in like_flat.items()}
     scope = None
@@ -60,11 +68,24 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
     input_layer = ("params",) + tuple(model.input_layer()) if hasattr(model, "input_layer") else None
 
     if is_torch_source(source):
-        if family is None:  # the model's, or another layout of it the file's keys show
+        prepared = None
+        if family is None:  # 2D / video networks rewritten for a 3D model (None: no need)
+            from jaxbrain.convert import inflate as inflation
+            prepared = inflation.prepare(source, model, source_family=source_family,
+                                         inflate=inflate, trust_pickle=trust_pickle)
+        elif source_family is not None:
+            raise ValueError("load_pretrained: give family or source_family, not both")
+        if prepared is not None:
+            family = prepared.family
+        elif family is None:  # the model's, or another layout of it the file's keys show
             from jaxbrain.convert import family_for_source
             family = family_for_source(model, source, trust_pickle)
-        found, report, _ = core.to_flax(source, model, family, encoder_only=encoder_only,
+        found, report, _ = core.to_flax(source if prepared is None else prepared.state, model,
+                                        family, encoder_only=encoder_only,
                                         trust_pickle=trust_pickle)
+        if prepared is not None:
+            report.source = prepared.source
+            report.adapted.extend(prepared.notes)
         single = family.collections == ("params",)
         if single:
             found = {("params",) + k: v for k, v in found.items()}
@@ -79,6 +100,9 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
         def is_head(path):
             return family.is_head(name(path))
     else:
+        if source_family is not None:
+            raise ValueError(f"init.from={source_family!r} names the family of a PyTorch file "
+                             f"(init.torch); {source} is read as the run or directory it is")
         run = runs.load_run(os.fspath(source))
         found = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables).items()}
         fmt = (f"training run, step {run.step}" if run.kind == "training" else "converted model")

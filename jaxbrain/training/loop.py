@@ -148,7 +148,10 @@ def initial_variables(config, model, x, key, shardings=None) -> dict:
 
 def pretrained(config, model, variables, shardings) -> dict:
     """``variables`` with pretrained values (``init.torch`` / ``init.orbax``; see
-    :mod:`jaxbrain.convert.pretrained`), or unchanged."""
+    :mod:`jaxbrain.convert.pretrained`), or unchanged. ``init.from`` names a PyTorch file's
+    family (``timm_vit``, ``torchvision_resnet``, ``torchvision_densenet``, ``videomae``,
+    ``monai``; None: its keys decide) and ``init.inflate`` ("mean" / "centre") how a 2D or
+    video network's kernels become 3D (:mod:`jaxbrain.convert.inflate`)."""
     init = config.get("init", {})
     source = _pretrained_source(config)
     if not source:
@@ -157,7 +160,8 @@ def pretrained(config, model, variables, shardings) -> dict:
     merged, report = load_pretrained(
         source, model, jax.device_get(variables), encoder_only=encoder_only,
         channels=init.get("channels", "average"), new_head=bool(init.get("new_head", False)),
-        strict=bool(init.get("strict", True)))
+        strict=bool(init.get("strict", True)), source_family=init.get("from"),
+        inflate=init.get("inflate") or "mean")
     if jax.process_index() == 0:
         print(report)
         print(f"initialised {'the encoder ' if encoder_only else ''}from {source}")
