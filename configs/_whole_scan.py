@@ -29,6 +29,20 @@ standardises targets by the training mean and std (both fitted once from the tra
 The best checkpoint is chosen by validation AUC (classification) or MAE (regression); eval.py
 reports the bias-corrected brain-age MAE too (``eval.age_bias``, fitted on the validation
 predictions).
+
+Initialisations: from scratch (no ``init``), from a previous run or converted directory
+(``init.orbax``), or from a PyTorch file (``init.torch``) whose family ``init.from`` names:
+``timm_vit`` (timm's 2D ViT), ``torchvision_resnet`` / ``torchvision_densenet``
+(torchvision's or timm's 2D CNNs), ``videomae`` (transformers / MCG-NJU), ``monai`` (the 3D
+MONAI / MedicalNet layouts); None reads it off the keys. 2D and video networks are inflated
+to the 3D model (:mod:`jaxbrain.convert.inflate`): ``init.inflate`` "mean" (each 2D kernel
+repeated over depth and divided by it) or "centre" (the 2D kernel at the central depth tap);
+``init.channels="sum"`` (= "average") or "mean" takes an RGB stem to the T1w channel. The
+model must be the source's architecture (torchvision's ResNets: shortcut B without
+downsample bias, the ``resnet50`` preset; ``resnet18`` needs ``model.shortcut_type="B"``,
+``model.bias_downsample=False``; timm's ViT: ``model.qkv_bias=True``, ``model.norm_eps=1e-6``;
+VideoMAE: ``model.cls_token=False``, ``model.pool="mean"``): the strict load names what
+differs. The encoder is taken (``init.encoder_only``), the head starts fresh.
 """
 
 import ml_collections
@@ -121,8 +135,9 @@ def build(task: str, args) -> ml_collections.ConfigDict:
     c.optim = dict(name="adamw", lr=lr, weight_decay=0.05 if model == "vit" else 1e-4,
                    b1=0.9, b2=0.999, schedule="warmup_cosine", warmup_steps=500, end_lr=0.0,
                    grad_clip=1.0, grad_accum=1)
-    c.init = dict(torch=placeholder(str), orbax=placeholder(str), encoder_only=True,
-                  strict=True, new_head=True)
+    c.init = {"torch": placeholder(str), "orbax": placeholder(str), "from": placeholder(str),
+              "inflate": "mean", "channels": "average", "encoder_only": True, "strict": True,
+              "new_head": True}
     c.eval = dict(age_bias=task == "age", max_cases=placeholder(int))
 
     if "demo" in args:
