@@ -62,6 +62,9 @@ AUGMENT = ("rand_affine(rotate=5.0, scale={scale}, translate={translate}, prob=0
 SMALL_RESNET = dict(name="resnet", in_channels=1, block="basic", layers=(1, 1, 1, 1),
                     block_inplanes=(8, 16, 32, 64), conv1_t_size=3, conv1_t_stride=2,
                     shortcut_type="B")
+# The demo's ViT: 8^3 patches (6 x 7 x 6 of the 48 x 56 x 48 crops), width 96, 4 blocks.
+DEMO_VIT = dict(patch_size=8, hidden_size=96, depth=4, num_heads=4, mlp_dim=192, drop_path=0.0,
+                pool="mean")
 # The demo's synthetic cohorts (jaxbrain.data.cohort.write_cohort options) per task.
 DEMO_COHORTS = {
     "ad": dict(groups={"CN": 0.5, "AD": 0.5}, ages=(70.0, 80.0)),          # ADNI-like
@@ -151,8 +154,7 @@ def build(task: str, args) -> ml_collections.ConfigDict:
         if not any(a in MODELS for a in args):  # 200 subjects from scratch: a small CNN
             c.model = dict(SMALL_RESNET, num_classes=num_classes, remat="remat" in args)
         elif model == "vit":
-            c.model.update(patch_size=8, hidden_size=96, depth=4, num_heads=4, mlp_dim=192,
-                           drop_path=0.0, pool="mean")
+            c.model.update(DEMO_VIT)
         c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 300, 25, 50, 50
         c.optim.update(lr=3e-3, warmup_steps=20, weight_decay=1e-4)
     return c
