@@ -8,8 +8,9 @@ same run.
 
 A training step is forward (training mode: BatchNorm batch statistics, running statistics
 updated), softmax cross-entropy against fixed random labels over ``--classes`` classes,
-backward and AdamW. Times are the median of ``--repeats`` steps after one warm-up step (which
-includes XLA compilation, reported apart). The ratio is jaxbrain samples/s over MONAI
+backward and AdamW (bench/gpu.py's step, shared with the GPU script). Times are the median
+of ``--repeats`` steps after one warm-up step (XLA compilation done before it, reported
+apart). The ratio is jaxbrain samples/s over MONAI
 samples/s: above 1 means jaxbrain is faster. MONAI's network is built with the jaxbrain
 model's settings (for ResNets: block, layers, shortcut, downsample bias, conv1 stride).
 Printed as a Markdown table and written to bench/results/cnn3d-<model>-<device>-<precision>.json.
@@ -23,53 +24,20 @@ import os
 import platform
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_swin_unetr import _median_time  # noqa: E402
+import gpu  # noqa: E402  (the classifier step shared with the GPU script)
 
 
-def _data(args):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, *args.size, 1)).astype(np.float32)
-    y = rng.integers(0, args.classes, args.batch)
-    return x, y
+def _sizes(args) -> dict:
+    return dict(roi=tuple(args.size), batch=args.batch, classes=args.classes)
 
 
 def bench_jax(model, args) -> dict:
+    """gpu.py's classifier step (softmax cross-entropy, AdamW, BatchNorm in training mode with
+    its running statistics updated)."""
     import jax
-    import jax.numpy as jnp
-    import optax
-    import flax.linen as nn
-
-    x, y = (jnp.asarray(a) for a in _data(args))
-    variables = jax.jit(lambda k: nn.unbox(model.init(k, x[:1])))(jax.random.key(0))
-    params, stats = variables["params"], variables["batch_stats"]
-    tx = optax.adamw(1e-4, weight_decay=1e-5)
-
-    def loss_fn(p, stats):
-        logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                  mutable=["batch_stats"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
-
-    @jax.jit
-    def step(state):
-        p, stats, opt = state
-        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(p, stats)
-        u, opt = tx.update(g, opt, p)
-        return (optax.apply_updates(p, u), stats, opt), loss
-
-    holder = {"state": (params, stats, tx.init(params))}
-
-    def run():
-        holder["state"], loss = step(holder["state"])
-        loss.block_until_ready()
-
-    s, first = _median_time(run, args.repeats)
-    dev = jax.devices()[0]
-    peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform == "gpu" else None
-    return dict(step_s=s, compile_s=first - s, peak_bytes=peak, device=str(dev.device_kind),
-                jax=jax.__version__)
+    out = gpu._jax_classifier(model, _sizes(args), gpu.Clock(args.repeats, 1, float("inf")))
+    return dict(out, jax=jax.__version__, device=out["device_kind"])
 
 
 def monai_network(model, classes: int):
@@ -93,30 +61,10 @@ def bench_torch(model, args) -> dict:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    net = monai_network(model, args.classes).to(device).train()
-    x, y = _data(args)
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))).to(device)
-    y = torch.from_numpy(y).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
-    amp = args.precision == "bf16" and cuda
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-        loss.backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    s, _ = _median_time(run, args.repeats)
-    return dict(step_s=s, peak_bytes=torch.cuda.max_memory_allocated() if cuda else None,
-                torch=torch.__version__)
+    out = gpu._torch_classifier(monai_network(model, args.classes), _sizes(args), args.precision,
+                                gpu.Clock(args.repeats, 1, float("inf")))
+    return dict(out, torch=torch.__version__)
 
 
 def main():

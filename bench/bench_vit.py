@@ -7,8 +7,8 @@ configuration, same run.
 
 A training step is forward, cross-entropy on the CLS token's logits (a plain linear head on
 both sides: MONAI ``post_activation=None``), backward and AdamW. Each side is timed as the
-median of ``--repeats`` steps after one warm-up step (which includes XLA's compilation,
-reported apart); jaxbrain's steps end on ``jax.block_until_ready``, PyTorch's on a CUDA
+median of ``--repeats`` steps after one warm-up step (XLA's compilation done before it and
+reported apart; the step is bench/gpu.py's, shared with the GPU script); jaxbrain's steps end on ``jax.block_until_ready``, PyTorch's on a CUDA
 synchronisation where there is one. Reported: samples per second of each and the ratio
 jaxbrain / MONAI (above 1: jaxbrain faster), as a Markdown table; the rows are written to
 bench/results/vit-<device>-<precision>.json.
@@ -22,9 +22,7 @@ import os
 import platform
 import sys
 
-import numpy as np
-
-from bench_swin_unetr import _median_time
+import gpu  # the classifier step shared with the GPU script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -38,50 +36,21 @@ CONFIGS = {
 }
 
 
-def _data(cfg):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(cfg["batch"], *cfg["spatial"], cfg["channels"])).astype(np.float32)
-    y = rng.integers(0, cfg["classes"], cfg["batch"]).astype(np.int64)
-    return x, y
+def _sizes(cfg) -> dict:
+    return dict(roi=tuple(cfg["spatial"]), batch=cfg["batch"], classes=cfg["classes"])
 
 
 def bench_jax(cfg, repeats, precision, remat, attn_impl):
-    import jax
+    """gpu.py's classifier step (softmax cross-entropy on the CLS logits, AdamW)."""
     import jax.numpy as jnp
-    import optax
-    import flax.linen as nn
     from jaxbrain.models import ViT
 
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     model = ViT(cfg["channels"], cfg["spatial"], cfg["patch"], hidden_size=cfg["hidden"],
                 depth=cfg["depth"], num_heads=cfg["heads"], mlp_dim=cfg["mlp"],
                 num_classes=cfg["classes"], dtype=dtype, remat=remat, attn_impl=attn_impl)
-    x, y = (jnp.asarray(a) for a in _data(cfg))
-    params = jax.jit(lambda: nn.unbox(model.init(jax.random.key(0), x[:1])["params"]))()
-    tx = optax.adamw(1e-4, weight_decay=0.05)
-    opt = tx.init(params)
-
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, loss
-
-    state = {"p": params, "o": opt}
-
-    def run_step():
-        state["p"], state["o"], loss = step(state["p"], state["o"])
-        jax.block_until_ready(loss)
-
-    s, first = _median_time(run_step, repeats)
-    dev = jax.devices()[0]
-    peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform == "gpu" else None
-    return dict(step_s=s, samples_per_s=cfg["batch"] / s, compile_s=first - s, peak_bytes=peak,
-                device=str(dev.device_kind))
+    out = gpu._jax_classifier(model, _sizes(cfg), gpu.Clock(repeats, 1, float("inf")))
+    return dict(out, samples_per_s=cfg["batch"] / out["step_s"], device=out["device_kind"])
 
 
 def bench_torch(cfg, repeats, precision, threads):
@@ -90,35 +59,13 @@ def bench_torch(cfg, repeats, precision, threads):
 
     if threads:
         torch.set_num_threads(threads)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     net = MonaiViT(cfg["channels"], cfg["spatial"], cfg["patch"], hidden_size=cfg["hidden"],
                    mlp_dim=cfg["mlp"], num_layers=cfg["depth"], num_heads=cfg["heads"],
-                   classification=True, num_classes=cfg["classes"], post_activation=None).to(device)
-    x, y = _data(cfg)
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(device)
-    y = torch.from_numpy(y).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
-    amp = precision == "bf16" and cuda
-    ce = torch.nn.CrossEntropyLoss()
-    net.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits, _ = net(x)
-        loss = ce(logits.float(), y)
-        loss.backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    s, _ = _median_time(step, repeats)
-    peak = torch.cuda.max_memory_allocated() if cuda else None
-    return dict(step_s=s, samples_per_s=cfg["batch"] / s, peak_bytes=peak)
+                   classification=True, num_classes=cfg["classes"], post_activation=None)
+    out = gpu._torch_classifier(net, _sizes(cfg), precision, gpu.Clock(repeats, 1, float("inf")),
+                                logits_of=lambda o: o[0])  # MONAI's ViT: (logits, hidden states)
+    return dict(out, samples_per_s=cfg["batch"] / out["step_s"])
 
 
 def main():
