@@ -404,3 +404,27 @@ def test_train_run_starts_from_a_timm_resnet_file(resnets, tmp_path):
     assert not kernel[[0, 1, 2, 4, 5, 6]].any()
     loop.train_and_evaluate(c, str(tmp_path / "run"))
     assert os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_command_line_from_torch_inflates(timm_vit_avg, tmp_path, capsys):
+    """python -m jaxbrain.convert from-torch --from timm_vit: the 3D arguments lifted off the
+    2D file (patch 16^3), the rest given; the converted directory holds load_pretrained's
+    inflated parameters."""
+    from jaxbrain import runs
+    from jaxbrain.convert.__main__ import main as convert_main
+    net, state, model, fresh = timm_vit_avg
+    path = str(tmp_path / "vit.pt")
+    torch.save(net.state_dict(), path)
+    out = str(tmp_path / "converted")
+    assert convert_main(["from-torch", path, out, "--from", "timm_vit", "--model", "vit",
+                         "--set", "num_heads=2", "--set", "in_channels=1",
+                         "--set", "img_size=[48,32,32]", "--channels", "sum",
+                         "--inflate", "centre"]) == 0
+    assert "inflated to 3D (centre)" in capsys.readouterr().out
+    run = runs.load_run(out)
+    want, _ = load_pretrained(state, model, fresh, source_family="timm_vit", inflate="centre",
+                              channels="sum")
+    got = run.variables["params"]["encoder"]["patch_embedding"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(got), want["params"]["encoder"]["patch_embedding"]["kernel"])
+    with pytest.raises(SystemExit, match="give --model"):
+        convert_main(["from-torch", path, out, "--from", "timm_vit"])

@@ -3,6 +3,8 @@
   python -m jaxbrain.convert inspect brainsegfounder_ssl.pt
   python -m jaxbrain.convert from-torch model.pt ckpt/ --model swin_unetr --set downsample=merging_legacy
   python -m jaxbrain.convert to-torch ckpt/ exported.pt
+  python -m jaxbrain.convert from-torch resnet50_in1k.pth ckpt/ --from torchvision_resnet \
+      --model resnet50 --set in_channels=1 --set num_classes=2 --channels sum --new-head
   python -m jaxbrain.convert to-torch runs/bsf_stage1 stage1_ssl.pt     # a training run
 
 ``from-torch`` writes an Orbax checkpoint of the parameters (``ckpt/params``) and the model's
@@ -71,10 +73,47 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _from_torch_inflated(args, state) -> int:
+    """``from-torch --from FAMILY``: a 2D or video network into a 3D model, through
+    ``load_pretrained`` (inflation, channel adaptation, strict report)."""
+    import jax
+    import flax.linen as nn
+    from jaxbrain.convert import family_of, inflate
+    from jaxbrain.convert.pretrained import load_pretrained
+    if args.model is None:
+        raise SystemExit(f"--from {args.source_family}: give --model, the 3D model it goes into "
+                         "(e.g. --model resnet50 --set in_channels=1 --set num_classes=2)")
+    try:
+        kwargs = (inflate.config_for(args.source_family, state, args.model)
+                  if not args.no_infer else {})
+    except ValueError as e:
+        raise SystemExit(f"{args.checkpoint}: {e}") from e
+    kwargs.update(_parse_sets(args.set))
+    model = _build_model(args.model, kwargs)
+    family = family_of(model)
+    shape = family.dummy_input(model)
+    fresh = nn.meta.unbox(model.init(jax.random.key(args.seed), np.zeros(shape, np.float32)))
+    try:
+        variables, report = load_pretrained(
+            state, model, fresh, source_family=args.source_family, inflate=args.inflate,
+            channels=args.channels, encoder_only=args.encoder_only, new_head=args.new_head,
+            strict=not args.non_strict)
+    except ValueError as e:
+        raise SystemExit(f"{args.checkpoint}: {e}") from e
+    report.source = args.checkpoint
+    print(report)
+    runs.save_converted(args.output, {"name": args.model, **kwargs}, variables)
+    out = os.path.abspath(args.output)
+    print(f"wrote {out}/{runs.PARAMS_DIR} and {runs.MODEL_JSON}: {args.model}({kwargs})")
+    return 0
+
+
 def cmd_from_torch(args) -> int:
     from jaxbrain.convert import detect, family_for, load_torch, read_state_dict
 
     state, _ = read_state_dict(args.checkpoint, args.trust_pickle)
+    if args.source_family not in (None, "monai"):
+        return _from_torch_inflated(args, state)
     if args.model is None and args.encoder_only:
         raise SystemExit("--encoder-only: give --model, the model the encoder goes into "
                          "(e.g. --model swin_unetr --set out_channels=3)")
@@ -173,6 +212,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="output layers of another class count (--set out_channels=N) start fresh")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for parameters not loaded")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled Python objects (trusted files only)")
+    p.add_argument("--from", dest="source_family", default=None,
+                   choices=("timm_vit", "torchvision_resnet", "torchvision_densenet", "videomae", "monai"),
+                   help="the file's family when a 2D or video network goes into a 3D model "
+                   "(inflated: jaxbrain.convert.inflate); needs --model")
+    p.add_argument("--inflate", default="mean", choices=("mean", "centre"),
+                   help="with --from: 2D kernels repeated over depth / depth (mean) or at the "
+                   "central depth tap (centre)")
+    p.add_argument("--channels", default="average", choices=("average", "sum", "mean", "repeat", "fresh"),
+                   help="with --from: an input layer for another channel count (an RGB stem "
+                   "for grey scans: sum = average, or mean)")
     p.set_defaults(fn=cmd_from_torch)
 
     p = sub.add_parser("to-torch", help="Orbax checkpoint -> PyTorch state dict")
