@@ -73,71 +73,16 @@ def head_volume(shape, channels: int, seed: int = 0) -> np.ndarray:
     return x[None].astype(np.float32)
 
 
-# ----------------------------------------------------------------------------------------
-# timm without torchvision: no torchvision wheel matches the CPU torch, and timm's package
-# reads a few torchvision names at import time that its ViT, ResNet and DenseNet never use.
-
-
-class _Placeholder(type):
-    """Stands in for any torchvision name read while timm imports (a class such as
-    ``FrozenBatchNorm2d``, an enum member such as ``InterpolationMode.BILINEAR``); its
-    attributes stand in too."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(f"{cls.__name__}.{name}", (), {})
-
-
-class _PlaceholderModule(type(functools)):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(f"{self.__name__}.{name}", (), {})
-
-
-class _TorchvisionFinder:
-    """An import finder answering ``torchvision`` and its submodules with placeholder modules."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "torchvision" and not name.startswith("torchvision."):
-            return None
-        import importlib.machinery
-        return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-        module = _PlaceholderModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-@functools.lru_cache(maxsize=None)
 def timm_module(name: str):
-    """``timm.models.<name>`` (timm's own code, e.g. "vision_transformer", "resnet",
-    "densenet"). Without torchvision, placeholders answer its imports while timm's package
-    loads and are removed right after, so nothing else sees a torchvision. Skips the test
-    when timm is not installed (``pip install --no-deps timm``)."""
-    import importlib
-    import importlib.util
-    import sys
+    """``timm.models.<name>`` through :func:`jaxbrain.convert.timm_import.timm_module`
+    (placeholders answer timm's torchvision imports while it loads); skips the test when timm
+    is not installed (``pip install --no-deps timm``)."""
     import pytest
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm: its ViT, ResNet and "
-                    "DenseNet need no torchvision)")
-    finder = None
-    if importlib.util.find_spec("torchvision") is None:
-        finder = _TorchvisionFinder()
-        sys.meta_path.insert(0, finder)
+    from jaxbrain.convert.timm_import import timm_module as load
     try:
-        return importlib.import_module(f"timm.models.{name}")
-    finally:
-        if finder is not None:
-            sys.meta_path.remove(finder)
-            for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[mod]
+        return load(name)
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 __all__ = ["from_torch_output", "head_volume", "jitted_apply", "numpy_state", "random_params",
