@@ -42,3 +42,22 @@ def test_large_depth_takes_the_chunked_path_and_stays_exact():
     hlo = jax.jit(conv3x3x3_cpu).lower(x, k).as_text()
     assert "while" in hlo  # lax.map over chunks
     assert rel_l2(jax.jit(conv3x3x3_cpu)(x, k), conv3x3x3_xla(x, k)) < 1e-5
+
+
+def test_empty_grids_give_empty_outputs_and_a_too_small_densenet_says_so():
+    """An empty depth (a feature map pooled away) gives lax.conv's empty output and zero
+    kernel gradient instead of failing inside the depth-slab split; a DenseNet whose input is
+    too small for its transitions (block_config (1, 1, 1, 1) at 16^3: 16 -> 4 after the stem,
+    2, 1, 0 after the transitions) raises an error naming the shape and the minimum (29)."""
+    from jaxbrain.models.cnn3d import DenseNet
+    x = jnp.zeros((2, 0, 3, 4, 16))
+    k = jnp.ones((3, 3, 3, 16, 24))
+    y, vjp = jax.vjp(conv3x3x3_cpu, x, k)
+    assert y.shape == conv3x3x3_xla(x, k).shape == (2, 0, 3, 4, 24)
+    dx, dk = vjp(jnp.zeros_like(y))
+    assert dx.shape == x.shape and dk.shape == k.shape and not dk.any()
+    model = DenseNet(1, 2, init_features=8, growth_rate=4, block_config=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"\(16, 16, 16\) is too small.*transition3.*at least 29"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 29, 32, 29, 1)))
+    assert "denseblock4" in shapes["params"]["features"]

@@ -213,6 +213,17 @@ class Transition(_Module):
         return nn.avg_pool(y, (2,) * n, strides=(2,) * n)
 
 
+def _too_small(name: str, shape, transition: int, transitions: int) -> str:
+    """Why a DenseNet input is too small: the stem quarters each axis (rounding up), each
+    transition halves it (rounding down, as AvgPool), so ``transitions`` of them need
+    ``4 * (2 ** transitions - 1) + 1`` voxels an axis."""
+    need = 4 * (2 ** transitions - 1) + 1
+    return (f"{name}: the input's spatial shape {shape} is too small: the feature map after "
+            f"transition{transition} is empty (the stem quarters each axis, each of the "
+            f"{transitions} transitions halves it: at least {need} voxels an axis; fewer "
+            f"blocks in block_config need fewer)")
+
+
 class DenseNetFeatures(_Module):
     """MONAI's ``DenseNet.features``: stem, dense blocks with transitions, norm5 (no ReLU)."""
 
@@ -225,6 +236,7 @@ class DenseNetFeatures(_Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        shape = tuple(x.shape[1:-1])
         x = self._conv(self.init_features, 7, "conv0", stride=2)(x)
         x = max_pool_3s2(nn.relu(self._bn("norm0")(x, train)))
         channels = self.init_features
@@ -236,6 +248,8 @@ class DenseNetFeatures(_Module):
                 channels //= 2
                 x = Transition(self.dtype, self.param_dtype, channels,
                                name=f"transition{i + 1}")(x, train)
+                if 0 in x.shape[1:-1]:
+                    raise ValueError(_too_small("DenseNet", shape, i + 1, len(self.block_config) - 1))
         return self._bn("norm5")(x, train)
 
 
