@@ -123,6 +123,14 @@ def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
                                  options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 
+def latest_step(workdir: str) -> int | None:
+    """The run's latest checkpoint step (None: no checkpoint yet)."""
+    if not os.path.isdir(os.path.join(os.path.abspath(workdir), CHECKPOINTS)):
+        return None
+    step = checkpoint_manager(workdir).latest_step()
+    return None if step is None else int(step)
+
+
 def choose_step(workdir: str, step: int | None = None) -> int:
     """``step`` if that checkpoint exists; by default the best (by the run's validation
     metric), else the latest."""

@@ -415,6 +415,27 @@ class NotAvailable(Exception):
     """An initialisation this installation cannot make (reported in the table as n/a)."""
 
 
+class Stopped(BaseException):
+    """A run ended before its last step (SIGTERM: the loop saved a checkpoint and returned):
+    the study stops too, and a rerun resumes that run. Not an ``Exception``, so that no
+    cell records it as a failure."""
+
+
+def _check_finished(config, workdir: str) -> None:
+    from jaxbrain import runs
+    step, total = runs.latest_step(workdir), int(config.total_steps)
+    if step is None or step < total:
+        raise Stopped(f"{workdir}: stopped at step {step} of {total}; rerun the study to "
+                      "resume it")
+
+
+def pretrain(config, workdir: str) -> None:
+    """Trains (or resumes) a pretraining run to its last step."""
+    from jaxbrain.training.loop import train_and_evaluate
+    train_and_evaluate(config, workdir)
+    _check_finished(config, workdir)
+
+
 def _quietly(fn: Callable, log: str):
     """Runs ``fn`` with its prints in the file ``log``."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -428,6 +449,7 @@ def train_and_evaluate_cell(config, workdir: str) -> dict:
     from jaxbrain.evaluation.evaluate import evaluate_scans
     from jaxbrain.training.loop import train_and_evaluate
     train_and_evaluate(config, workdir)
+    _check_finished(config, workdir)  # a stopped run is not a finished cell
     out = {}
     for split in ("val", "test"):
         summary = evaluate_scans(config, workdir, os.path.join(workdir, f"eval_{split}"),
@@ -445,8 +467,7 @@ def run_study(study: Study, cells: Sequence[Cell], *, runner: Callable | None = 
     ``pretrainer(config, workdir)`` replace the real training (tests). Returns the rows."""
     from tqdm import tqdm
     runner = runner or train_and_evaluate_cell
-    if pretrainer is None:
-        from jaxbrain.training.loop import train_and_evaluate as pretrainer
+    pretrainer = pretrainer or pretrain
     from jaxbrain.parallel import enable_compilation_cache
     enable_compilation_cache(None)
     os.makedirs(study.out, exist_ok=True)
@@ -754,7 +775,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     study, cells = parse(sys.argv[1:] if argv is None else argv)
     start = time.time()
-    rows = run_study(study, cells)
+    try:
+        rows = run_study(study, cells)
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 143
     bad = [r for r in rows if r["status"] != "ok"]
     print(f"{len(rows)} runs ({len(bad)} not ok) in {time.time() - start:.0f} s: "
           f"{os.path.join(study.out, 'results.md')}, results.csv, results.png")

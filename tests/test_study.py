@@ -106,6 +106,25 @@ def test_failures_are_reported_and_retried(tiny):
     assert retried == ["contrastive"]
 
 
+def test_a_stopped_run_is_not_a_finished_cell(tiny, monkeypatch):
+    """A run the loop ended early (SIGTERM: checkpoint saved, normal return) stops the study
+    without a result; the rerun trains it again (resuming it)."""
+    from jaxbrain.training import loop
+    out = os.path.join(tiny, "stopped")
+    s, cells = study_lib.parse(["--preset", "tiny", "--out", out, "--archs", "resnet18",
+                                "--inits", "scratch,ssl", "--tasks", "ad", "--budgets", "1",
+                                "--seeds", "0"])
+    calls = []
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda c, w: calls.append(w))  # no steps
+    with pytest.raises(study_lib.Stopped, match="stopped at step None of"):
+        study_lib.run_study(s, cells, runner=Recorder(), progress=False)
+    assert calls and not os.path.exists(os.path.join(calls[0], study_lib.RESULT))
+    with pytest.raises(study_lib.Stopped):
+        study_lib.run_study(s, cells, progress=False, pretrainer=lambda c, w: None)
+    assert not any(os.path.exists(os.path.join(study_lib.cell_dir(s, c), study_lib.RESULT))
+                   for c in cells if c.init == "scratch")
+
+
 def test_one_real_cell_beats_the_training_mean(tiny):
     """Brain age, the small ResNet from scratch, 40 steps: trained, evaluated on the
     validation fold and the held-out site, its MAE below the training mean's there."""
