@@ -346,6 +346,7 @@ class ViTEncoder(nn.Module):
     pos_embed: str = "learned"
     pos_embed_cls: bool = False
     pos_interp: str = "bicubic"
+    mask_token: bool = False
     qkv_bias: bool = False
     mask_k_bias: bool = False
     layer_scale_init: float | None = None
@@ -428,12 +429,31 @@ class ViTEncoder(nn.Module):
         patches = table[:, int(self.pos_embed_cls):]
         return resize_pos_embed(patches, trained, grid, self.pos_interp), cls_row
 
+    @nn.nowrap
+    def _layer_indices(self, layers: Sequence[int]) -> tuple[int, ...]:
+        out = []
+        for i in layers:
+            if not isinstance(i, (int, np.integer)) or not -self.depth <= int(i) < self.depth:
+                raise ValueError(f"layers={tuple(layers)}: expected block indices in "
+                                 f"[-{self.depth}, {self.depth}) (depth {self.depth})")
+            out.append(int(i) % self.depth)
+        return tuple(out)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, rotary: Rotary | None = None,
-                 keep: jax.Array | None = None) -> jax.Array:
+                 keep: jax.Array | None = None, layers: Sequence[int] | None = None,
+                 masks: jax.Array | None = None) -> jax.Array | list[jax.Array]:
         """``keep`` (B, K) int: indices (row-major in the patch grid) of the patch tokens to
         keep, after positions are added (a masked autoencoder's visible patches); the output
-        then has ``prefix + K`` tokens, in ``keep``'s order."""
+        then has ``prefix + K`` tokens, in ``keep``'s order.
+
+        ``masks`` (B, num_patches) bool: patches whose embedding is replaced by the learned
+        ``mask_token`` (needs ``mask_token=True``) right after the patch embedding, before
+        positions are added (DINOv2 / DINOv3 ``prepare_tokens_with_masks``).
+
+        ``layers``: block indices (negative counts from the end); the result is then a list,
+        in the order given, of the tokens after each of those blocks, each through the final
+        norm when the encoder has one (DINOv3 ``get_intermediate_layers(norm=True)``)."""
         self.check()
         if x.ndim != self.dims() + 2 or x.shape[-1] != self.in_channels:
             raise ValueError(f"expected input (batch, {self.dims()} spatial axes, {self.in_channels}) "
@@ -445,8 +465,19 @@ class ViTEncoder(nn.Module):
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         deterministic = not train
         b, d = x.shape[0], self.hidden_size
+        wanted = None if layers is None else self._layer_indices(layers)
 
         tokens = PatchEmbed(d, patch, name="patch_embedding", **args)(x).reshape(b, -1, d)
+        if self.mask_token:
+            mask_token = self.param("mask_token", partitioned(nn.initializers.zeros, (None, "embed")),
+                                    (1, d), self.param_dtype).astype(self.dtype)
+        if masks is not None:
+            if not self.mask_token:
+                raise ValueError("ViTEncoder: masks= needs an encoder built with mask_token=True")
+            if masks.shape != tokens.shape[:2]:
+                raise ValueError(f"masks must be (batch={b}, num_patches={tokens.shape[1]}) bool, "
+                                 f"got shape {tuple(masks.shape)}")
+            tokens = jnp.where(masks.astype(bool)[..., None], mask_token[None], tokens)
         pos, cls_pos = self._positions(grid)
         if pos is not None:
             tokens = tokens + pos
@@ -472,14 +503,20 @@ class ViTEncoder(nn.Module):
 
         block = nn.remat(Block, static_argnums=(2, 3, 4)) if self.remat else Block
         rates = np.linspace(0.0, self.drop_path, self.depth).tolist()
-        for i in range(self.depth):
+        norm = layer_norm("norm", self.norm_eps, **args) if self.uses_final_norm() else (lambda t: t)
+        # Blocks past the last one asked for are skipped, except at initialisation.
+        last = self.depth - 1 if wanted is None or self.is_initializing() else max(wanted)
+        taken = {}
+        for i in range(last + 1):
             tokens = block(self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias,
                            self.layer_scale_init, self.norm_eps, self.dropout, self.attn_dropout,
                            rates[i], self.attn_impl, name=f"blocks_{i}", **args)(
                 tokens, deterministic, self.num_prefix(), rotary)
-        if self.uses_final_norm():
-            tokens = layer_norm("norm", self.norm_eps, **args)(tokens)
-        return tokens
+            if wanted is not None and i in wanted:
+                taken[i] = norm(tokens)
+        if wanted is not None:
+            return [taken[i] for i in wanted]
+        return norm(tokens)
 
 
 ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(ViTEncoder) if f.name not in ("parent", "name"))
