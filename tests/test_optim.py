@@ -140,3 +140,39 @@ def test_layer_decay_scales_each_leaf(config, shape, expected):
         np.testing.assert_allclose(np.asarray(u), -lr * decay ** (num + 1 - lid), rtol=1e-6,
                                    err_msg=path)
     assert seen == set(expected)
+
+
+# --- per-parameter learning-rate factors and the poly schedule ------------------------------
+
+
+def test_lr_scale_multiplies_updates_by_longest_prefix():
+    """Plain SGD: each leaf moves by -lr * factor * grad, the factor of the longest matching
+    prefix ({"encoder": 0.1, "encoder/patch": 0.2}), 1 outside every prefix."""
+    params = {"encoder": {"patch": {"w": jnp.ones((2, 3))}, "blocks_0": {"w": jnp.ones(3)}},
+              "decoder": {"w": jnp.ones(4)}}
+    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 2.0), params)
+    cfg = ConfigDict(dict(name="sgd", lr=0.5, momentum=0.0, schedule="constant",
+                          lr_scale={"encoder": 0.1, "encoder/patch": 0.2}))
+    tx, _ = make_optimizer(cfg, 10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["encoder"]["patch"]["w"], -0.5 * 0.2 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(updates["encoder"]["blocks_0"]["w"], -0.5 * 0.1 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(updates["decoder"]["w"], -0.5 * 2.0, rtol=1e-6)
+
+
+def test_lr_scale_names_unknown_prefix():
+    tx, _ = make_optimizer(ConfigDict(dict(name="adamw", lr=1e-3, lr_scale={"encodr": 0.1})), 10)
+    with pytest.raises(ValueError, match="lr_scale: 'encodr' matches no parameter"):
+        tx.init({"encoder": {"w": jnp.ones(2)}})
+
+
+def test_poly_schedule_closed_form():
+    """nnU-Net's poly decay lr * (1 - t / T) ** 0.9, after an optional linear warm-up."""
+    from jaxbrain.training.optim import schedule
+    lr = schedule(ConfigDict(dict(lr=0.01, schedule="poly")), 100)
+    for t in (0, 1, 37, 99, 100):
+        assert float(lr(t)) == pytest.approx(0.01 * (1 - t / 100) ** 0.9, rel=1e-5, abs=1e-9)
+    warm = schedule(ConfigDict(dict(lr=0.01, schedule="poly", warmup_steps=10, power=2.0)), 110)
+    assert float(warm(5)) == pytest.approx(0.005)
+    for t in (10, 60, 110):
+        assert float(warm(t)) == pytest.approx(0.01 * (1 - (t - 10) / 100) ** 2, rel=1e-5, abs=1e-9)

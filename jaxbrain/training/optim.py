@@ -2,9 +2,12 @@
 
     optim.name          "adamw" | "adam" | "sgd"
     optim.lr            peak learning rate
-    optim.schedule      "warmup_cosine" | "constant" | "step"
-    optim.warmup_steps  linear warm-up from 0 (warmup_cosine)
-    optim.end_lr        final learning rate of the cosine
+    optim.schedule      "warmup_cosine" | "constant" | "step" | "poly"
+    optim.warmup_steps  linear warm-up from 0 (warmup_cosine, poly)
+    optim.end_lr        final learning rate of the cosine (and of the poly decay; default 0)
+    optim.power         exponent of the poly decay (default 0.9, nnU-Net's):
+                        ``lr * (1 - t / T) ** power`` with t the steps since the warm-up and T
+                        the steps after it (``end_lr + (lr - end_lr) * ...`` with an end_lr)
     optim.decay_steps / optim.decay_rate   step decay: lr * rate ** (step // decay_steps)
     optim.weight_decay, optim.b1, optim.b2, optim.momentum
     optim.grad_clip     clip by global norm (0: off)
@@ -29,6 +32,18 @@ Fine-tuning options:
                         stem 0 (DenseNet conv0 / norm0, ResNet conv1 / bn1), DenseNet
                         ``denseblock{s}`` and ``transition{s}`` s, ResNet ``layer{s}_*`` s, the
                         rest (norm5, classifier, fc, projection heads) L + 1 with L stages.
+
+Per-parameter learning rates:
+
+    optim.lr_scale      {path prefix: factor}: the update of every parameter under the prefix
+                        is multiplied by the factor, i.e. its learning rate is
+                        ``lr * factor`` (weight decay included, as a PyTorch parameter group's
+                        lr); when several prefixes match a path the longest one applies,
+                        parameters under none keep factor 1. Combines multiplicatively with
+                        layer_decay. E.g. {"encoder": 0.1} trains a pretrained encoder at a
+                        tenth of a new decoder's rate, {"encoder/patch_embedding": 0.2} the
+                        patch embedding at 0.2 x. A prefix matching no parameter is an error
+                        naming it. Paths as for freeze (joined by "/").
 
 Step counts (warm-up, decay, total) are training-loop steps, i.e. micro-batches: with
 ``grad_accum=k`` the update made after loop step ``n*k`` uses the learning rate of step
@@ -65,8 +80,16 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
     if kind == "step":
         return optax.exponential_decay(cfg.lr, transition_steps=int(cfg.decay_steps),
                                        decay_rate=cfg.get("decay_rate", 0.5), staircase=True)
+    if kind == "poly":
+        warmup = int(cfg.get("warmup_steps", 0))
+        decay = optax.polynomial_schedule(
+            init_value=cfg.lr, end_value=cfg.get("end_lr", 0.0), power=cfg.get("power", 0.9),
+            transition_steps=max(total_steps - warmup, 1))
+        if not warmup:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
     raise ValueError(f"optim.schedule: unknown schedule {kind!r} "
-                     "(warmup_cosine, constant or step)")
+                     "(warmup_cosine, constant, step or poly)")
 
 
 def path_of(key_path) -> str:
@@ -119,6 +142,51 @@ def scale_by_layer(decay: float) -> optax.GradientTransformation:
         scaled = jax.tree_util.tree_map_with_path(
             lambda kp, u: u * jax.numpy.asarray(scales[path_of(kp)], u.dtype), updates)
         return scaled, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _lr_scale_table(table) -> dict[str, float]:
+    out = {}
+    for prefix, factor in dict(table or {}).items():
+        prefix = str(prefix).strip("/")
+        if not prefix:
+            raise ValueError("optim.lr_scale: an empty path prefix (use optim.lr for every "
+                             "parameter)")
+        out[prefix] = float(factor)
+    return out
+
+
+def prefix_scales(params, table) -> dict[str, float]:
+    """{parameter path: factor of the longest ``optim.lr_scale`` prefix above it (1 for
+    none)}; a prefix matching no parameter is an error naming it."""
+    table = _lr_scale_table(table)
+    paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    unused = [p for p in table if not any(_is_under(q, p) for q in paths)]
+    if unused:
+        tops = sorted({q.split("/")[0] for q in paths})
+        raise ValueError(f"optim.lr_scale: {unused[0]!r} matches no parameter path (top-level "
+                         f"names: {tops}; paths are joined by '/')")
+    out = {}
+    for q in paths:
+        matches = [p for p in table if _is_under(q, p)]
+        out[q] = table[max(matches, key=len)] if matches else 1.0
+    return out
+
+
+def scale_by_prefix(table) -> optax.GradientTransformation:
+    """Multiplies each update by its ``optim.lr_scale`` factor (:func:`prefix_scales`); the
+    prefixes are checked against the parameters when the state is initialised."""
+
+    def init(params):
+        prefix_scales(params, table)
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        scales = prefix_scales(updates, table)
+        return jax.tree_util.tree_map_with_path(
+            lambda kp, u: u * jax.numpy.asarray(scales[path_of(kp)], u.dtype), updates), state
 
     return optax.GradientTransformation(init, update)
 
@@ -191,6 +259,8 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
         if not 0.0 < decay < 1.0:
             raise ValueError(f"optim.layer_decay must be in (0, 1] (0: off), got {decay}")
         tx = optax.chain(tx, scale_by_layer(decay))
+    if cfg.get("lr_scale"):
+        tx = optax.chain(tx, scale_by_prefix(cfg.lr_scale))
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx, lr
