@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxbrain.models.cnn3d import DENSENETS, RESNETS
 from jaxbrain.models.contrastive import CONTRASTIVE
+from jaxbrain.models.dino import DINOHead, DinoViT, dino_preset
 from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.ssl_head import SSLHead
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type] = {
     "pctnet": PCTNet,
     "vit": ViT,
     "mae": MAE,
+    "dino_vit": DinoViT,  # DINOv3 / DINOv2 / BrainDINO slice encoder (arguments: dino_preset)
     **DENSENETS,  # "densenet" (any block_config), "densenet121" ... "densenet264"
     **RESNETS,  # "resnet" (any block / layers), "resnet10" ... "resnet200"
     **CONTRASTIVE,  # "contrastive_<cnn>": the CNN with a projection head
@@ -79,6 +81,6 @@ def encoder_name(model) -> str | None:
     return getattr(model, "encoder_name", None)
 
 
-__all__ = ["DTYPES", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
-           "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "encoder_name",
+__all__ = ["DINOHead", "DTYPES", "DinoViT", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
+           "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "dino_preset", "encoder_name",
            "from_config", "register"]

@@ -16,6 +16,17 @@ One module covers the published variants through its fields:
   table), ``qkv_bias=True``, ``layer_scale_init``, ``num_registers`` (registers placed after
   CLS, without positions: timm's ``no_embed_class=True``), eps 1e-6; parity with timm's
   ``VisionTransformer`` in ``tests/test_vit.py``.
+- DINOv2 / DINOv3 (BrainDINO) slice encoders, presets in :mod:`jaxbrain.models.dino`: DINOv2
+  keeps the learned table with a CLS row, resized as its ``interpolate_pos_encoding``
+  (bicubic, ``pos_interp_offset=0.1``: scale factor (new + 0.1) / old, no antialiasing;
+  ``pos_interp="bicubic_aa"`` is the antialiased resize of transformers' and of the
+  register models); DINOv3 uses ``pos_embed="rope"``: axial rotary positions on the q and k
+  of the patch tokens (``rope_*`` fields, :func:`rope_periods` .. :func:`rope_rotary`; base
+  100, coordinates of the patch centres in [-1, 1], optional training-time shift / jitter /
+  rescale of the coordinates drawn once per batch from the "dropout" stream, computed in
+  float32). ``mask_token=True`` adds the learned token that ``masks=`` puts in place of
+  patch embeddings; ``drop_path_mode`` / ``drop_path_uniform`` give their stochastic depth
+  (DINOv3: the same rate in every block, applied to a random subset of the batch).
 
 Layout: inputs are channels-last, ``(batch, D, H, W, C)`` or ``(batch, H, W, C)``; a video
 ``(batch, T, H, W, C)`` is a volume with frames on the depth axis. The patch embedding is a
@@ -65,9 +76,11 @@ from jaxbrain.models.swin_unetr import Mlp
 Dtype = Any
 Rotary = Callable[[jax.Array], jax.Array]  # (B, N, heads, head_dim) -> same, patch tokens only
 
-POS_EMBEDS = ("learned", "sincos", "none")
+POS_EMBEDS = ("learned", "sincos", "rope", "none")
 POOLS = ("cls", "mean")
-INTERPOLATIONS = ("linear", "bicubic")
+INTERPOLATIONS = ("linear", "bicubic", "bicubic_aa")
+ROPE_NORMALIZE = ("separate", "max", "min")
+DROP_PATH_MODES = ("sample", "subset", "dinov2")
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,16 +111,47 @@ def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1)
 
 
+def _antialiased_cubic(old: int, new: int, step: float) -> np.ndarray:
+    """PyTorch's ``F.interpolate(mode="bicubic", antialias=True)`` along one axis: output i
+    centred at (i + 0.5) * step in input pixels, a cubic kernel with a = -0.5 widened by
+    ``step`` when downsampling (support 2 * max(step, 1)), taps clipped to the axis and the
+    weights renormalised."""
+    m = np.zeros((new, old), np.float64)
+    support = 2.0 * max(step, 1.0)
+    inv = 1.0 / step if step >= 1.0 else 1.0
+
+    def cubic(t):
+        t, a = np.abs(t), -0.5
+        return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+    for i in range(new):
+        centre = step * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), old)
+        j = np.arange(lo, hi)
+        w = cubic((j - centre + 0.5) * inv)
+        m[i, lo:hi] = w / w.sum()
+    return m
+
+
 @functools.lru_cache(maxsize=None)
-def interpolation_matrix(old: int, new: int, method: str) -> np.ndarray:
-    """(new, old) matrix resampling one axis as ``F.interpolate(..., align_corners=False)``
-    without antialiasing: half-pixel centres, source x = (i + 0.5) * old / new - 0.5; linear
+def interpolation_matrix(old: int, new: int, method: str, offset: float = 0.0) -> np.ndarray:
+    """(new, old) matrix resampling one axis as ``F.interpolate(..., align_corners=False)``:
+    half-pixel centres, source x = (i + 0.5) * step - 0.5 with step = old / new; linear
     clamps x at 0 and uses the 2 neighbours, bicubic the 4 (a = -0.75) with indices clamped
-    to the axis."""
+    to the axis; "bicubic_aa" is ``antialias=True`` (:func:`_antialiased_cubic`).
+
+    ``offset``: DINOv2's ``interpolate_offset``: the original calls interpolate with
+    ``scale_factor=(new + offset) / old``, which yields ``new`` outputs but samples with
+    step = old / (new + offset)."""
     if method not in INTERPOLATIONS:
         raise ValueError(f"interpolation {method!r}: expected one of {INTERPOLATIONS}")
+    step = old / (new + offset)
+    if method == "bicubic_aa":
+        return _antialiased_cubic(old, new, step)
     m = np.zeros((new, old), np.float64)
-    x = (np.arange(new) + 0.5) * (old / new) - 0.5
+    x = (np.arange(new) + 0.5) * step - 0.5
     rows = np.arange(new)
     if method == "linear":
         x = np.maximum(x, 0.0)
@@ -125,11 +169,12 @@ def interpolation_matrix(old: int, new: int, method: str) -> np.ndarray:
 
 
 def resize_pos_embed(table: jax.Array, old_grid: Sequence[int], new_grid: Sequence[int],
-                     method: str = "bicubic") -> jax.Array:
+                     method: str = "bicubic", offset: float = 0.0) -> jax.Array:
     """A position table for the patch tokens, ``(..., prod(old_grid), dim)`` in row-major grid
-    order, resampled to ``new_grid`` one spatial axis at a time (``method`` "linear" or
-    "bicubic", as PyTorch's ``F.interpolate`` with ``align_corners=False``). Prefix-token rows
-    (CLS) are not part of ``table``. The same grid returns the table unchanged."""
+    order, resampled to ``new_grid`` one spatial axis at a time (``method`` "linear",
+    "bicubic" or "bicubic_aa", as PyTorch's ``F.interpolate`` with ``align_corners=False``;
+    ``offset`` as :func:`interpolation_matrix`). Prefix-token rows (CLS) are not part of
+    ``table``. The same grid returns the table unchanged."""
     old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
     if len(old_grid) != len(new_grid):
         raise ValueError(f"resize_pos_embed: grids {old_grid} and {new_grid} differ in rank")
@@ -143,9 +188,70 @@ def resize_pos_embed(table: jax.Array, old_grid: Sequence[int], new_grid: Sequen
     k = len(lead)
     for axis, (o, n) in enumerate(zip(old_grid, new_grid)):
         if o != n:
-            m = jnp.asarray(interpolation_matrix(o, n, method), x.dtype)
+            m = jnp.asarray(interpolation_matrix(o, n, method, float(offset)), x.dtype)
             x = jnp.moveaxis(jnp.tensordot(m, x, axes=([1], [k + axis])), 0, k + axis)
     return x.reshape(*lead, int(np.prod(new_grid)), dim)
+
+
+# ----------------------------------------------------------------------------------------
+# Axial rotary positions (DINOv3 RopePositionEmbedding).
+
+
+def rope_periods(head_dim: int, base: float) -> np.ndarray:
+    """(head_dim // 4,) float32: base ** (2 k / (head_dim / 2)), k = 0 .. head_dim / 4 - 1."""
+    k = np.arange(head_dim // 4, dtype=np.float64)
+    return (float(base) ** (2.0 * k / (head_dim // 2))).astype(np.float32)
+
+
+def rope_coords(grid: Sequence[int], normalize: str = "separate") -> np.ndarray:
+    """(H * W, 2) float32 patch centres in [-1, 1]: (arange(0.5, n) / d) per axis, d = the
+    axis' own length ("separate"), the longer ("max") or the shorter ("min"); row-major
+    (ij) grid order; then 2 c - 1."""
+    if normalize not in ROPE_NORMALIZE:
+        raise ValueError(f"rope_normalize={normalize!r}: expected one of {ROPE_NORMALIZE}")
+    h, w = (int(g) for g in grid)
+    div = {"separate": (h, w), "max": (max(h, w),) * 2, "min": (min(h, w),) * 2}[normalize]
+    ch = np.arange(0.5, h, dtype=np.float32) / np.float32(div[0])
+    cw = np.arange(0.5, w, dtype=np.float32) / np.float32(div[1])
+    coords = np.stack(np.meshgrid(ch, cw, indexing="ij"), -1).reshape(-1, 2)
+    return 2.0 * coords - 1.0
+
+
+def rope_augment(coords: jax.Array, key: jax.Array, shift: float | None = None,
+                 jitter: float | None = None, rescale: float | None = None) -> jax.Array:
+    """DINOv3's training-time coordinate augmentation, one draw for the whole batch: add a
+    uniform (2,) shift in [-shift, shift], multiply by a log-uniform (2,) factor in
+    [1/jitter, jitter], then by one log-uniform factor in [1/rescale, rescale]."""
+    k_shift, k_jitter, k_rescale = jax.random.split(key, 3)
+    if shift is not None:
+        coords = coords + jax.random.uniform(k_shift, (2,), jnp.float32, -shift, shift)
+    if jitter is not None:
+        lim = float(np.log(jitter))
+        coords = coords * jnp.exp(jax.random.uniform(k_jitter, (2,), jnp.float32, -lim, lim))
+    if rescale is not None:
+        lim = float(np.log(rescale))
+        coords = coords * jnp.exp(jax.random.uniform(k_rescale, (1,), jnp.float32, -lim, lim))
+    return coords
+
+
+def rope_sincos(coords: jax.Array, periods: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos), each (N, head_dim) float32: angles 2 pi coord / period for the 2 axes
+    (axis major), flattened to head_dim / 2 and tiled twice."""
+    angles = 2.0 * np.pi * coords[:, :, None] / periods[None, None, :]
+    angles = jnp.tile(angles.reshape(angles.shape[0], -1), (1, 2))
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def rope_rotary(sin: jax.Array, cos: jax.Array) -> Rotary:
+    """The ``rotary`` hook for :class:`Attention`: x cos + rotate_half(x) sin in float32,
+    rotate_half([a, b]) = [-b, a] on the halves of the head dimension; x (B, N, heads,
+    head_dim), cast back to its dtype."""
+    def apply(x: jax.Array) -> jax.Array:
+        t = x.astype(jnp.float32)
+        a, b = jnp.split(t, 2, axis=-1)
+        half = jnp.concatenate([-b, a], axis=-1)
+        return (t * cos[None, :, None] + half * sin[None, :, None]).astype(x.dtype)
+    return apply
 
 
 # ----------------------------------------------------------------------------------------
@@ -274,7 +380,13 @@ class LayerScale(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); each branch
-    optionally LayerScaled (``ls1``/``ls2``) and dropped per sample (stochastic depth)."""
+    optionally LayerScaled (``ls1``/``ls2``) and dropped in training (stochastic depth).
+
+    ``drop_path_mode``: "sample" drops each sample's branch with probability ``drop_path``
+    and rescales the kept ones by 1 / (1 - rate) (timm); "subset" is DINOv2/DINOv3's batch
+    subset: each branch is computed for k = max(int(B * (1 - rate)), 1) samples drawn
+    without replacement (a new draw per branch) and added to those samples only, scaled by
+    B / k; "dinov2" is "subset" above rate 0.1 and "sample" up to it (DINOv2's Block)."""
 
     num_heads: int
     mlp_dim: int
@@ -286,25 +398,42 @@ class Block(nn.Module):
     attn_dropout: float = 0.0
     drop_path: float = 0.0
     attn_impl: str | None = None
+    drop_path_mode: str = "sample"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True, num_prefix: int = 0,
                  rotary: Rotary | None = None) -> jax.Array:
+        if self.drop_path_mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode={self.drop_path_mode!r}: expected one of {DROP_PATH_MODES}")
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop_path = DropPath(self.drop_path)
-        y = layer_norm("norm1", self.norm_eps, **args)(x)
-        y = Attention(self.num_heads, self.qkv_bias, self.mask_k_bias, self.attn_dropout,
-                      self.dropout, self.attn_impl, name="attn", **args)(y, deterministic, num_prefix, rotary)
-        if self.layer_scale_init is not None:
-            y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls1")(y)
-        x = x + drop_path(y, deterministic).astype(x.dtype)
-        y = layer_norm("norm2", self.norm_eps, **args)(x)
-        y = Mlp(x.shape[-1], self.mlp_dim, self.dropout, name="mlp", **args)(y, deterministic)
-        if self.layer_scale_init is not None:
-            y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls2")(y)
-        return x + drop_path(y, deterministic).astype(x.dtype)
+        norm1 = layer_norm("norm1", self.norm_eps, **args)
+        attn = Attention(self.num_heads, self.qkv_bias, self.mask_k_bias, self.attn_dropout,
+                         self.dropout, self.attn_impl, name="attn", **args)
+        norm2 = layer_norm("norm2", self.norm_eps, **args)
+        mlp = Mlp(x.shape[-1], self.mlp_dim, self.dropout, name="mlp", **args)
+        scale = self.layer_scale_init is not None
+        ls1 = LayerScale(self.layer_scale_init, self.param_dtype, name="ls1") if scale else (lambda t: t)
+        ls2 = LayerScale(self.layer_scale_init, self.param_dtype, name="ls2") if scale else (lambda t: t)
+
+        def branch1(t):
+            return ls1(attn(norm1(t), deterministic, num_prefix, rotary))
+
+        def branch2(t):
+            return ls2(mlp(norm2(t), deterministic))
+
+        subset = self.drop_path_mode == "subset" or (self.drop_path_mode == "dinov2" and self.drop_path > 0.1)
+        if deterministic or self.drop_path == 0.0 or not subset:
+            drop_path = DropPath(self.drop_path)
+            x = x + drop_path(branch1(x), deterministic).astype(x.dtype)
+            return x + drop_path(branch2(x), deterministic).astype(x.dtype)
+        b = x.shape[0]
+        k = max(int(b * (1.0 - self.drop_path)), 1)
+        for fn in (branch1, branch2):
+            rows = jax.random.permutation(self.make_rng("dropout"), b)[:k]
+            x = x.at[rows].add(fn(x[rows]).astype(x.dtype) * (b / k))
+        return x
 
 
 # ----------------------------------------------------------------------------------------
@@ -331,6 +460,14 @@ class ViTEncoder(nn.Module):
     increasing from 0); ``dropout`` acts after the prefix tokens are prepended (timm; MONAI
     drops the patch tokens only), on attention outputs and in the MLP, ``attn_dropout`` on
     the attention weights. ``remat`` rematerialises every block.
+
+    ``drop_path_uniform``: every block gets ``drop_path`` (DINOv3, DINOv2's
+    ``drop_path_uniform``); ``drop_path_mode`` as :class:`Block`. ``pos_embed="rope"``: axial
+    RoPE (2D only), ``rope_base`` (periods ``rope_base ** (2 k / (head_dim / 2))``),
+    ``rope_normalize`` ("separate", "max", "min": the divisor of the patch centres), and in
+    training ``rope_shift``, ``rope_jitter``, ``rope_rescale`` (None: off; DINOv3's hub
+    models use ``rope_rescale=2``). ``pos_interp_offset``: DINOv2's ``interpolate_offset``.
+    ``mask_token``: a learned (1, hidden) token used by ``masks=``.
     """
 
     in_channels: int
@@ -346,6 +483,12 @@ class ViTEncoder(nn.Module):
     pos_embed: str = "learned"
     pos_embed_cls: bool = False
     pos_interp: str = "bicubic"
+    pos_interp_offset: float = 0.0
+    rope_base: float = 100.0
+    rope_normalize: str = "separate"
+    rope_shift: float | None = None
+    rope_jitter: float | None = None
+    rope_rescale: float | None = None
     mask_token: bool = False
     qkv_bias: bool = False
     mask_k_bias: bool = False
@@ -354,6 +497,8 @@ class ViTEncoder(nn.Module):
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
+    drop_path_mode: str = "sample"
+    drop_path_uniform: bool = False
     pool: str = "cls"
     fc_norm: bool | None = None
     final_norm: bool | None = None
@@ -399,7 +544,9 @@ class ViTEncoder(nn.Module):
     @nn.nowrap
     def check(self) -> None:
         for name, value, allowed in (("pos_embed", self.pos_embed, POS_EMBEDS), ("pool", self.pool, POOLS),
-                                     ("pos_interp", self.pos_interp, INTERPOLATIONS)):
+                                     ("pos_interp", self.pos_interp, INTERPOLATIONS),
+                                     ("rope_normalize", self.rope_normalize, ROPE_NORMALIZE),
+                                     ("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: expected one of {allowed}")
         if self.dims() not in (2, 3):
@@ -408,6 +555,13 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.pos_embed_cls and not (self.cls_token and self.pos_embed == "learned"):
             raise ValueError("pos_embed_cls=True needs cls_token=True and pos_embed='learned'")
+        if self.pos_embed == "rope":
+            head_dim = self.hidden_size // self.num_heads
+            if self.dims() != 2:
+                raise ValueError(f"pos_embed='rope' is axial over 2 spatial axes; this ViT has {self.dims()}")
+            if head_dim % 4:
+                raise ValueError(f"pos_embed='rope' needs a head dimension divisible by 4, got "
+                                 f"{self.hidden_size} / {self.num_heads} = {head_dim}")
         if self.mask_k_bias and not self.qkv_bias:
             raise ValueError("mask_k_bias=True needs qkv_bias=True")
         if min(self.grid()) < 1:
@@ -417,7 +571,7 @@ class ViTEncoder(nn.Module):
         """(rows for the patch tokens (1, N, D), row for the CLS token (1, 1, D) or None)."""
         d = self.hidden_size
         n = int(np.prod(grid))
-        if self.pos_embed == "none":
+        if self.pos_embed in ("none", "rope"):
             return None, None
         if self.pos_embed == "sincos":
             return jnp.asarray(sincos_table(n, d), self.dtype)[None], None
@@ -427,7 +581,18 @@ class ViTEncoder(nn.Module):
                            (1, rows, d), self.param_dtype).astype(self.dtype)
         cls_row = table[:, :1] if self.pos_embed_cls else None
         patches = table[:, int(self.pos_embed_cls):]
-        return resize_pos_embed(patches, trained, grid, self.pos_interp), cls_row
+        return resize_pos_embed(patches, trained, grid, self.pos_interp, self.pos_interp_offset), cls_row
+
+    @nn.nowrap
+    def rope_tables(self, grid: tuple[int, ...], key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """(sin, cos) of the axial RoPE for a patch grid, each (N, head_dim) float32; ``key``
+        draws the training-time coordinate augmentation (``rope_shift`` / ``rope_jitter`` /
+        ``rope_rescale``)."""
+        head_dim = self.hidden_size // self.num_heads
+        coords = jnp.asarray(rope_coords(grid, self.rope_normalize))
+        if key is not None:
+            coords = rope_augment(coords, key, self.rope_shift, self.rope_jitter, self.rope_rescale)
+        return rope_sincos(coords, jnp.asarray(rope_periods(head_dim, self.rope_base)))
 
     @nn.nowrap
     def _layer_indices(self, layers: Sequence[int]) -> tuple[int, ...]:
@@ -481,6 +646,12 @@ class ViTEncoder(nn.Module):
         pos, cls_pos = self._positions(grid)
         if pos is not None:
             tokens = tokens + pos
+        if self.pos_embed == "rope":
+            if rotary is not None:
+                raise ValueError("ViTEncoder: pos_embed='rope' computes its own rotary positions; "
+                                 "rotary= is for encoders without them")
+            augment = train and any(v is not None for v in (self.rope_shift, self.rope_jitter, self.rope_rescale))
+            rotary = rope_rotary(*self.rope_tables(grid, self.make_rng("dropout") if augment else None))
         if keep is not None:
             if rotary is not None:
                 raise ValueError("ViTEncoder: rotary positions with keep= (a subset of the "
@@ -502,7 +673,8 @@ class ViTEncoder(nn.Module):
         tokens = nn.Dropout(self.dropout)(tokens, deterministic=deterministic)
 
         block = nn.remat(Block, static_argnums=(2, 3, 4)) if self.remat else Block
-        rates = np.linspace(0.0, self.drop_path, self.depth).tolist()
+        rates = ([self.drop_path] * self.depth if self.drop_path_uniform
+                 else np.linspace(0.0, self.drop_path, self.depth).tolist())
         norm = layer_norm("norm", self.norm_eps, **args) if self.uses_final_norm() else (lambda t: t)
         # Blocks past the last one asked for are skipped, except at initialisation.
         last = self.depth - 1 if wanted is None or self.is_initializing() else max(wanted)
@@ -510,7 +682,7 @@ class ViTEncoder(nn.Module):
         for i in range(last + 1):
             tokens = block(self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias,
                            self.layer_scale_init, self.norm_eps, self.dropout, self.attn_dropout,
-                           rates[i], self.attn_impl, name=f"blocks_{i}", **args)(
+                           rates[i], self.attn_impl, self.drop_path_mode, name=f"blocks_{i}", **args)(
                 tokens, deterministic, self.num_prefix(), rotary)
             if wanted is not None and i in wanted:
                 taken[i] = norm(tokens)
