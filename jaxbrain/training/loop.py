@@ -62,7 +62,7 @@ import optax
 
 from jaxbrain import models, objectives, parallel, runs
 from jaxbrain.convert.pretrained import load_pretrained
-from jaxbrain.data import pipeline
+from jaxbrain.data import pipeline, slices
 from jaxbrain.training import data as data_lib
 from jaxbrain.training.checkpoint import Checkpoints, abstract_like
 from jaxbrain.training.metrics_log import MetricWriter, Progress
@@ -313,8 +313,25 @@ class _Metrics:
 def datasets(config, workdir: str):
     """(this process's training batches, validation cases) of the config's ``data``; crops
     are ``data.roi``."""
-    train_cases, val_cases = data_lib.cases(config.data, workdir)
-    return training_batches(config, train_cases), val_cases
+    _, val_cases, train_ds = training_data(config, workdir)
+    return train_ds, val_cases
+
+
+SOURCES = ("volumes", "slices")  # data.source (default "volumes": crops of the cases' volumes)
+
+
+def training_data(config, workdir: str) -> tuple[list, list, Any]:
+    """(training cases, validation cases, this process's training batches) of the config's
+    ``data``: ``data.source`` "volumes" (default) or "slices" (2D axial slices streamed from
+    ``data.collections``, :mod:`jaxbrain.data.slices`; no cases, no validation)."""
+    dcfg = config.data
+    source = dcfg.get("source") or "volumes"
+    if source not in SOURCES:
+        raise ValueError(f"config.data.source: unknown source {source!r}; known: {SOURCES}")
+    if source == "slices":
+        return [], [], slices.from_config(config, workdir)
+    train_cases, val_cases = data_lib.cases(dcfg, workdir)
+    return train_cases, val_cases, training_batches(config, train_cases)
 
 
 def training_batches(config, train_cases: list):
@@ -344,8 +361,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 
     # Data.
     dcfg = config.data
-    train_cases, val_cases = data_lib.cases(dcfg, workdir)
-    train_ds = training_batches(config, train_cases)
+    train_cases, val_cases, train_ds = training_data(config, workdir)
     spec = element_spec(train_ds)
     train_iter = iter(pipeline.loader(train_ds, workers=dcfg.get("workers", 0),
                                       threads=dcfg.get("threads", 2)))
