@@ -7,6 +7,7 @@ whole-volume predictions optional) is documented in one place, :mod:`jaxbrain.tr
 """
 
 from jaxbrain.objectives.contrastive import Contrastive
+from jaxbrain.objectives.dino import Dino
 from jaxbrain.objectives.mae import MAE
 from jaxbrain.objectives.segmentation import Segmentation
 from jaxbrain.objectives.ssl import SSL
@@ -15,7 +16,8 @@ from jaxbrain.objectives.volume_fusion import VolumeFusion
 
 OBJECTIVES = {"segmentation": Segmentation, "ssl": SSL, "volume_fusion": VolumeFusion,
               "classification": Classification, "regression": Regression,
-              "mae": MAE, "contrastive": Contrastive, "multitask": Multitask}
+              "mae": MAE, "contrastive": Contrastive, "multitask": Multitask,
+              "dino": Dino}
 
 
 def register(name: str):

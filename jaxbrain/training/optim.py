@@ -2,15 +2,31 @@
 
     optim.name          "adamw" | "adam" | "sgd"
     optim.lr            peak learning rate
-    optim.schedule      "warmup_cosine" | "constant" | "step" | "poly"
+    optim.schedule      "warmup_cosine" | "constant" | "step" | "poly" | "dino_cosine"
     optim.warmup_steps  linear warm-up from 0 (warmup_cosine, poly)
     optim.end_lr        final learning rate of the cosine (and of the poly decay; default 0)
     optim.power         exponent of the poly decay (default 0.9, nnU-Net's):
                         ``lr * (1 - t / T) ** power`` with t the steps since the warm-up and T
                         the steps after it (``end_lr + (lr - end_lr) * ...`` with an end_lr)
     optim.decay_steps / optim.decay_rate   step decay: lr * rate ** (step // decay_steps)
+                        "dino_cosine": DINOv2 / DINOv3's ``CosineScheduler`` (warm-up
+                        ``linspace(0, lr, warmup_steps)`` including its end point, then a
+                        cosine to end_lr over the remaining steps;
+                        :func:`jaxbrain.objectives.dino.cosine_schedule`)
     optim.weight_decay, optim.b1, optim.b2, optim.momentum
+    optim.weight_decay_end  (adamw) weight decay follows the same CosineScheduler from
+                        weight_decay to this over the run (DINO: 0.04 -> 0.4); None: constant
+    optim.decay_mask    (adamw) "all" (default) or "dino": no weight decay on parameters whose
+                        path ends in "bias" or contains "norm" or "gamma" (biases, LayerNorms,
+                        LayerScale), DINOv2 / DINOv3's ``get_params_groups_with_decay``;
+                        tokens (CLS, registers, mask token, positions) are decayed there too
     optim.grad_clip     clip by global norm (0: off)
+    optim.clip_per_subtree  clip each top-level subtree (e.g. encoder, dino_head, ibot_head)
+                        by its own norm, as DINOv2 / DINOv3 clip each student module
+    optim.freeze_last_layer_steps  the updates of parameters under a path component named
+                        "last_layer" (the DINO / iBOT heads' prototypes) are zero for the first
+                        this many steps (their lr is 0, weight decay included; the optimizer
+                        moments still accumulate, as the originals' zero learning rate)
     optim.grad_accum    accumulate this many micro-batches per update (1: off)
 
 Fine-tuning options:
@@ -26,8 +42,8 @@ Fine-tuning options:
                         parameter in layer i is scaled by ``layer_decay ** (L + 1 - i)``, i.e.
                         its learning rate is ``lr * layer_decay ** (L + 1 - i)`` (the
                         schedule's lr times that factor, weight decay included), with
-                        :func:`layer_id`: ViT: patch embedding, CLS token, registers and
-                        position table 0, ``blocks_k`` k + 1, the rest (final norms, head,
+                        :func:`layer_id`: ViT: patch embedding, CLS token, registers
+                        (storage tokens), mask token and position table 0, ``blocks_k`` k + 1, the rest (final norms, head,
                         decoders) L + 1 where L is the number of blocks; CNNs by stage: the
                         stem 0 (DenseNet conv0 / norm0, ResNet conv1 / bn1), DenseNet
                         ``denseblock{s}`` and ``transition{s}`` s, ResNet ``layer{s}_*`` s, the
@@ -58,14 +74,16 @@ from typing import Sequence
 import jax
 import optax
 
+from jaxbrain.objectives.dino import cosine_schedule
+
 # Path components that number a layer: (pattern, layer id of its group(1)).
 _NUMBERED = ((re.compile(r"blocks_(\d+)$"), lambda k: int(k) + 1),   # ViT blocks
              (re.compile(r"denseblock(\d+)$"), int),                # DenseNet stages
              (re.compile(r"transition(\d+)$"), int),
              (re.compile(r"layer(\d+)_\d+$"), int))                 # ResNet stages
 # Components of the input layer (layer 0) when no numbered component comes first.
-_STEM = ("patch_embedding", "cls_token", "registers", "position_embeddings", "conv0", "norm0",
-         "conv1", "bn1")
+_STEM = ("patch_embedding", "cls_token", "registers", "mask_token", "position_embeddings", "conv0",
+         "norm0", "conv1", "bn1")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -80,6 +98,9 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
     if kind == "step":
         return optax.exponential_decay(cfg.lr, transition_steps=int(cfg.decay_steps),
                                        decay_rate=cfg.get("decay_rate", 0.5), staircase=True)
+    if kind == "dino_cosine":
+        warmup, end = int(cfg.get("warmup_steps", 0)), cfg.get("end_lr", 0.0)
+        return lambda step: cosine_schedule(step, cfg.lr, end, total_steps, warmup=warmup)
     if kind == "poly":
         warmup = int(cfg.get("warmup_steps", 0))
         decay = optax.polynomial_schedule(
@@ -89,7 +110,7 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
             return decay
         return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
     raise ValueError(f"optim.schedule: unknown schedule {kind!r} "
-                     "(warmup_cosine, constant, step or poly)")
+                     "(warmup_cosine, constant, step, poly or dino_cosine)")
 
 
 def path_of(key_path) -> str:
@@ -225,6 +246,73 @@ def freeze_labels(params, prefixes: Sequence[str]):
         else "train", params)
 
 
+def no_decay(path: str) -> bool:
+    """DINOv2 / DINOv3's rule: no weight decay on biases, norms and LayerScale gammas."""
+    return path.endswith("bias") or "norm" in path or "gamma" in path
+
+
+def scheduled_weight_decay(rate, mask: str = "all") -> optax.GradientTransformation:
+    """Adds ``rate(count) * param`` (``rate`` a schedule of the update count or a float) to
+    the update of every parameter the mask decays ("all", or "dino": :func:`no_decay`)."""
+    if mask not in ("all", "dino"):
+        raise ValueError(f"optim.decay_mask: unknown mask {mask!r} (all or dino)")
+    rate_fn = rate if callable(rate) else (lambda count: rate)
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jax.numpy.zeros([], jax.numpy.int32))
+
+    def update(updates, state, params=None):
+        wd = rate_fn(state.count)
+        def add(kp, u, p):
+            if mask == "dino" and no_decay(path_of(kp)):
+                return u
+            return u + jax.numpy.asarray(wd, u.dtype) * p
+        updates = jax.tree_util.tree_map_with_path(add, updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def hold_last_layer(steps: int, accum: int = 1) -> optax.GradientTransformation:
+    """Zero updates of parameters under a "last_layer" path component for the first
+    ``steps`` loop steps (``accum`` loop steps per update)."""
+
+    def init(params):
+        paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        if not any("last_layer" in p.split("/") for p in paths):
+            raise ValueError("optim.freeze_last_layer_steps: no parameter path has a "
+                             "'last_layer' component (the DINO / iBOT heads' prototypes)")
+        return optax.ScaleByScheduleState(count=jax.numpy.zeros([], jax.numpy.int32))
+
+    def update(updates, state, params=None):
+        del params
+        held = state.count * accum < steps
+        updates = jax.tree_util.tree_map_with_path(
+            lambda kp, u: jax.numpy.where(held, jax.numpy.zeros_like(u), u)
+            if "last_layer" in path_of(kp).split("/") else u, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def clip_by_subtree_norm(max_norm: float) -> optax.GradientTransformation:
+    """``clip_by_global_norm`` applied to each top-level subtree separately."""
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        if not isinstance(updates, dict):
+            return clip.update(updates, optax.EmptyState())[0], state
+        return {k: clip.update(v, optax.EmptyState())[0] for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer described by ``cfg`` (see module docstring) and its schedule.
@@ -236,7 +324,17 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
     # The inner optimizer counts updates; its schedule is read at the loop step of the update.
     inner_lr = lr if accum == 1 else (lambda count: lr(count * accum))
     name = cfg.get("name", "adamw")
-    if name == "adamw":
+    wd_end = cfg.get("weight_decay_end")
+    mask = cfg.get("decay_mask") or "all"
+    if name == "adamw" and (wd_end is not None or mask != "all"):
+        wd = float(cfg.get("weight_decay", 0.0))
+        if wd_end is not None:
+            rate = lambda count: cosine_schedule(count * accum, wd, float(wd_end), total_steps)  # noqa: E731
+        else:
+            rate = wd
+        tx = optax.chain(optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999)),
+                         scheduled_weight_decay(rate, mask), optax.scale_by_learning_rate(inner_lr))
+    elif name == "adamw":
         tx = optax.adamw(inner_lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                          weight_decay=cfg.get("weight_decay", 0.0))
     elif name == "adam":
@@ -248,8 +346,12 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
                          optax.sgd(inner_lr, momentum=cfg.get("momentum", 0.9) or None))
     else:
         raise ValueError(f"optim.name: unknown optimizer {name!r} (adamw, adam or sgd)")
+    if name != "adamw" and (wd_end is not None or mask != "all"):
+        raise ValueError("optim.weight_decay_end / optim.decay_mask apply to adamw only")
     if cfg.get("grad_clip", 0):
-        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+        clip = (clip_by_subtree_norm if cfg.get("clip_per_subtree") else
+                optax.clip_by_global_norm)(cfg.grad_clip)
+        tx = optax.chain(clip, tx)
     prefixes = frozen_prefixes(cfg.get("freeze"), encoder_name)
     if prefixes:  # clipping and the optimizer see the trained parameters only
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
@@ -261,6 +363,8 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
         tx = optax.chain(tx, scale_by_layer(decay))
     if cfg.get("lr_scale"):
         tx = optax.chain(tx, scale_by_prefix(cfg.lr_scale))
+    if cfg.get("freeze_last_layer_steps"):
+        tx = optax.chain(tx, hold_last_layer(int(cfg.freeze_last_layer_steps), accum))
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx, lr
