@@ -20,10 +20,8 @@ from jaxbrain.models.cnn3d import DENSENETS, RESNETS
 from jaxbrain.models.contrastive import CONTRASTIVE
 from jaxbrain.models.dino import DINOHead, DinoViT, dino_preset
 from jaxbrain.models.dino_heads import DinoStudent
-from jaxbrain.models.dino_seg import DinoSeg
 from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
-from jaxbrain.models.slice_heads import SliceHead
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 from jaxbrain.models.vit import ViT, ViTEncoder
@@ -33,12 +31,10 @@ REGISTRY: dict[str, type] = {
     "swin_transformer": SwinTransformer,
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
-    "slice_head": SliceHead,  # whole-scan head over a frozen slice encoder's features
     "vit": ViT,
     "mae": MAE,
     "dino_vit": DinoViT,  # DINOv3 / DINOv2 / BrainDINO slice encoder (arguments: dino_preset)
     "dino_student": DinoStudent,  # the slice encoder with DINO / iBOT heads (self-distillation)
-    "dino_seg": DinoSeg,
     **DENSENETS,  # "densenet" (any block_config), "densenet121" ... "densenet264"
     **RESNETS,  # "resnet" (any block / layers), "resnet10" ... "resnet200"
     **CONTRASTIVE,  # "contrastive_<cnn>": the CNN with a projection head
@@ -87,6 +83,6 @@ def encoder_name(model) -> str | None:
     return getattr(model, "encoder_name", None)
 
 
-__all__ = ["DINOHead", "DTYPES", "DinoSeg", "DinoViT", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
+__all__ = ["DINOHead", "DTYPES", "DinoViT", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
            "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "dino_preset", "encoder_name",
            "from_config", "register"]
