@@ -23,16 +23,17 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jaxbrain.convert import core, densenet, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
+from jaxbrain.convert import core, densenet, dino, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
 from jaxbrain.convert import inflate
 from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
-from jaxbrain.models import PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
+from jaxbrain.models import DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 from jaxbrain.models.cnn3d import DenseNet, ResNet
 
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
 FAMILIES = {
+    DinoViT: dino.FAMILY,  # before ViTEncoder, its base class
     ViT: vit.FAMILY,
     ViTEncoder: vit.FAMILY,
     DenseNet: densenet.FAMILY,

@@ -22,7 +22,7 @@ from flax import traverse_util
 Path = tuple[str, ...]
 State = dict[str, np.ndarray]
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "teacher")
 KEY_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -124,6 +124,9 @@ class Family:
     config_for: Callable[[State, str], dict] = lambda state, model_name: {}
     missing: Callable[[str, dict], str | None] = lambda model_name, kwargs: None
     note: str = ""
+    # Buffers compared with a relative tolerance instead of exactly (e.g. a table the
+    # original may store in bfloat16): ((torch key, rtol), ...).
+    buffer_rtol: tuple[tuple[str, float], ...] = ()
 
 
 # ----------------------------------------------------------------------------------------
@@ -280,7 +283,10 @@ def to_flax(source, model, family: Family, *, encoder_only: bool = False,
     for key, expected in family.buffers(model).items():
         if key in state:
             got = state.pop(key)
-            if got.shape != expected.shape or not np.array_equal(got, expected):
+            rtol = dict(family.buffer_rtol).get(key, 0.0)
+            same = got.shape == expected.shape and (
+                np.allclose(got, expected, rtol=rtol, atol=0.0) if rtol else np.array_equal(got, expected))
+            if not same:
                 report.mismatched.append((key, f"{got.shape} (values differ)", expected.shape))
     keys = {family.torch_key(model, p): p for p in targets}
     found: dict[Path, np.ndarray] = {}
