@@ -22,6 +22,7 @@ from jaxbrain.models.dino import DINOHead, DinoViT, dino_preset
 from jaxbrain.models.dino_heads import DinoStudent
 from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
+from jaxbrain.models.slice_heads import SliceHead
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 from jaxbrain.models.vit import ViT, ViTEncoder
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type] = {
     "swin_transformer": SwinTransformer,
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
+    "slice_head": SliceHead,  # whole-scan head over a frozen slice encoder's features
     "vit": ViT,
     "mae": MAE,
     "dino_vit": DinoViT,  # DINOv3 / DINOv2 / BrainDINO slice encoder (arguments: dino_preset)

@@ -63,6 +63,7 @@ import optax
 from jaxbrain import models, objectives, parallel, runs
 from jaxbrain.convert.pretrained import load_pretrained
 from jaxbrain.data import pipeline, slices
+from jaxbrain.inference import features
 from jaxbrain.training import data as data_lib
 from jaxbrain.training.checkpoint import Checkpoints, abstract_like
 from jaxbrain.training.metrics_log import MetricWriter, Progress
@@ -317,13 +318,15 @@ def datasets(config, workdir: str):
     return train_ds, val_cases
 
 
-SOURCES = ("volumes", "slices")  # data.source (default "volumes": crops of the cases' volumes)
+SOURCES = ("volumes", "slices", "features")  # data.source (default "volumes": the cases' volumes)
 
 
 def training_data(config, workdir: str) -> tuple[list, list, Any]:
     """(training cases, validation cases, this process's training batches) of the config's
-    ``data``: ``data.source`` "volumes" (default) or "slices" (2D axial slices streamed from
-    ``data.collections``, :mod:`jaxbrain.data.slices`; no cases, no validation)."""
+    ``data``: ``data.source`` "volumes" (default), "slices" (2D axial slices streamed from
+    ``data.collections``, :mod:`jaxbrain.data.slices`; no cases, no validation) or "features"
+    (the cases' per-slice features from a frozen slice encoder, computed once and cached,
+    :mod:`jaxbrain.inference.features`; training and validation read the cache)."""
     dcfg = config.data
     source = dcfg.get("source") or "volumes"
     if source not in SOURCES:
@@ -331,6 +334,9 @@ def training_data(config, workdir: str) -> tuple[list, list, Any]:
     if source == "slices":
         return [], [], slices.from_config(config, workdir)
     train_cases, val_cases = data_lib.cases(dcfg, workdir)
+    if source == "features":
+        train_cases, val_cases = features.cached_features(config, workdir,
+                                                          [train_cases, val_cases])
     return train_cases, val_cases, training_batches(config, train_cases)
 
 

@@ -1,0 +1,185 @@
+"""kNN probing of a frozen slice encoder on whole scans (BrainDINO's kNN protocol).
+
+    python -m jaxbrain.evaluation.probe knn --workdir runs/probe_demo
+    python -m jaxbrain.evaluation.probe knn --config configs/braindino_probe.py:ad,demo \
+        --workdir runs/knn_ad [--config.probe.orbax=...] [--split test] [--k 1,5,20]
+
+Each scan's cached per-slice features (:mod:`jaxbrain.inference.features`: normalised CLS of
+every axial slice) are averaged over slices and L2-normalised; the held-out scans' neighbours
+are the k training scans of highest cosine similarity. Classification uses DINO's weighted
+vote (DINOv2's ``eval/knn.py``, Wu et al. 2018): neighbour j adds ``exp(s_j / T)`` (T = 0.07)
+to its class, the normalised votes are the class probabilities (macro one-vs-rest AUC, binary:
+class 1's AUC; accuracy of the top vote). Regression predicts the mean of the neighbours'
+targets (MAE). k in 1, 3, 5, 10, 20, 50 (capped at the number of training scans).
+
+The training scans are the config's training split with its label budget
+(``data.train_fraction``), the evaluated ones its validation (or ``--split test``) scans, so
+kNN and the trained heads see the same scans. Output: ``knn.csv`` (one row per k) and
+``knn.md`` in the workdir (or ``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from jaxbrain import metrics as metrics_lib
+from jaxbrain import runs
+from jaxbrain.inference import features as features_lib
+from jaxbrain.training import data as data_lib
+
+KS = (1, 3, 5, 10, 20, 50)
+TEMPERATURE = 0.07
+
+
+def pooled(features: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, D): each scan's (S, D) features averaged over slices, L2-normalised."""
+    x = np.stack([np.asarray(f, np.float64).mean(axis=0) for f in features])
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def neighbours(train_x: np.ndarray, test_x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each (N_test, k), of the k most cosine-similar training rows
+    (rows already L2-normalised), most similar first."""
+    if not 1 <= k <= len(train_x):
+        raise ValueError(f"k={k}: need 1 <= k <= {len(train_x)} training scans")
+    sim = test_x @ train_x.T
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sim, idx, axis=1), idx
+
+
+def knn_classify(train_x, train_y, test_x, k: int, num_classes: int,
+                 temperature: float = TEMPERATURE) -> np.ndarray:
+    """(N_test, K) class probabilities: the neighbours' votes ``exp(s / T)``, normalised."""
+    sim, idx = neighbours(train_x, test_x, k)
+    labels = np.asarray(train_y, np.int64)[idx]
+    weights = np.exp((sim - 1.0) / temperature)  # exp(s / T) up to a factor per scan
+    votes = np.zeros((len(test_x), num_classes))
+    np.add.at(votes, (np.arange(len(test_x))[:, None], labels), weights)
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def knn_regress(train_x, train_y, test_x, k: int) -> np.ndarray:
+    """(N_test,) the mean target of the k nearest training scans."""
+    _, idx = neighbours(train_x, test_x, k)
+    return np.asarray(train_y, np.float64)[idx].mean(axis=1)
+
+
+def _targets(cases) -> np.ndarray:
+    missing = [c.id for c in cases if c.target is None]
+    if missing:
+        raise ValueError(f"kNN: scans without a target: {missing[:5]}")
+    return np.asarray([c.target for c in cases], np.float64)
+
+
+def knn_table(config, workdir: str, *, split: str = "val", ks: Sequence[int] = KS) -> list[dict]:
+    """One row per k: the kNN metrics of the held-out scans (``split``: "val" or "test")."""
+    parts = data_lib.split(config.data, workdir)
+    held = parts.val if split == "val" else parts.test
+    if not held:
+        raise ValueError(f"kNN: the config's data has no {split} scans (data.num_folds / "
+                         "data.held_out_site / data.test_fold)")
+    train, held = features_lib.cached_features(config, workdir, [parts.train, held])
+    train_x = pooled([c.load()["image"] for c in train])
+    test_x = pooled([c.load()["image"] for c in held])
+    train_y, test_y = _targets(train), _targets(held)
+    regression = config.objective.name == "regression"
+    rows = []
+    for k in ks:
+        k_used = min(int(k), len(train))
+        row = {"k": int(k), "k_used": k_used, "train_scans": len(train), "scans": len(held)}
+        if regression:
+            pred = knn_regress(train_x, train_y, test_x, k_used)
+            row.update(mae=metrics_lib.mae(test_y, pred),
+                       pearson_r=metrics_lib.pearson_r(pred, test_y))
+        else:
+            n = int(config.objective.num_classes)
+            probs = knn_classify(train_x, train_y, test_x, k_used, n)
+            labels = test_y.astype(np.int64)
+            auc = (metrics_lib.roc_auc(labels, probs[:, 1]) if n == 2
+                   else metrics_lib.roc_auc_ovr(labels, probs))
+            row.update(auc=auc, accuracy=metrics_lib.accuracy(labels, probs.argmax(axis=1)))
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], output: str) -> tuple[str, str]:
+    """knn.csv and knn.md under ``output``."""
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, "knn.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = os.path.join(output, "knn.md")
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
+                                       for k in keys) + " |")
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path, md
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m jaxbrain.evaluation.probe",
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    knn = sub.add_parser("knn", help="kNN probe table of a probe config or run")
+    knn.add_argument("--workdir", required=True)
+    knn.add_argument("--config", help="config file[:presets] (default: the workdir's "
+                                      "config.json)")
+    knn.add_argument("--split", choices=("val", "test"), default="val")
+    knn.add_argument("--k", default=",".join(map(str, KS)))
+    knn.add_argument("--output", help="folder of knn.csv / knn.md (default: the workdir)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.config:
+        from jaxbrain.training.config import load_config_file
+        path, _, arg = args.config.partition(":")
+        config = load_config_file(path, arg)
+    else:
+        config = runs.load_config(args.workdir)
+    for item in overrides:
+        key, eq, value = item.removeprefix("--config.").partition("=")
+        if not item.startswith("--config.") or not eq:
+            parser.error(f"unrecognised argument {item!r} (overrides are --config.a.b=value)")
+        _override(config, key, value)
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = knn_table(config, args.workdir, split=args.split,
+                     ks=[int(k) for k in args.k.split(",") if k])
+    csv_path, md = write_table(rows, args.output or args.workdir)
+    print(open(md).read(), end="")
+    print(f"wrote {csv_path}, {md}")
+    return rows
+
+
+def _override(config, key: str, value: str) -> None:
+    import ast
+    node = config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    with config.unlocked() if hasattr(config, "unlocked") else _nothing():
+        node[parts[-1]] = parsed
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

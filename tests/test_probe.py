@@ -1,0 +1,189 @@
+"""Whole-scan probes on a frozen slice encoder: scan preprocessing, the feature cache, the
+slice heads' pooling, kNN against scikit-learn, and one probe run through train.py's loop."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxbrain import models
+from jaxbrain.data import slices
+from jaxbrain.evaluation import probe
+from jaxbrain.inference import features
+from jaxbrain.training import data as data_lib
+from jaxbrain.training import loop
+from jaxbrain.training.config import load_config_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "braindino_probe.py")
+SHAPE = (22, 26, 18)
+
+
+def _scan(rng, radius: float) -> np.ndarray:
+    """An ellipsoidal 'brain' of textured intensities; its size is the class signal."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+    inside = (grid ** 2).sum(0) < radius ** 2
+    x = rng.gamma(4.0, 30.0, SHAPE) * inside
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe_table")
+    rng = np.random.default_rng(0)
+    rows = ["subject,t1,sex,age"]
+    for i in range(24):
+        sex = "M" if i % 2 else "F"
+        path = root / f"sub{i:02d}.nii.gz"
+        nib.save(nib.Nifti1Image(_scan(rng, 0.95 if sex == "M" else 0.6), np.eye(4)), path)
+        rows.append(f"sub{i:02d},{path.name},{sex},{40 + i}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(root / "labels.csv")
+
+
+def _config(table, **changes):
+    c = load_config_file(CONFIG, "sex,demo")
+    c.data.synthetic = None
+    c.data.root = table
+    c.probe.n_slices = 8
+    c.total_steps, c.eval_every, c.ckpt_every, c.log_every = 40, 20, 40, 20
+    c.progress = False
+    for key, value in changes.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def test_scan_slices_are_robust_scaled_trilinear_axial_slices():
+    torch = pytest.importorskip("torch")
+    x = _scan(np.random.default_rng(1), 0.8)
+    got = slices.scan_slices(x, 12, (20, 24))
+    scaled = np.moveaxis(slices.robust_scale(x), 2, 0)  # (Z, X, Y)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(scaled)[None, None], size=(12, 20, 24),
+                                          mode="trilinear", align_corners=False)[0, 0].numpy()
+    assert got.shape == (12, 20, 24, 3)
+    np.testing.assert_allclose(got[..., 1], ref, atol=1e-5)
+    np.testing.assert_array_equal(got[..., 0], got[..., 2])
+
+
+def test_feature_cache_is_read_back_not_recomputed(table, tmp_path):
+    c = _config(table, **{"probe.cache": str(tmp_path / "cache")})
+    parts = data_lib.split(c.data, str(tmp_path))
+    encoder = features.load_encoder(c)
+    (train,) = features.cached_features(c, str(tmp_path), [parts.train], encoder=encoder)
+    calls = encoder.calls
+    assert calls == len(parts.train)  # 8 slices a scan, 16 a call: one call per scan
+    x = train[0].load()["image"]
+    assert x.shape == (8, 32) and x.dtype == np.float32
+    # The normalised CLS: token 0 of the encoder's tokens after its final LayerNorm.
+    stack = slices.scan_slices(nib.load(parts.train[0].images[0]).get_fdata(), 8, (32, 32))
+    tokens = encoder.model.apply(encoder.variables, jnp.asarray(stack))
+    np.testing.assert_allclose(x, np.asarray(tokens[:, 0]), atol=1e-5)
+    np.testing.assert_allclose(x.mean(-1), 0, atol=1e-4)  # LayerNorm'd (before its affine:
+    # the affine starts at scale 1, bias 0)
+
+    again = features.load_encoder(c)
+    budget = data_lib.split(dict_config(c, train_fraction=0.5), str(tmp_path)).train
+    (reread, part) = features.cached_features(c, str(tmp_path), [parts.train, budget],
+                                              encoder=again)
+    assert again.calls == 0  # every scan from the cache
+    np.testing.assert_array_equal(reread[0].load()["image"], x)
+    assert 0 < len(part) < len(parts.train) and part[0].target in (0.0, 1.0)
+
+    other = features.load_encoder(_config(table, **{"probe.cache": str(tmp_path / "cache"),
+                                                    "probe.seed": 1}))
+    assert features.cache_key(other, features.settings(c))[0] != \
+        features.cache_key(encoder, features.settings(c))[0]
+
+
+def dict_config(c, **data):
+    d = c.data.copy_and_resolve_references()
+    d.update(data)
+    return d
+
+
+def _head(pool, **kw):
+    return models.from_config({"name": "slice_head", "in_channels": 16, "num_classes": 3,
+                               "pool": pool, "num_heads": 2, **kw})
+
+
+def _mlp(params, pooled):
+    y = nn.LayerNorm(epsilon=1e-5).apply({"params": params["head_norm"]}, pooled)
+    y = y @ params["head_fc1"]["kernel"] + params["head_fc1"]["bias"]
+    y = jax.nn.gelu(y, approximate=False)
+    return y @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def test_head_pooling_shapes_and_values():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+    for pool in ("mean", "attention", "transformer"):
+        head = _head(pool)
+        params = nn.meta.unbox(head.init(jax.random.key(1), x))["params"]
+        out = head.apply({"params": params}, x)
+        assert out.shape == (2, 3) and out.dtype == jnp.float32
+        if pool == "mean":
+            np.testing.assert_allclose(out, _mlp(params, x.mean(1)), atol=1e-5)
+        elif pool == "attention":
+            score = (x @ params["attn_score"]["kernel"])[..., 0] + params["attn_score"]["bias"]
+            w = jax.nn.softmax(score, axis=1)
+            np.testing.assert_allclose(out, _mlp(params, (w[..., None] * x).sum(1)), atol=1e-5)
+            # one slice: its feature, whatever the score
+            np.testing.assert_allclose(head.apply({"params": params}, x[:, :1]),
+                                       _mlp(params, x[:, 0]), atol=1e-5)
+        else:
+            assert {"block0", "block1", "slice_pos"} <= set(params)
+            assert not np.allclose(out, _mlp(params, x.mean(1)), atol=1e-3)
+    with pytest.raises(ValueError, match="width 16"):
+        _head("mean").init(jax.random.key(0), jnp.zeros((1, 4, 8)))
+
+
+def test_knn_matches_scikit_learn():
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    rng = np.random.default_rng(0)
+    train_f = [rng.standard_normal((5, 12)) for _ in range(40)]
+    test_f = [rng.standard_normal((5, 12)) for _ in range(15)]
+    train_x, test_x = probe.pooled(train_f), probe.pooled(test_f)
+    np.testing.assert_allclose(np.linalg.norm(train_x, axis=1), 1.0)
+    labels = rng.integers(0, 3, 40)
+    ages = rng.uniform(40, 80, 40)
+    T = probe.TEMPERATURE
+    for k in (1, 3, 5, 10, 20):
+        ours = probe.knn_classify(train_x, labels, test_x, k, 3)
+        ref = neighbors.KNeighborsClassifier(
+            n_neighbors=k, metric="cosine", algorithm="brute",
+            weights=lambda d: np.exp((1.0 - d) / T)).fit(train_x, labels).predict_proba(test_x)
+        np.testing.assert_allclose(ours, ref, atol=1e-8)
+        ours = probe.knn_regress(train_x, ages, test_x, k)
+        ref = neighbors.KNeighborsRegressor(n_neighbors=k, metric="cosine", algorithm="brute"
+                                            ).fit(train_x, ages).predict(test_x)
+        np.testing.assert_allclose(ours, ref, atol=1e-8)
+    with pytest.raises(ValueError, match="k=41"):
+        probe.knn_regress(train_x, ages, test_x, 41)
+
+
+def test_probe_run_through_the_loop_and_knn_table(table, tmp_path):
+    workdir = str(tmp_path / "run")
+    c = _config(table, **{"model.pool": "attention"})
+    loop.train_and_evaluate(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    val = [r for r in rows if "val/auc" in r]
+    assert [r["step"] for r in val] == [20, 40] and 0.0 <= val[-1]["val/auc"] <= 1.0
+    train = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert np.isfinite(train).all()
+
+    table_rows = probe.main(["knn", "--workdir", workdir, "--k", "1,5,50"])
+    assert [r["k"] for r in table_rows] == [1, 5, 50]
+    assert table_rows[-1]["k_used"] == table_rows[-1]["train_scans"] == 18
+    assert table_rows[0]["auc"] > 0.8  # the scans' size is in their slices
+    assert os.path.exists(os.path.join(workdir, "knn.csv"))
+    text = open(os.path.join(workdir, "knn.md")).read()
+    assert text.startswith("| k | k_used | train_scans | scans | auc | accuracy |")
