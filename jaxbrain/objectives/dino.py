@@ -100,8 +100,8 @@ def cosine_schedule(step, base: float, final: float, total: int, warmup: int = 0
     cos = final + 0.5 * (base - final) * (1 + jnp.cos(jnp.pi * i / max(n, 1)))
     if warmup > 1:
         warm = start_warmup + (base - start_warmup) * (step - freeze) / (warmup - 1)
-    else:
-        warm = jnp.full((), base, jnp.float32)
+    else:  # linspace(start, base, 1) == [start]
+        warm = jnp.full((), start_warmup, jnp.float32)
     out = jnp.where(step < freeze, 0.0, jnp.where(step < freeze + warmup, warm, cos))
     return jnp.where(step >= total, final, out)
 
