@@ -339,3 +339,36 @@ def test_strict_reports_name_the_key(tmp_path):
     assert set(out) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(out[k].numpy(), v)
+
+
+def test_pretraining_model_checkpoint(tmp_path):
+    """DinoStudent (encoder + heads) <-> {"teacher": {backbone, dino_head, ibot_head}}."""
+    from jaxbrain.models.dino_heads import DinoStudent
+    kw = dict(dino_preset("braindino_vitb16", **dict(TINY, depth=1)), head_prototypes=40, head_hidden=24,
+              head_bottleneck=12, ibot_prototypes=30)
+    student = DinoStudent(**kw)
+    params = nn.unbox(student.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
+    path = tmp_path / "teacher_checkpoint.pth"
+    save_torch(params, student, path)
+    raw = torch.load(path)
+    assert set(raw) == {"teacher"}
+    inner = raw["teacher"]
+    assert {"backbone.rope_embed.periods", "backbone.storage_tokens", "dino_head.mlp.4.weight",
+            "dino_head.last_layer.weight", "ibot_head.last_layer.weight"} <= set(inner)
+    assert tuple(inner["ibot_head.last_layer.weight"].shape) == (30, 12)
+    cfg = cdino.student_config({k: v.numpy() for k, v in inner.items()})
+    assert {k: cfg[k] for k in ("head_prototypes", "head_hidden", "head_bottleneck", "ibot_prototypes",
+                                "num_heads", "depth")} == dict(head_prototypes=40, head_hidden=24,
+                                                               head_bottleneck=12, ibot_prototypes=30,
+                                                               num_heads=4, depth=1)
+    back, report = load_torch(str(path), student)
+    assert report.ok
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    encoder = DinoViT(**dino_preset("braindino_vitb16", **dict(TINY, depth=1)))
+    enc, report = load_torch(str(path), encoder)  # the backbone alone, heads reported as ignored
+    assert report.ok and any(k.startswith("ibot_head.") for k in report.ignored)
+    for a, b in zip(jax.tree.leaves(enc), jax.tree.leaves(params["encoder"])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointMismatchError, match=r"dino_head\.last_layer\.weight"):
+        load_torch(str(path), DinoStudent(**dict(kw, head_prototypes=41)))

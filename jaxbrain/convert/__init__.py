@@ -29,10 +29,12 @@ from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
 from jaxbrain.models import DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 from jaxbrain.models.cnn3d import DenseNet, ResNet
+from jaxbrain.models.dino_heads import DinoStudent
 
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
 FAMILIES = {
+    DinoStudent: dino.STUDENT_FAMILY,  # before DinoViT, its base class
     DinoViT: dino.FAMILY,  # before ViTEncoder, its base class
     ViT: vit.FAMILY,
     ViTEncoder: vit.FAMILY,

@@ -121,15 +121,19 @@ def ignored(model, key: str) -> bool:
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 
 
-def _select_net(state: State) -> tuple[State, str]:
-    """A training checkpoint's network (teacher, else EMA, else student) with its prefix and
-    ``backbone.`` removed; other keys unchanged."""
-    where = ""
+def _strip_net(state: State) -> tuple[State, str]:
+    """A training checkpoint's network (teacher, else EMA, else student) with its prefix
+    removed; other keys unchanged."""
     for net in NETS:
         if any(k.startswith(net + "backbone.") for k in state):
             state = {(k[len(net):] if k.startswith(net) else k): v for k, v in state.items()}
-            where = f", {net[:-1]} of a training checkpoint"
-            break
+            return state, f", {net[:-1]} of a training checkpoint"
+    return state, ""
+
+
+def _select_net(state: State) -> tuple[State, str]:
+    """:func:`_strip_net`, then ``backbone.`` removed."""
+    state, where = _strip_net(state)
     if any(k.startswith("backbone.") for k in state):
         state = {(k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in state.items()}
         where = where or ", training checkpoint (backbone + heads)"
@@ -487,5 +491,86 @@ def save_training(backbone_params, model, path=None, *, heads: dict | None = Non
     return {net: inner}
 
 
-__all__ = ["FAMILY", "LAYOUTS", "canonicalize", "chunk_blocks", "head_family", "infer_config",
-           "load_head", "periods_base", "save_torch", "save_training", "to_hf"]
+# ----------------------------------------------------------------------------------------
+# The pretraining model: encoder + DINO / iBOT heads in one state dict.
+#
+# ``STUDENT_FAMILY`` serves a model that is a DinoViT in its fields with the encoder's
+# parameters under ``encoder`` and DINOHead modules under ``dino_head`` (and ``ibot_head``),
+# their shape read from ``head_nlayers`` and ``head_weight_norm``: the originals' training
+# checkpoint, ``{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}`` (registered for
+# ``jaxbrain.models.dino_heads.DinoStudent``, "dino_student"). Detection (``inspect``,
+# ``from-torch`` without ``--model``) leaves such files to ``FAMILY``, the backbone alone;
+# ``encoder_only`` exchanges ``backbone.*``.
+
+
+def _head_like(model) -> DINOHead:
+    return DINOHead(1, nlayers=getattr(model, "head_nlayers", 3),
+                    weight_norm=bool(getattr(model, "head_weight_norm", False)))
+
+
+def student_key(model, path: Path) -> str:
+    if path[0] == "encoder":
+        return "backbone." + torch_key(model, path[1:])
+    if path[0] + "." in HEADS:
+        return f"{path[0]}.{head_key(_head_like(model), path[1:])}"
+    raise ValueError(f"{'/'.join(path)}: not under encoder, dino_head or ibot_head")
+
+
+def student_canonicalize(state: State) -> tuple[State, str]:
+    state, where = _strip_net(dict(state))
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise ValueError("not a DINO training checkpoint: no backbone.* keys (a bare backbone goes "
+                         "into DinoViT)")
+    canon, fmt = canonicalize(backbone)
+    rest = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    return {**{"backbone." + k: v for k, v in canon.items()}, **rest}, fmt + (where or ", training checkpoint")
+
+
+def student_config(state: State, model_name: str = "dino_student") -> dict:
+    """The backbone's arguments (:func:`infer_config`) and the heads' off their shapes."""
+    cfg = infer_config({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    mlp = sorted({int(m.group(1)) for k in state if (m := re.match(r"^dino_head\.mlp\.(\d+)\.weight$", k))})
+    last = state.get("dino_head.last_layer.weight_v", state.get("dino_head.last_layer.weight"))
+    if last is not None:
+        cfg.update(head_prototypes=int(last.shape[0]), head_bottleneck=int(last.shape[1]),
+                   head_weight_norm="dino_head.last_layer.weight_g" in state,
+                   head_nlayers=max(len(mlp), 1))
+    if mlp and len(mlp) > 1:
+        cfg["head_hidden"] = int(state[f"dino_head.mlp.{mlp[0]}.weight"].shape[0])
+    ibot = state.get("ibot_head.last_layer.weight_v", state.get("ibot_head.last_layer.weight"))
+    cfg["ibot_separate_head"] = ibot is not None
+    if ibot is not None:
+        cfg["ibot_prototypes"] = int(ibot.shape[0])
+    return cfg
+
+
+def _student_buffers(model) -> State:
+    return {"backbone." + k: v for k, v in buffers(model).items()}
+
+
+def _student_hints(model, source: State, expected: dict) -> list[str]:
+    strip = lambda d: {k[len("backbone."):]: v for k, v in d.items() if k.startswith("backbone.")}  # noqa: E731
+    return hints(model, strip(source), strip(expected))
+
+
+STUDENT_FAMILY = Family(
+    name="DINO pretraining model (DINOv3 / DINOv2 training checkpoint)",
+    torch_key=student_key,
+    buffers=_student_buffers,
+    canonicalize=student_canonicalize,
+    dummy_input=dummy_input,
+    encoder_prefix="backbone.",
+    hints=_student_hints,
+    ignored=lambda model, key: key.startswith(OTHERS[len(HEADS):]),
+    wrap=lambda tensors: {"teacher": tensors},
+    buffer_rtol=(("backbone." + PERIODS, PERIODS_RTOL),),
+    model_names=("dino_student",),
+    config_for=student_config,
+    missing=missing,
+    note="DINOv2 files do not record num_heads; the LayerNorm eps is not in the files",
+)
+
+
+__all__ = ["FAMILY", "STUDENT_FAMILY", "LAYOUTS", "canonicalize", "chunk_blocks", "head_family", "infer_config",
+           "load_head", "periods_base", "save_torch", "save_training", "student_config", "to_hf"]
