@@ -44,6 +44,7 @@ TRANSFORMS: dict[str, Callable] = {
     "rand_crop": T.RandCrop,
     "rand_flip": T.RandFlip,
     "rand_slice": T.RandSlice,
+    "rand_slice_crop": T.RandSliceCrop,
     "rand_rot90": T.RandRot90,
     "rand_scale_shift": T.RandScaleShift,
     "rand_resized_crop": T.RandResizedCrop,

@@ -81,11 +81,14 @@ def _crop_or_pad(record: dict, start: Sequence[int], shape: Sequence[int]) -> di
 
 
 def _window(x: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """``x[start : start + shape]`` over its ``len(shape)`` leading (spatial) axes, zero
+    outside ``x``; trailing axes (channels) are kept whole."""
+    k = len(shape)
     src = tuple(slice(max(s, 0), min(s + n, dim)) for s, n, dim in zip(start, shape, x.shape))
     inner = np.asarray(x[src])  # reads only the window from a memory-mapped array
-    if inner.shape[:3] == tuple(shape):
+    if inner.shape[:k] == tuple(shape):
         return inner
-    out = np.zeros(tuple(shape) + x.shape[3:], x.dtype)
+    out = np.zeros(tuple(shape) + x.shape[k:], x.dtype)
     dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
     out[dst] = inner
     return out
@@ -354,6 +357,87 @@ class RandSlice:
             if key in record:
                 out[key] = np.take(np.asarray(record[key]), index, axis=self.axis)
         out.pop("geometry", None)
+        return out
+
+
+class RandSliceCrop:
+    """nnU-Net's 2D training sampler: one slice across ``axis`` (2: axial in canonical RAS)
+    and a crop of ``roi`` (2 sizes) of it: image (roi0, roi1, C), label (roi0, roi1[, K]).
+
+    With probability ``pos_fraction`` (nnU-Net's ``oversample_foreground_percent``, 0.33 in
+    BrainDINO's trainer) the sample is forced to foreground: a foreground class present in
+    the case is chosen uniformly (a non-zero value of a label map, or a non-empty channel of
+    region channels such as [TC, WT, ET] after ``brats_regions``), then one of its voxels
+    uniformly; the slice is that voxel's and the crop is centred on it, clipped to stay
+    inside the (padded) slice. Otherwise the slice is uniform among those with any non-zero
+    image voxel (all slices if none has) and the crop position is uniform. A slice smaller
+    than ``roi`` is zero padded symmetrically first. Without ``roi`` in its spec the pipeline
+    supplies it (``takes_roi``: ``config.data.roi``)."""
+
+    random = True
+    takes_roi = True
+
+    def __init__(self, roi: Sequence[int] | None = None, axis: int = 2, pos_fraction: float = 0.0):
+        if roi is None:
+            raise ValueError("rand_slice_crop: no crop size: give rand_slice_crop(roi=(X, Y)) or "
+                             "set config.data.roi to the 2 sizes of the slice crops")
+        roi = tuple(np.ravel(roi))
+        if len(roi) != 2 or not all(float(r).is_integer() and r > 0 for r in roi):
+            raise ValueError(f"rand_slice_crop roi: expected 2 positive integers (the slice "
+                             f"crop), got {roi!r}")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"rand_slice_crop: axis must be 0, 1 or 2, got {axis}")
+        if not 0 <= pos_fraction <= 1:
+            raise ValueError(f"rand_slice_crop pos_fraction: expected a probability in [0, 1], "
+                             f"got {pos_fraction!r}")
+        self.roi = tuple(int(r) for r in roi)
+        self.axis, self.pos_fraction = int(axis), float(pos_fraction)
+
+    def _foreground_voxel(self, label: np.ndarray, rng) -> tuple[int, ...] | None:
+        """A voxel (3 indices) of a uniformly chosen foreground class, or None without one."""
+        if label.ndim == 4:
+            present = [k for k in range(label.shape[-1]) if label[..., k].any()]
+            if not present:
+                return None
+            mask = label[..., present[int(rng.integers(len(present)))]] != 0
+        else:
+            present = [v for v in np.unique(label) if v != 0]
+            if not present:
+                return None
+            mask = label == present[int(rng.integers(len(present)))]
+        where = np.flatnonzero(mask)
+        return tuple(int(i) for i in np.unravel_index(where[rng.integers(where.size)], mask.shape))
+
+    def __call__(self, record, rng):
+        image = np.asarray(record["image"])
+        label = np.asarray(record["label"]) if "label" in record else None
+        plane = [a for a in range(3) if a != self.axis]
+        voxel = None
+        if label is not None and self.pos_fraction > 0 and rng.random() < self.pos_fraction:
+            voxel = self._foreground_voxel(label, rng)
+        if voxel is None:
+            choices = np.flatnonzero(np.any(image != 0, axis=tuple(plane) + (3,)))
+            if not choices.size:
+                choices = np.arange(image.shape[self.axis])
+            index = int(choices[rng.integers(choices.size)])
+        else:
+            index = voxel[self.axis]
+        out = dict(record)
+        out.pop("geometry", None)
+        size = [image.shape[a] for a in plane]
+        padded = [max(n, r) for n, r in zip(size, self.roi)]
+        offset = [(p - n) // 2 for p, n in zip(padded, size)]  # symmetric padding before
+        room = [p - r for p, r in zip(padded, self.roi)]
+        if voxel is None:
+            start = [int(rng.integers(m + 1)) for m in room]
+        else:
+            start = [int(np.clip(voxel[a] + o - r // 2, 0, m))
+                     for a, o, r, m in zip(plane, offset, self.roi, room)]
+        start = [s - o for s, o in zip(start, offset)]  # in the unpadded slice
+        for key in ("image", "label"):
+            if key in record:
+                out[key] = _window(np.take(np.asarray(record[key]), index, axis=self.axis),
+                                   start, self.roi)
         return out
 
 

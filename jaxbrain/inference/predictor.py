@@ -9,6 +9,12 @@ The model runs window by window (MONAI's layout and blending, see :mod:`.sliding
 windows of the evaluation ROI (``config.eval.roi``, by default the training ROI
 ``config.data.roi``); the objective turns logits into probabilities, probabilities into a
 label map and, with a ground truth, into the case's metrics.
+
+A 2D model (one whose ``spatial_dims`` is 2, e.g. ``dino_seg``) segments a volume slice by
+slice: the slices across ``config.eval.slice_axis`` (default 2, axial in canonical RAS) are
+one batch of 2D images, each tiled by 2D windows of the ROI (``sw_batch_size`` windows a
+model call, from any slices), and the slices' probabilities are stacked back into the
+volume, which is then scored and written as any other prediction.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from jax.tree_util import Partial
 
 from jaxbrain import models
 from jaxbrain.inference.sliding_window import sliding_window_inference
+
+
+def model_dims(model) -> int:
+    """The number of spatial axes a model works on: its ``spatial_dims``, 3 without one."""
+    return int(getattr(model, "spatial_dims", 3))
 
 
 def eval_roi(config) -> tuple[int, ...]:
@@ -43,16 +54,26 @@ class Predictor:
     mode: str = "gaussian"
     sw_batch_size: int = 2
     dtype: Any = np.float32
+    slice_axis: int | None = None  # 2D models: the volume axis whose slices they segment
 
     @classmethod
     def from_config(cls, config, model, objective) -> "Predictor":
         e = config.get("eval", {})
+        axis = int(e.get("slice_axis") if e.get("slice_axis") is not None else 2)
         return cls(model, objective, eval_roi(config), overlap=e.get("overlap", 0.5),
                    mode=e.get("mode", "gaussian"), sw_batch_size=e.get("sw_batch_size", 2),
-                   dtype=models.DTYPES[config.get("compute_dtype", "float32")])
+                   dtype=models.DTYPES[config.get("compute_dtype", "float32")],
+                   slice_axis=axis if model_dims(model) == 2 else None)
 
     def __post_init__(self):
         model, objective, dtype = self.model, self.objective, self.dtype
+        if self.slice_axis is not None:
+            if self.slice_axis not in (0, 1, 2):
+                raise ValueError(f"eval.slice_axis={self.slice_axis}: expected 0, 1 or 2 (a "
+                                 "volume axis; 2 is axial)")
+            if len(self.roi) != 2:
+                raise ValueError(f"eval.roi / data.roi = {self.roi}: a 2D model segments "
+                                 "volumes slice by slice with 2D windows; give 2 sizes")
 
         def predict(variables, windows):
             return objective.probabilities(model.apply(variables, windows.astype(dtype)))
@@ -61,7 +82,14 @@ class Predictor:
 
     def probabilities(self, variables, image) -> np.ndarray:
         """(X, Y, Z, C) preprocessed image -> (X, Y, Z, K) float32 probabilities."""
-        image = np.asarray(image, np.float32)[None]
+        image = np.asarray(image, np.float32)
+        if self.slice_axis is not None:  # the slices are the batch of a 2D model
+            slices = np.moveaxis(image, self.slice_axis, 0)
+            return np.moveaxis(self._windows(variables, slices), 0, self.slice_axis)
+        return self._windows(variables, image[None])[0]
+
+    def _windows(self, variables, image: np.ndarray) -> np.ndarray:
+        """(B, *spatial, C) -> (B, *spatial, K): sliding-window probabilities."""
         leaf = jax.tree_util.tree_leaves(variables)[0]
         if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, jax.sharding.NamedSharding):
             # parameters placed on a mesh (training): the image goes whole to every device
@@ -70,4 +98,4 @@ class Predictor:
         probs = sliding_window_inference(Partial(self._predict, variables), image, self.roi,
                                          overlap=self.overlap, mode=self.mode,
                                          sw_batch_size=self.sw_batch_size)
-        return np.asarray(jax.device_get(probs))[0]
+        return np.asarray(jax.device_get(probs))

@@ -20,6 +20,7 @@ from jaxbrain.models.cnn3d import DENSENETS, RESNETS
 from jaxbrain.models.contrastive import CONTRASTIVE
 from jaxbrain.models.dino import DINOHead, DinoViT, dino_preset
 from jaxbrain.models.dino_heads import DinoStudent
+from jaxbrain.models.dino_seg import DinoSeg
 from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
 from jaxbrain.models.slice_heads import SliceHead
@@ -37,6 +38,7 @@ REGISTRY: dict[str, type] = {
     "mae": MAE,
     "dino_vit": DinoViT,  # DINOv3 / DINOv2 / BrainDINO slice encoder (arguments: dino_preset)
     "dino_student": DinoStudent,  # the slice encoder with DINO / iBOT heads (self-distillation)
+    "dino_seg": DinoSeg,
     **DENSENETS,  # "densenet" (any block_config), "densenet121" ... "densenet264"
     **RESNETS,  # "resnet" (any block / layers), "resnet10" ... "resnet200"
     **CONTRASTIVE,  # "contrastive_<cnn>": the CNN with a projection head
@@ -85,6 +87,6 @@ def encoder_name(model) -> str | None:
     return getattr(model, "encoder_name", None)
 
 
-__all__ = ["DINOHead", "DTYPES", "DinoViT", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
+__all__ = ["DINOHead", "DTYPES", "DinoSeg", "DinoViT", "MAE", "MERGE_ORDERS", "PCTNet", "REGISTRY", "SSLHead", "SwinTransformer",
            "SwinUNETR", "ViT", "ViTEncoder", "count_params", "create", "dino_preset", "encoder_name",
            "from_config", "register"]

@@ -39,11 +39,14 @@ def upsampled_outputs(outputs, spatial) -> tuple[jax.Array, ...]:
     return tuple(out)
 
 
-def dice_loss(probs: jax.Array, onehot: jax.Array, include_background: bool = True) -> jax.Array:
-    """Mean soft Dice loss over samples and channels; inputs (B, ..., K)."""
+def dice_loss(probs: jax.Array, onehot: jax.Array, include_background: bool = True,
+              batch: bool = False) -> jax.Array:
+    """Mean soft Dice loss over samples and channels; inputs (B, ..., K). ``batch``: the sums
+    run over the batch too (one Dice per channel, nnU-Net's ``batch_dice``, as its 2D
+    configurations use: slices without foreground do not each count as a sample)."""
     if not include_background:
         probs, onehot = probs[..., 1:], onehot[..., 1:]
-    axes = tuple(range(1, probs.ndim - 1))
+    axes = tuple(range(0 if batch else 1, probs.ndim - 1))
     inter = jnp.sum(probs * onehot, axis=axes)
     denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
     return jnp.mean(1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH))
@@ -63,6 +66,7 @@ class Segmentation:
       deep_supervision: weights of a deep-supervision model's outputs (full size first; the
         coarse ones are upsampled to the label size), normalised to sum 1; default 1, 1/2,
         1/4, ... Metrics are those of the full-size output.
+      batch_dice: the Dice loss sums over the whole batch (:func:`dice_loss`), for 2D slices.
     """
 
     kind: str = "sigmoid"
@@ -72,6 +76,7 @@ class Segmentation:
     channels: tuple[str, ...] | None = None
     deep_supervision: tuple[float, ...] | None = None
     regions: str | None = None
+    batch_dice: bool = False
 
     def __post_init__(self):
         if self.kind not in ("sigmoid", "softmax"):
@@ -164,7 +169,7 @@ class Segmentation:
         probs = self.probabilities(logits)
         terms = {}
         if self.dice:
-            terms["dice_loss"] = dice_loss(probs, target)
+            terms["dice_loss"] = dice_loss(probs, target, batch=self.batch_dice)
         if self.ce:
             if self.kind == "sigmoid":
                 terms["ce_loss"] = optax.sigmoid_binary_cross_entropy(logits, target).mean()
