@@ -3,12 +3,11 @@ random weights: the dinov2 package's DinoVisionTransformer and DINOHead, transfo
 Dinov2WithRegistersModel and DINOv3ViTModel (and its RoPE module); the strict interchange
 (jaxbrain.convert.dino) both ways; intermediate layers, mask tokens, stochastic depth.
 
-transformers 5.24's wheel does not ship ``convert_dinov3_vit_to_hf.py``, so the original ->
-transformers renaming used here is ``jaxbrain.convert.dino.to_hf`` (checked by the HF model's
-own outputs); the test uses transformers' script instead whenever it is importable.
+transformers' wheel does not ship ``convert_dinov3_vit_to_hf.py`` (its original -> HF key
+conversion), so the original-layout export reaches DINOv3ViTModel through
+``jaxbrain.convert.dino.to_hf``, checked by the HF model's own outputs after a strict load.
 """
 
-import importlib
 import math
 import os
 
@@ -255,14 +254,6 @@ def test_dinov2_registers_transformers(images):
                                    hf(pixel_values=images[0]).last_hidden_state.numpy(), atol=1e-6)
 
 
-def _hf_converter():
-    try:
-        mod = importlib.import_module("transformers.models.dinov3_vit.convert_dinov3_vit_to_hf")
-    except ImportError:
-        return None
-    return getattr(mod, "convert_old_keys_to_new_keys", None)
-
-
 @pytest.mark.parametrize("variant", ["dinov3_vitb16", "braindino_vitb16"])
 def test_dinov3_transformers(variant, images):
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
@@ -293,8 +284,7 @@ def test_dinov3_transformers(variant, images):
     original = cdino.save_torch(params, model)
     assert original["rope_embed.periods"].shape == (4,) and "storage_tokens" in original
     assert ("blocks.0.attn.qkv.bias_mask" in original) == hub
-    convert = _hf_converter()
-    hf_state = convert(original) if convert is not None else cdino.to_hf(original, model)
+    hf_state = cdino.to_hf(original, model)
     fresh = DINOv3ViTModel(cfg).eval()
     fresh.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in hf_state.items()}, strict=True)
     with torch.no_grad():
@@ -339,6 +329,10 @@ def test_strict_reports_name_the_key(tmp_path):
     assert set(out) == set(state)
     for k, v in state.items():
         np.testing.assert_array_equal(out[k].numpy(), v)
+    assert main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "hf.safetensors"), "--layout", "hf"]) == 0
+    from safetensors.numpy import load_file
+    hf = load_file(str(tmp_path / "hf.safetensors"))
+    np.testing.assert_array_equal(hf["model.layer.0.layer_scale1.lambda1"], state["blocks.0.ls1.gamma"])
 
 
 def test_pretraining_model_checkpoint(tmp_path):

@@ -18,6 +18,15 @@ the two the model does not hold):
 
   python -m jaxbrain.convert from-torch pctnet_ct10k_volf.pt ckpt/ --model pctnet \
       --set input_size=[64,128,128] --set resolution_mode=1
+
+DINO slice encoders (``dino_vit``: DINOv3 / BrainDINO originals, DINOv2 flat or chunked,
+their ``{"teacher": ...}`` training checkpoints, transformers' DINOv3ViT / Dinov2 files) and
+the pretraining model with its heads (``dino_student``):
+
+  python -m jaxbrain.convert from-torch teacher_checkpoint.pth ckpt/     # the backbone
+  python -m jaxbrain.convert from-torch dinov2_vitb14_pretrain.pth ckpt/ --set num_heads=12
+  python -m jaxbrain.convert to-torch ckpt/ dinov3_hf.safetensors --layout hf
+  python -m jaxbrain.convert to-torch runs/braindino braindino.pth   # {"teacher": encoder + heads}
 """
 
 from __future__ import annotations
@@ -179,7 +188,15 @@ def cmd_to_torch(args) -> int:
     model = models.from_config(model_config)
     if family_of(model).collections == ("params",):
         variables = variables["params"]
-    state = save_torch(variables, model, args.output, template=args.template)
+    if args.layout != "original" or args.block_chunks:
+        from jaxbrain.convert import dino
+        if family_of(model) is not dino.FAMILY:
+            raise SystemExit(f"--layout / --block-chunks: DINO backbones (dino_vit) only, not "
+                             f"{model_config['name']}")
+        state = dino.save_torch(variables, model, args.output, layout=args.layout,
+                                block_chunks=args.block_chunks)
+    else:
+        state = save_torch(variables, model, args.output, template=args.template)
     origin = f" from {src} step {step}" if step is not None else ""
     print(f"wrote {args.output}: {len(state)} tensors for {model_config['name']}{origin}")
     return 0
@@ -236,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default=None,
                    help="PCT-Net: take the tensors the model does not hold (the other resolution "
                    "modes' stems and heads) from this checkpoint, e.g. the released one")
+    p.add_argument("--layout", default="original", choices=("original", "hf"),
+                   help="DINO backbones: the original's names (DINOv3 / DINOv2) or transformers' "
+                   "(DINOv3ViTModel / Dinov2Model)")
+    p.add_argument("--block-chunks", type=int, default=0,
+                   help="DINOv2 backbones: blocks.{chunk}.{i} keys in this many chunks (0: flat)")
     p.set_defaults(fn=cmd_to_torch)
 
     args = parser.parse_args(argv)
