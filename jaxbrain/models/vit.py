@@ -386,7 +386,9 @@ class Block(nn.Module):
     and rescales the kept ones by 1 / (1 - rate) (timm); "subset" is DINOv2/DINOv3's batch
     subset: each branch is computed for k = max(int(B * (1 - rate)), 1) samples drawn
     without replacement (a new draw per branch) and added to those samples only, scaled by
-    B / k; "dinov2" is "subset" above rate 0.1 and "sample" up to it (DINOv2's Block)."""
+    B / k; "dinov2" is "subset" above rate 0.1 and "sample" up to it (DINOv2's Block). The
+    originals draw the subset per GPU; here B is the batch the module sees, under ``jit`` with
+    a data-sharded batch the global one (the gather of the subset then crosses devices)."""
 
     num_heads: int
     mlp_dim: int
