@@ -29,10 +29,14 @@ label); sigmoid regions [TC, WT, ET] with Dice + BCE, the Dice summed over the b
 2D ``batch_dice``); flips of both in-plane axes and intensity scale / shift; per-channel
 z-score over the brain as every BraTS config. Not published, chosen here: the batch (16
 slices, 4 from each volume read) and, for ``512``, the in-plane spacing; nnU-Net's rotations,
-elastic and other intensity augmentations are not reproduced. The encoder is taken from a
-BrainDINO pretraining run or a converted DINOv3 / DINOv2 backbone with
-``--config.init.orbax=<run or directory>`` (``init.encoder_only``: the ``encoder`` subtree);
-without one it starts from scratch.
+elastic and other intensity augmentations are not reproduced.
+
+Initialisation: ``--config.init.orbax=<run or directory>`` with ``init.encoder_only`` takes the
+``encoder`` subtree of a BrainDINO pretraining run (configs/braindino_pretrain.py), or the
+whole of a converted slice encoder (a BrainDINO teacher checkpoint, DINOv3 / DINOv2 file:
+``python -m jaxbrain.convert from-torch teacher_checkpoint.pth ckpt/``); fusion and decoder
+start fresh. Its fields must be the config's (``--config.model.*``, e.g. the hub DINOv3's
+qkv bias). Without a source the network starts from scratch.
 
 Evaluation (validation and eval.py alike): each axial slice (``eval.slice_axis`` 2) of a whole
 preprocessed volume is predicted with 2D Gaussian-blended sliding windows of ``data.roi``

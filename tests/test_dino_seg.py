@@ -168,6 +168,36 @@ def test_features_are_dinov2_intermediate_layers_of_the_named_blocks():
     np.testing.assert_array_equal(model.apply({"params": later}, x, return_features=True), feats)
 
 
+def test_encoder_from_a_converted_backbone(tiny, tmp_path):
+    """init.encoder_only from a converted slice encoder directory (a bare DinoViT, as
+    ``convert from-torch`` writes a DINOv3 / DINOv2 backbone): its tree becomes ``encoder``,
+    fusion and decoder stay fresh, and the features are the backbone's named blocks."""
+    from jaxbrain import runs
+    from jaxbrain.convert.pretrained import load_pretrained
+    from jaxbrain.models import DinoViT
+    model, params, x = tiny
+    fields = {k: TINY[k] for k in ("img_size", "patch_size", "hidden_size", "depth", "num_heads",
+                                   "mlp_dim", "num_registers", "layer_scale_init", "norm_eps")}
+    backbone = DinoViT(**fields, pos_embed="learned", mask_token=False)
+    x3 = np.asarray(x[..., :3])
+    source = nn.unbox(backbone.init(jax.random.key(7), x3))
+    runs.save_converted(str(tmp_path / "backbone"), {"name": "dino_vit", **fields,
+                                                     "pos_embed": "learned", "mask_token": False},
+                        source)
+    merged, report = load_pretrained(str(tmp_path / "backbone"), model, {"params": params},
+                                     encoder_only=True)
+    assert "taken as encoder/" in str(report.adapted)
+    got = merged["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(got["encoder"]), jax.tree_util.tree_leaves(source["params"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got["decoder_0"]["kernel"], params["decoder_0"]["kernel"])
+    feats = model.apply({"params": got}, x, return_features=True)
+    fused = np.asarray(x) @ np.asarray(got["fuse"]["kernel"])
+    blocks = backbone.apply(source, fused, layers=TINY["layers"])
+    ref = np.concatenate([np.asarray(b)[:, 3:].reshape(2, 4, 4, 32) for b in blocks], -1)
+    np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_slice_sampler_oversamples_foreground_and_crops_to_the_patch():
     rng = np.random.default_rng(0)
     image = np.zeros((20, 24, 10, 2), np.float32)

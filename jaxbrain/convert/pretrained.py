@@ -12,7 +12,9 @@ first, :mod:`jaxbrain.convert.inflate`), a ``train.py`` run or a ``convert from-
 
   * ``encoder_only``: only the model's encoder subtree (the model's ``encoder_name``) is
     taken, in every collection (parameters and BatchNorm running statistics alike); the rest
-    keeps its fresh values, and the source's other entries are ignored;
+    keeps its fresh values, and the source's other entries are ignored. A run or directory
+    without that subtree (a bare encoder, e.g. a converted DINOv3 backbone for a
+    segmentation model's ``encoder``) is taken whole as the subtree;
   * ``channels``: an input layer (the model's ``input_layer()``) for another channel count
     is adapted ("average" = "sum", "mean", "repeat": e.g. an RGB stem for grey scans) or
     started fresh ("fresh");
@@ -107,6 +109,12 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
         found = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables).items()}
         fmt = (f"training run, step {run.step}" if run.kind == "training" else "converted model")
         report = core.LoadReport(source=run.path, source_format=fmt, target=type(model).__name__)
+        if scope is not None and found and not any(p[1:2] == (scope,) for p in found):
+            # A bare encoder (e.g. a converted DINOv3 / DINOv2 backbone, whose tree is the
+            # encoder itself) is the encoder subtree of the model it initialises.
+            found = {(p[0], scope, *p[1:]): v for p, v in found.items()}
+            report.adapted.append(f"the source has no {scope}/ subtree: its whole tree is "
+                                  f"taken as {scope}/")
         name, shown, is_head = "/".join, (lambda path, shape: tuple(shape)), (lambda path: True)
 
         def inside(path):  # (collection, module, ...): the encoder's in any collection
