@@ -42,7 +42,18 @@ model must be the source's architecture (torchvision's ResNets: shortcut B witho
 downsample bias, the ``resnet50`` preset; ``resnet18`` needs ``model.shortcut_type="B"``,
 ``model.bias_downsample=False``; timm's ViT: ``model.qkv_bias=True``, ``model.norm_eps=1e-6``;
 VideoMAE: ``model.cls_token=False``, ``model.pool="mean"``): the strict load names what
-differs. The encoder is taken (``init.encoder_only``), the head starts fresh.
+differs. The encoder is taken (``init.encoder_only``), the head starts fresh. The source
+presets (:data:`SOURCES`) set both, the family and the fields its network fixes (the sizes
+stay the model preset's):
+
+* ``timm`` (ViT): ``init.from="timm_vit"``, qkv bias, LayerNorm eps 1e-6;
+* ``torchvision`` (CNNs): ``torchvision_resnet`` / ``torchvision_densenet``; ResNets with
+  torchvision's shortcut B without downsample bias (``resnet18``'s MedicalNet preset has A);
+* ``videomae`` (ViT): ``init.from="videomae"``, no CLS token (mean pooling), q and v biases
+  without a k bias, eps 1e-12.
+
+    python train.py --config configs/brain_classification.py:ad,resnet18,torchvision \
+        --config.init.torch=resnet18_imagenet.pth --config.data.root=/data/adni/labels.csv
 """
 
 import ml_collections
@@ -52,6 +63,16 @@ from jaxbrain.training.config import derived
 
 MODELS = ("vit", "densenet121", "resnet18", "resnet50")
 COMMON = ("128", "demo", "bf16", "remat")  # the presets of every whole-scan config
+# Source presets: the pretrained network's family per model and the model fields it fixes.
+SOURCES = {
+    "timm": {"vit": ("timm_vit", dict(qkv_bias=True, norm_eps=1e-6))},
+    "torchvision": {
+        "resnet18": ("torchvision_resnet", dict(shortcut_type="B", bias_downsample=False)),
+        "resnet50": ("torchvision_resnet", dict(shortcut_type="B", bias_downsample=False)),
+        "densenet121": ("torchvision_densenet", {})},
+    "videomae": {"vit": ("videomae", dict(cls_token=False, pool="mean", qkv_bias=True,
+                                          mask_k_bias=True, norm_eps=1e-12))},
+}
 
 CLASSES = {"ad": ("CN", "AD"), "pd": ("CN", "PD"), "sex": ("F", "M")}  # class 1: positive
 # Small poses (translation in voxels: 8 mm at 2 mm, 4 mm in the demo) and left-right flips.
@@ -96,7 +117,8 @@ def build(task: str, args) -> ml_collections.ConfigDict:
     :data:`COMMON`)."""
     if task not in (*CLASSES, "age"):
         raise ValueError(f"whole-scan task {task!r}: expected one of {(*CLASSES, 'age')}")
-    model = next((a for a in args if a in MODELS), "vit")
+    source = next((a for a in args if a in SOURCES), None)
+    model = next((a for a in args if a in MODELS), next(iter(SOURCES[source])) if source else "vit")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 8                     # global, over all hosts and devices
@@ -142,6 +164,14 @@ def build(task: str, args) -> ml_collections.ConfigDict:
               "inflate": "mean", "channels": "average", "encoder_only": True, "strict": True,
               "new_head": True}
     c.eval = dict(age_bias=task == "age", max_cases=placeholder(int))
+    if source:
+        if model not in SOURCES[source]:
+            raise ValueError(f"whole-scan config: the {source} preset initialises "
+                             f"{' or '.join(SOURCES[source])}, not {model} (add one of those "
+                             "model presets)")
+        family, fields = SOURCES[source][model]
+        c.init["from"] = family
+        c.model.update(fields)
 
     if "demo" in args:
         # The synthetic cohort on a 4 mm grid (46 x 55 x 46), padded to 48 x 56 x 48.
@@ -151,7 +181,7 @@ def build(task: str, args) -> ml_collections.ConfigDict:
         c.data.preprocess = derived("robust_scale, center_crop_or_pad(shape={roi})", "roi",
                                     c.data.get_ref("roi"))
         c.data.augment = augment(task, translate=1.0)
-        if not any(a in MODELS for a in args):  # 200 subjects from scratch: a small CNN
+        if not any(a in MODELS for a in args) and not source:  # 200 subjects from scratch: a small CNN
             c.model = dict(SMALL_RESNET, num_classes=num_classes, remat="remat" in args)
         elif model == "vit":
             c.model.update(DEMO_VIT)

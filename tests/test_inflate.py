@@ -428,3 +428,20 @@ def test_command_line_from_torch_inflates(timm_vit_avg, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(got), want["params"]["encoder"]["patch_embedding"]["kernel"])
     with pytest.raises(SystemExit, match="give --model"):
         convert_main(["from-torch", path, out, "--from", "timm_vit"])
+
+
+def test_torchvision_preset_takes_a_torchvision_resnet(resnets):
+    """configs/brain_classification.py:resnet18,torchvision builds the architecture a
+    torchvision ResNet-18 file fits (shortcut B without downsample bias; the plain resnet18
+    preset is MedicalNet's shortcut A, refused above), and names the family."""
+    from jaxbrain.training.config import load_config_file
+    net, state, _, _ = resnets["resnet18"]
+    c = load_config_file("configs/brain_classification.py", "ad,resnet18,torchvision")
+    assert c.init["from"] == "torchvision_resnet"
+    cfg = dict(c.model.to_dict(), block_inplanes=RESNETS["resnet18"][2], num_classes=3)
+    model = models.from_config(cfg)
+    variables, report = load_pretrained(state, model, _fresh(model, (1, 16, 32, 32, 1)),
+                                        source_family=c.init["from"], inflate=c.init.inflate)
+    assert not report.unused and not report.missing and not report.mismatched
+    with pytest.raises(ValueError, match="the timm preset initialises vit, not resnet18"):
+        load_config_file("configs/brain_classification.py", "ad,resnet18,timm")
