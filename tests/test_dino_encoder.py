@@ -103,11 +103,8 @@ def test_subset_stochastic_depth():
     assert 8 - 2 * 2 <= same <= 8 - 2  # k = 2 per branch, two branches
     again = blk.apply(p, tokens, False, rngs={"dropout": jax.random.key(4)})
     np.testing.assert_array_equal(out, again)
-    model = DinoViT(**dino_preset("braindino_vitb16", **dict(TINY, depth=2)))
-    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
-    variables = model.init(jax.random.key(1), x)
-    a, b = (model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(k)}) for k in (5, 6))
-    assert not np.allclose(a, b)  # the draw follows the key
+    c = blk.apply(p, tokens, False, rngs={"dropout": jax.random.key(5)})
+    assert not np.array_equal(out, c)  # the draw follows the key
 
 
 # ----------------------------------------------------------------------------------------
