@@ -187,3 +187,70 @@ def test_probe_run_through_the_loop_and_knn_table(table, tmp_path):
     assert os.path.exists(os.path.join(workdir, "knn.csv"))
     text = open(os.path.join(workdir, "knn.md")).read()
     assert text.startswith("| k | k_used | train_scans | scans | auc | accuracy |")
+
+
+def test_features_of_a_dinov2_file_are_its_x_norm_clstoken(table, tmp_path):
+    """probe.torch: a DINOv2 backbone file (the dinov2 package's model, random weights); the
+    cached features of a scan equal the original's x_norm_clstoken on the scan's slices made
+    with torch's trilinear resize."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("dinov2")
+    from dinov2.models.vision_transformer import DinoVisionTransformer
+    from jaxbrain.models.dino import dino_preset
+    torch.manual_seed(0)
+    ref = DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                mlp_ratio=4.0, init_values=1.0).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim == 1 else 0.1)
+                    + (1.0 if name.endswith("norm.weight") or ".norm" in name else 0.0))
+    path = str(tmp_path / "dinov2_tiny.pth")
+    torch.save(ref.state_dict(), path)
+    c = _config(table)
+    c.probe.encoder = {"name": "dino_vit", **dino_preset(
+        "dinov2_vits14", hidden_size=32, depth=2, num_heads=2, mlp_dim=128, patch_size=8,
+        img_size=32, drop_path=0.0)}
+    c.probe.torch = path
+    parts = data_lib.split(c.data, str(tmp_path))
+    (got,) = features.cached_features(c, str(tmp_path), [parts.val[:2]])
+    for case, cached in zip(parts.val[:2], got):
+        x = nib.load(case.images[0]).get_fdata().astype(np.float32)
+        scaled = torch.from_numpy(np.moveaxis(slices.robust_scale(x), 2, 0).copy())
+        stack = torch.nn.functional.interpolate(scaled[None, None], size=(8, 32, 32),
+                                                mode="trilinear", align_corners=False)[0, 0]
+        with torch.no_grad():
+            cls = ref.forward_features(stack[:, None].repeat(1, 3, 1, 1))["x_norm_clstoken"]
+        np.testing.assert_allclose(cached.load()["image"], cls.numpy(), atol=1e-4)
+
+
+def test_a_demo_pretrained_encoder_beats_a_random_one(tmp_path):
+    """configs/braindino_pretrain.py:demo (self-distillation on synthetic brains) through the
+    loop, then kNN on scans whose class is the brain's size: the EMA teacher's encoder (found
+    in the run by itself) against the same architecture at random."""
+    pretrain = load_config_file(os.path.join(ROOT, "configs", "braindino_pretrain.py"), "demo")
+    pretrain.progress = False
+    run = str(tmp_path / "pretrain")
+    loop.train_and_evaluate(pretrain, run)
+
+    rng = np.random.default_rng(0)
+    shape = (40, 48, 36)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    rows = ["subject,t1,sex"]
+    for i in range(40):
+        sex = "M" if i % 2 else "F"
+        radius = (0.9 if sex == "M" else 0.75) + rng.uniform(-0.05, 0.05)
+        x = rng.gamma(4.0, 30.0, shape) * ((grid ** 2).sum(0) < radius ** 2)
+        nib.save(nib.Nifti1Image(x.astype(np.float32), np.eye(4)), tmp_path / f"s{i}.nii.gz")
+        rows.append(f"s{i},s{i}.nii.gz,{sex}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    c = load_config_file(CONFIG, "sex,demo")
+    c.data.synthetic, c.data.root = None, str(tmp_path / "labels.csv")
+    c.probe.encoder = {"name": "dino_vit", **models.from_config(pretrain.model).encoder_kwargs()}
+    c.probe.slice_size, c.probe.n_slices = pretrain.data.slice_size, 16
+    ks = (1, 3, 5, 10, 20)
+    got = probe.compare_encoders(c, str(tmp_path / "probe"),
+                                 {"random": {"orbax": None}, "pretrained": {"orbax": run}}, ks=ks)
+    auc = {name: np.mean([r["auc"] for r in rows]) for name, rows in got.items()}
+    assert auc["pretrained"] > auc["random"] + 0.1, auc

@@ -24,7 +24,7 @@ import argparse
 import csv
 import os
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -106,6 +106,21 @@ def knn_table(config, workdir: str, *, split: str = "val", ks: Sequence[int] = K
             row.update(auc=auc, accuracy=metrics_lib.accuracy(labels, probs.argmax(axis=1)))
         rows.append(row)
     return rows
+
+
+def compare_encoders(config, workdir: str, encoders: Mapping[str, Mapping], *,
+                     split: str = "val", ks: Sequence[int] = KS) -> dict[str, list[dict]]:
+    """:func:`knn_table` for each of ``encoders`` ({name: probe settings replacing the
+    config's, e.g. {"orbax": None} for a random encoder, {"orbax": run} for a pretrained
+    one}) on the same split of the same scans (one workdir; features cached per encoder)."""
+    out = {}
+    for name, changes in encoders.items():
+        c = config.copy_and_resolve_references()
+        with c.unlocked():
+            for key, value in changes.items():
+                c.probe[key] = value
+        out[name] = knn_table(c, workdir, split=split, ks=ks)
+    return out
 
 
 def write_table(rows: list[dict], output: str) -> tuple[str, str]:

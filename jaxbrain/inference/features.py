@@ -11,7 +11,8 @@ kNN probes then train from these features in seconds.
 Config::
 
     probe.encoder    the encoder's model section (e.g. {"name": "dino_vit",
-                     **dino_preset("braindino_vitb16")}); None: the model of probe.orbax
+                     **dino_preset("braindino_vitb16")}), used without probe.orbax and with
+                     a probe.subtree; a probe.orbax run's model is the encoder, or names it
     probe.orbax      the encoder's weights: a training run (a pretraining run of the slice
                      encoder) or a converted directory (DINOv2 / DINOv3 / BrainDINO files
                      through python -m jaxbrain.convert from-torch)
@@ -20,7 +21,9 @@ Config::
     (none of the three: the encoder keeps its random initialisation, probe.seed)
     probe.subtree    where the encoder sits in a probe.orbax run ("a/b" under its params;
                      "objective/teacher/..." under its objective state, e.g. an EMA
-                     teacher); None: the run's whole model is the encoder
+                     teacher); None: a self-distillation run's (dino_student) EMA teacher
+                     encoder, objective/teacher/encoder (the student's without a teacher),
+                     else the run's whole model
     probe.n_slices, probe.slice_size   128, 224
     probe.channel    which image of a case (default 0: the T1w)
     probe.batch      slices per encoder call (default 32)
@@ -51,6 +54,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 from tqdm import tqdm
 
@@ -58,6 +63,7 @@ from jaxbrain import models, parallel, runs
 from jaxbrain.convert.pretrained import load_pretrained
 from jaxbrain.data import nifti, pipeline, slices
 from jaxbrain.data.nifti import DataError
+from jaxbrain.models.dino import DinoViT
 
 FORMAT = 1
 DEFAULTS = {"encoder": None, "orbax": None, "torch": None, "family": None, "strict": True,
@@ -161,6 +167,19 @@ def _checked(model, x, variables: dict, source: str) -> dict:
     return {k: v for k, v in variables.items() if k in {p[0] for p in want}}
 
 
+def _state_dir(run) -> str:
+    return os.path.join(run.path, runs.CHECKPOINTS, str(run.step), runs.STATE_ITEM)
+
+
+def _has_teacher(run) -> bool:
+    if run.kind != "training":
+        return False
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_state_dir(run)))
+    tree = getattr(meta, "tree", meta)
+    objective = tree.get("objective") if hasattr(tree, "get") else None
+    return hasattr(objective, "get") and objective.get("teacher") is not None
+
+
 def load_encoder(config) -> Encoder:
     """The frozen encoder of a probe config (see the module docstring)."""
     probe = settings(config)
@@ -173,20 +192,28 @@ def load_encoder(config) -> Encoder:
     if orbax:
         run = runs.load_run(orbax)
         subtree = probe["subtree"]
+        run_model = run.model
+        inner = models.encoder_name(run_model)
+        if not subtree and inner and isinstance(run_model, DinoViT) \
+                and hasattr(run_model, "encoder_kwargs"):
+            # a self-distillation run: its EMA teacher's encoder (else the student's)
+            model_config = {"name": "dino_vit", **run_model.encoder_kwargs()}
+            subtree = f"objective/teacher/{inner}" if run.kind == "training" and \
+                _has_teacher(run) else inner
+        elif not subtree:
+            model_config = run.model_config  # the run's model is the encoder
         if subtree:
             if not model_config:
                 raise ValueError("config.probe.subtree needs config.probe.encoder (the model "
                                  "section of the encoder found there)")
             path = [p for p in str(subtree).split("/") if p]
             if path[0] == "objective":
-                state = os.path.join(run.path, runs.CHECKPOINTS, str(run.step), runs.STATE_ITEM)
-                tree = runs.restore_tree(state, ("objective",))
+                tree = runs.restore_tree(_state_dir(run), ("objective",))
                 params = _get(tree, path, f"{orbax} (step {run.step})")
             else:
                 params = _get(run.variables["params"], path, f"{orbax} params")
             variables = {"params": params}
         else:
-            model_config = model_config or run.model_config
             variables = run.variables
         model_config = dict(model_config)
         model = models.from_config(model_config)
