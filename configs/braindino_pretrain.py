@@ -25,7 +25,8 @@ Recipe (the ViT-B/16 of BrainDINO, REFERENCE section 4, with DINOv3's
 * crops 2 x 224 (scale 0.32-1) + 8 x 96 (0.05-0.32), flips, intensity jitter p 0.8, blur
   p 1.0 / 0.1 / 0.5; teacher on the global crops; student temperature 0.1, teacher 0.04 ->
   0.07 over 30 epochs; Sinkhorn-Knopp (3 iterations); momentum 0.992 -> 1 (cosine);
-  iBOT mask probability 0.5, ratio 0.1-0.5, weight 1; KoLeo 0.1
+  iBOT block masks (DINOv2's MaskingGenerator) with probability 0.5, ratio 0.1-0.5,
+  weight 1; KoLeo 0.1
   (``jaxbrain.objectives.dino``);
 * AdamW (0.9, 0.999), lr 1e-3 x sqrt(batch / 1024) (DINOv3's ``sqrt_wrt_1024`` rule),
   DINO cosine schedule with 10 warm-up epochs to 1e-6, weight decay 0.04 -> 0.4 (cosine),
@@ -101,7 +102,7 @@ def get_config(arg: str = ""):
         momentum=0.992, final_momentum=1.0,
         centering="centering" if dinov2 else "sinkhorn_knopp", center_momentum=0.9,
         sinkhorn_iterations=3, dino_weight=1.0, ibot_weight=1.0, mask_probability=0.5,
-        mask_ratio=(0.1, 0.5), koleo_weight=0.1, koleo_group=0,
+        mask_ratio=(0.1, 0.5), mask_mode="block", koleo_weight=0.1, koleo_group=0,
         gram_weight=1.0 if gram else 0.0, gram_every=(20 if demo else 10_000) if gram else 0,
         gram_start=0, gram_img_level=False)
 

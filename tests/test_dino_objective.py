@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from ml_collections import ConfigDict
 
-from jaxbrain.objectives.dino import Dino, cosine_schedule, crop_box, gram_loss
+from jaxbrain.objectives.dino import Dino, block_mask, cosine_schedule, crop_box, gram_loss
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 from jaxbrain.training.optim import layer_id, make_optimizer, num_layers, path_of
@@ -125,23 +125,49 @@ def test_losses_and_centres_equal_dinov2(centering):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_masks_follow_dinov2_collate():
-    """int(p * n) crops masked, ratios stratified in mask_ratio, int(N * ratio) patches each;
-    the buffer holds DINOv2's upper bound, weights 1 / count of the crop."""
-    obj = Dino(total_steps=10, mask_probability=0.5, mask_ratio=(0.1, 0.5))
+@pytest.mark.parametrize("mode", ["random", "block"])
+def test_masks_follow_dinov2_collate(mode):
+    """int(p * n) crops masked, ratios stratified in mask_ratio, int(N * ratio) patches each
+    (block masking: at most that many, the generator may stall); the buffer holds DINOv2's
+    upper bound, weights 1 / count of the crop."""
+    obj = Dino(total_steps=10, mask_probability=0.5, mask_ratio=(0.1, 0.5), mask_mode=mode)
     n_img, n = 12, 64
-    for seed in range(5):
+    for seed in range(3):
         masks, index, weight = (np.asarray(a) for a in obj.masks(jax.random.key(seed), n_img, n))
         counts = masks.sum(1)
         assert (counts > 0).sum() <= 6 and (counts == 0).sum() >= 6
         edges = np.linspace(0.1, 0.5, 7)
         got = np.sort(counts[counts > 0])
-        assert all(int(n * lo) <= c <= int(n * hi) for c, lo, hi in zip(got, edges[:-1], edges[1:]))
+        lows = [int(n * lo) if mode == "random" else 1 for lo in edges[:-1]]
+        assert all(lo <= c <= int(n * hi) for c, lo, hi in zip(got, lows, edges[1:]))
         assert len(index) == sum(int(n * e) for e in edges[1:])
         valid = weight > 0
         assert valid.sum() == counts.sum()
         np.testing.assert_array_equal(np.sort(index[valid]), np.flatnonzero(masks.reshape(-1)))
         np.testing.assert_allclose(weight[valid], 1.0 / counts[index[valid] // n])
+
+
+def test_block_masks_match_dinov2_masking_generator():
+    """The on-device generator against dinov2's MaskingGenerator (8 x 8 grid, at most 32
+    patches a rectangle) over 300 draws of 20 patches: how often the target is reached and
+    how many rows / columns the mask spans."""
+    import importlib.util
+    import random
+    import dinov2
+    path = os.path.join(os.path.dirname(dinov2.__file__), "data", "masking.py")
+    spec = importlib.util.spec_from_file_location("dinov2_masking", path)  # without dinov2.data's
+    masking = importlib.util.module_from_spec(spec)  # torchvision imports
+    spec.loader.exec_module(masking)
+    gen = masking.MaskingGenerator((8, 8), max_num_patches=32)
+    random.seed(0)
+    ref = np.stack([gen(20) for _ in range(300)])
+    ours = np.asarray(jax.jit(jax.vmap(lambda k: block_mask(k, 20, 8, 8)))(
+        jax.random.split(jax.random.key(0), 300)))
+    assert ours.sum((1, 2)).max() <= 20
+    stats = lambda m: np.array([(m.sum((1, 2)) == 20).mean(), m.any(2).sum(1).mean(),  # noqa: E731
+                                m.any(1).sum(1).mean()])
+    np.testing.assert_allclose(stats(ours), stats(ref), atol=0.3)
+    assert abs(stats(ours)[0] - stats(ref)[0]) < 0.05
 
 
 @pytest.mark.parametrize("img_level", [True, False])

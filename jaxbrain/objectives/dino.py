@@ -49,9 +49,10 @@ Losses (DINOv3's ``compute_losses``):
 - iBOT on masked patches of the student's global crops: ``int(mask_probability * n_g B)``
   crops are masked, their ratios stratified over ``mask_ratio`` (DINOv2's collate: the i-th
   ratio uniform in the i-th of n equal sub-intervals, int(N * ratio) patches), shuffled over
-  the crops; the masked patches are drawn uniformly per crop (random masking: DINOv2's
-  block-wise ``MaskingGenerator`` is a data-dependent loop of rejection draws, not done on
-  device). The masked patches are gathered into a static buffer of the originals' upper
+  the crops; the patches of a crop are masked block-wise as DINOv2's ``MaskingGenerator``
+  (``mask_mode="block"``, :func:`block_mask`, a ``lax.while_loop`` on device; rectangles of
+  at least 4 patches, aspect 0.3-3.3, at most half the grid each) or uniformly at random
+  (``"random"``: exactly int(N * ratio) patches). The masked patches are gathered into a static buffer of the originals' upper
   bound (``sum int(N * ratio_max_i)``), padding weighted 0. Teacher probabilities as for
   DINO (own centre; Sinkhorn over the masked patches of the global batch); the loss is
   ``-sum_p w_p CE_p / (n_g B)`` with ``w_p`` = 1 / (masked patches of its crop).
@@ -84,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 CENTERINGS = ("centering", "sinkhorn_knopp")
+MASK_MODES = ("block", "random")
 
 
 # ----------------------------------------------------------------------------------------
@@ -147,6 +149,48 @@ def resized_crop(image, box, size: int):
                                          translation, method="linear", antialias=True)
 
 
+def block_mask(key, target, height: int, width: int, *, min_patches: float = 4,
+               max_patches: float | None = None, min_aspect: float = 0.3, attempts: int = 10):
+    """DINOv2's ``MaskingGenerator(input_size=(height, width), max_num_patches=max_patches)``
+    called with ``target`` patches, as a ``lax.while_loop``: rectangles of area uniform in
+    [min_patches, room] (room = min(target - masked, max_patches)) and log-uniform aspect
+    ratio in [min_aspect, 1 / min_aspect], sides rounded, placed uniformly, are added while
+    they bring 1 .. room new patches; up to ``attempts`` draws per rectangle (drawn at once,
+    the first that qualifies taken: the original's sequential draws leave the mask unchanged
+    until one qualifies), stopping at ``target`` or when no draw qualifies. (H, W) bool."""
+    max_patches = 0.5 * height * width if max_patches is None else max_patches
+    log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
+    rows = jnp.arange(height)[None, :, None]
+    cols = jnp.arange(width)[None, None, :]
+    target = jnp.asarray(target, jnp.int32)
+
+    def body(carry):
+        mask, count, it, _ = carry
+        k_area, k_ratio, k_top, k_left = jax.random.split(jax.random.fold_in(key, it), 4)
+        room = jnp.minimum(target - count, max_patches).astype(jnp.float32)
+        area = min_patches + (room - min_patches) * jax.random.uniform(k_area, (attempts,))
+        aspect = jnp.exp(jax.random.uniform(k_ratio, (attempts,), minval=log_lo, maxval=log_hi))
+        h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+        w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+        top = jnp.floor(jax.random.uniform(k_top, (attempts,)) * (height - h + 1)).astype(jnp.int32)
+        left = jnp.floor(jax.random.uniform(k_left, (attempts,)) * (width - w + 1)).astype(jnp.int32)
+        rect = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+                & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+        new = (rect & ~mask[None]).sum((1, 2))
+        ok = (w < width) & (h < height) & (new > 0) & (new <= room)
+        first, found = jnp.argmax(ok), ok.any()
+        mask = jnp.where(found, mask | rect[first], mask)
+        return mask, count + jnp.where(found, new[first], 0), it + 1, ~found
+
+    def cond(carry):
+        _, count, _, stalled = carry
+        return (count < target) & ~stalled
+
+    init = (jnp.zeros((height, width), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.zeros((), bool))
+    return jax.lax.while_loop(cond, body, init)[0]
+
+
 def gaussian_blur(image, sigma, taps: int = 9):
     """torchvision ``gaussian_blur`` (separable, reflect padding) of (H, W, C)."""
     x = jnp.arange(taps, dtype=jnp.float32) - (taps - 1) / 2
@@ -195,6 +239,7 @@ class Dino:
     ibot_weight: float = 1.0
     mask_probability: float = 0.5
     mask_ratio: tuple = (0.1, 0.5)
+    mask_mode: str = "block"
     koleo_weight: float = 0.1
     koleo_group: int = 0
     gram_weight: float = 0.0
@@ -217,6 +262,8 @@ class Dino:
         if self.gram_weight and self.gram_every < 1:
             raise ValueError("objective.gram_weight > 0 needs gram_every >= 1 (steps between "
                              "refreshes of the Gram teacher)")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"objective.mask_mode={self.mask_mode!r}: expected one of {MASK_MODES}")
         lo, hi = self.mask_ratio
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"objective.mask_ratio={self.mask_ratio}: expected 0 <= min <= max <= 1")
@@ -314,9 +361,18 @@ class Dino:
         counts = jnp.concatenate([jnp.floor(n_patches * ratio).astype(jnp.int32),
                                   jnp.zeros((n_images - n_masked,), jnp.int32)])
         counts = jax.random.permutation(k_order, counts)
-        scores = jax.random.uniform(k_pick, (n_images, n_patches))
-        ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
-        masks = ranks < counts[:, None]
+        side = math.isqrt(n_patches)
+        if self.mask_mode == "block" and side * side == n_patches:
+            keys = jax.random.split(k_pick, n_images)
+            masks = jax.vmap(lambda k, t: block_mask(k, t, side, side).reshape(-1))(keys, counts)
+            counts = masks.sum(1).astype(jnp.int32)  # a stalled generator masks fewer
+        elif self.mask_mode == "block":
+            raise ValueError(f"objective.mask_mode='block' needs a square patch grid, got "
+                             f"{n_patches} patches (use mask_mode='random')")
+        else:
+            scores = jax.random.uniform(k_pick, (n_images, n_patches))
+            ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+            masks = ranks < counts[:, None]
         flat = masks.reshape(-1)
         index = jnp.nonzero(flat, size=upper, fill_value=0)[0]
         valid = jnp.arange(upper) < flat.sum()
