@@ -3,6 +3,7 @@ scan becomes 128 axial slices of 224 x 224, the encoder's normalised CLS of each
 computed once and cached, and a small head trains on those features through the one loop.
 
   python train.py --config configs/braindino_probe.py:demo --workdir runs/probe_demo
+  python eval.py --workdir runs/probe_demo              # predictions.csv, metrics.json, roc.png
   python -m jaxbrain.evaluation.probe knn --workdir runs/probe_demo     # knn.csv, knn.md
   python train.py --config configs/braindino_probe.py:ad --workdir runs/probe_ad \
       --config.data.root=/data/adni/labels.csv --config.probe.orbax=runs/braindino_pretrain \

@@ -13,7 +13,8 @@ import pytest
 
 from jaxbrain import models
 from jaxbrain.data import slices
-from jaxbrain.evaluation import probe
+from jaxbrain import runs
+from jaxbrain.evaluation import evaluate, probe
 from jaxbrain.inference import features
 from jaxbrain.training import data as data_lib
 from jaxbrain.training import loop
@@ -169,6 +170,10 @@ def test_knn_matches_scikit_learn():
         probe.knn_regress(train_x, ages, test_x, 41)
 
 
+def loop_config(workdir):
+    return runs.load_config(workdir)  # as eval.py reads it
+
+
 def test_probe_run_through_the_loop_and_knn_table(table, tmp_path):
     workdir = str(tmp_path / "run")
     c = _config(table, **{"model.pool": "attention"})
@@ -179,6 +184,10 @@ def test_probe_run_through_the_loop_and_knn_table(table, tmp_path):
     assert [r["step"] for r in val] == [20, 40] and 0.0 <= val[-1]["val/auc"] <= 1.0
     train = [r["train/loss"] for r in rows if "train/loss" in r]
     assert np.isfinite(train).all()
+
+    summary = evaluate.evaluate_scans(loop_config(workdir), workdir, str(tmp_path / "eval"))
+    assert summary["scans"] == 6 and summary["metrics"]["auc"] in [r["val/auc"] for r in val]
+    assert os.path.exists(tmp_path / "eval" / "predictions.csv")
 
     table_rows = probe.main(["knn", "--workdir", workdir, "--k", "1,5,50"])
     assert [r["k"] for r in table_rows] == [1, 5, 50]

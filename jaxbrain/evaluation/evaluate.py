@@ -37,6 +37,7 @@ from jaxbrain.data import nifti, pipeline, splits
 from jaxbrain.data.layouts import Case
 from jaxbrain.evaluation import report
 from jaxbrain.inference import Predictor, ScanPredictor
+from jaxbrain.inference import features
 from jaxbrain.training import data as data_lib
 
 SPLITS = ("val", "test")
@@ -109,6 +110,8 @@ def evaluate_scans(config, workdir: str, output: str, *, split: str = "val",
     predict = ScanPredictor.from_config(config, run.model, objective)
 
     def predictions(of):
+        if config.data.get("source") == "features":  # a probe: the scans' cached features
+            (of,) = features.cached_features(config, workdir, [of])
         return predict(run.variables, pipeline.eval_dataset(
             of, preprocess=config.data.preprocess, shard=(0, 1)))
 

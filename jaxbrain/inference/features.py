@@ -37,8 +37,8 @@ the source path with its checkpoint step or file size and time, or the random se
 the preprocessing (slice count and size, channel); ``info.json`` says what the key stands
 for; one folder per scan (its id and a hash of its file's path, size and time) holding
 ``image.npy`` (S, D) float32 and ``entry.json``, in the layout of
-:class:`jaxbrain.data.pipeline.CachedCase`, so the loop's batches and its validation read
-features exactly as they read cached volumes (``data.source = "features"``).
+:class:`jaxbrain.data.pipeline.CachedCase`, so the loop's batches, its validation and eval.py
+read features exactly as they read cached volumes (``data.source = "features"``).
 """
 
 from __future__ import annotations
