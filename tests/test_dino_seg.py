@@ -50,6 +50,11 @@ def test_decoder_shapes_fusion_and_vit_b_share(tiny):
     assert abs(k.std() - np.sqrt(2 / (1 + 1e-4) / (48 * 4))) < 0.01
     feats = model.apply({"params": params}, x, return_features=True)
     assert feats.shape == (2, 4, 4, 96)
+    half = DinoSeg(**TINY, dtype=jnp.bfloat16).apply({"params": params}, x)  # bf16 compute
+    assert half.dtype == jnp.float32 and float(jnp.abs(half - out).mean()) < 0.05 * float(jnp.abs(out).mean())
+    boxed = model.init(jax.random.key(1), x)["params"]  # logical axis names on every weight
+    assert all(isinstance(v, nn.Partitioned) for v in jax.tree_util.tree_leaves(
+        boxed, is_leaf=lambda v: isinstance(v, nn.Partitioned)))
 
     # ViT-B/16 (BrainDINO's backbone: 4 storage tokens, mask token, no positions table),
     # 4 modalities in, TC / WT / ET out: the decoder (with fusion and head) is 22.6%.

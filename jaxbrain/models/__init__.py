@@ -6,7 +6,9 @@
 names its input layer (``input_layer()``, the path adapted to another channel count when
 pretrained weights are loaded) and, where it has one, its encoder subtree
 (``encoder_name``), so that initialisation from pretrained weights needs no per-model code.
-A model built for one input size says so with an ``input_size`` attribute.
+A model built for one input size says so with an ``input_size`` attribute; a segmentation
+model that works on 2D slices says ``spatial_dims = 2`` (``dino_seg``), and volumes are then
+predicted slice by slice (:class:`jaxbrain.inference.Predictor`).
 """
 
 from __future__ import annotations
