@@ -4,7 +4,16 @@
     run = runs.load_run("runs/demo")              # best checkpoint (by validation), else latest
     run = runs.load_run("runs/demo", step=200)
     run = runs.load_run("ckpt/")                  # from-torch output: model.json + params/
-    run.model, run.variables, run.step, run.config
+    run = runs.load_run("runs/dino", weights="student")
+    run.model, run.variables, run.step, run.config, run.weights
+
+Which weights: a run whose objective keeps an EMA teacher of the parameters (objective state
+``teacher``, as the DINO self-distillation keeps it) is read, by default (``weights="auto"``),
+as its teacher: the network DINO-style methods evaluate and release (DINOv2 / DINOv3 /
+BrainDINO checkpoints are read as ``["teacher"]``). ``weights="student"`` (= "params") reads
+the optimised parameters, ``"teacher"`` requires a teacher. Every other run has only its
+parameters. Fine-tuning (``init.orbax``), eval.py, the probes and ``convert to-torch`` all come
+through here, so they agree on which network a run is.
 
 Layouts read here:
 
@@ -43,6 +52,8 @@ PARAMS_DIR = "params"
 # Items of the train state that hold model variables ("params" plus "model_state", the other
 # collections: {"batch_stats": ...}).
 MODEL_ITEMS = ("params", "model_state")
+TEACHER = ("objective", "teacher")  # where an objective keeps an EMA teacher of the params
+WEIGHTS = ("auto", "teacher", "student", "params")
 
 
 class RunError(FileNotFoundError):
@@ -57,6 +68,7 @@ class Run:
     variables: dict                 # {"params": ..., and e.g. "batch_stats": ...}
     step: int | None
     config: ml_collections.ConfigDict | None = None
+    weights: str = "params"         # "params" or "teacher": which network ``variables`` holds
 
     @property
     def model(self):
@@ -155,18 +167,45 @@ def _abstract(metadata_tree: Any, sharding) -> Any:
                                   is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
-def restore_tree(path: str, keys: tuple[str, ...] | None = None, *, sharding=None) -> dict:
-    """The top-level entries ``keys`` (all by default) of the Orbax PyTree checkpoint at
-    ``path``, restored against abstract targets read from its metadata (placed on
-    ``sharding``, default the first local device)."""
+def _metadata_tree(path: str) -> dict:
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
+    return dict(getattr(meta, "tree", meta))
+
+
+def _select(tree: dict, key) -> dict:
+    """``{key: tree[key]}`` for a top-level name, or the nested entry alone for a path tuple
+    (``("objective", "teacher")``); {} when absent."""
+    path = (key,) if isinstance(key, str) else tuple(key)
+    node = tree
+    for name in path:
+        if not hasattr(node, "keys") or name not in node:
+            return {}
+        node = node[name]
+    for name in reversed(path):
+        node = {name: node}
+    return node
+
+
+def restore_tree(path: str, keys: tuple | None = None, *, sharding=None) -> dict:
+    """The entries ``keys`` (all by default; each a top-level name or a path tuple such as
+    ``("objective", "teacher")``) of the Orbax PyTree checkpoint at ``path``, restored
+    against abstract targets read from its metadata (placed on ``sharding``, default the
+    first local device)."""
     if not os.path.isdir(path):
         raise RunError(f"{path}: not an Orbax checkpoint directory")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     checkpointer = ocp.PyTreeCheckpointer()
-    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
-    tree = getattr(meta, "tree", meta)
+    tree = _metadata_tree(path)
     if keys is not None:
-        tree = {k: tree[k] for k in keys if k in tree}
+        chosen: dict = {}
+        for key in keys:
+            part = _select(tree, key)
+            for name, value in part.items():
+                if name in chosen and isinstance(value, dict):
+                    chosen[name] = {**chosen[name], **value}
+                else:
+                    chosen[name] = value
+        tree = chosen
     abstract = _abstract(dict(tree), sharding)
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
@@ -174,18 +213,29 @@ def restore_tree(path: str, keys: tuple[str, ...] | None = None, *, sharding=Non
     return dict(restored)
 
 
-def load_run(path: str, step: int | None = None, *, sharding=None) -> Run:
+def load_run(path: str, step: int | None = None, *, sharding=None, weights: str = "auto") -> Run:
     """The model and variables of a training run (its best, else latest, checkpoint, or
-    ``step``) or of a converted model directory."""
+    ``step``) or of a converted model directory; ``weights`` (a run with an EMA teacher):
+    "auto" (the teacher) | "teacher" | "student" (= "params"), see the module docstring."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected one of {', '.join(WEIGHTS)}")
     path = os.path.abspath(path)
     kind = kind_of(path)
     if kind == "training":
         config = load_config(path)
         step = choose_step(path, step)
         state_dir = os.path.join(path, CHECKPOINTS, str(step), STATE_ITEM)
-        tree = restore_tree(state_dir, MODEL_ITEMS, sharding=sharding)
-        variables = {"params": tree["params"], **tree.get("model_state", {})}
-        return Run(path, kind, dict(config.model), variables, step, config)
+        has_teacher = bool(_select(_metadata_tree(state_dir), TEACHER)) if os.path.isdir(state_dir) else False
+        if weights == "teacher" and not has_teacher:
+            raise RunError(f"{path}: weights='teacher', but step {step}'s objective state has no "
+                           "EMA teacher (objective/teacher); use weights='student'")
+        use_teacher = has_teacher and weights in ("auto", "teacher")
+        keys = (*MODEL_ITEMS, TEACHER) if use_teacher else MODEL_ITEMS
+        tree = restore_tree(state_dir, keys, sharding=sharding)
+        params = tree["objective"]["teacher"] if use_teacher else tree["params"]
+        variables = {"params": params, **tree.get("model_state", {})}
+        return Run(path, kind, dict(config.model), variables, step, config,
+                   weights="teacher" if use_teacher else "params")
     if kind == "converted":
         meta = os.path.join(path, MODEL_JSON)
         spec = {}

@@ -33,3 +33,32 @@ def test_best_checkpoint_by_the_objective_rule(tmp_path):
     _run(tmp_path, {"objective": {"name": "regression"}}, "val_mae", [5.0, 4.0, 4.5])
     assert runs.best_rule(str(tmp_path)) == ("val_mae", "min")
     assert runs.choose_step(str(tmp_path)) == 2
+
+
+def test_a_run_with_an_ema_teacher_is_read_as_its_teacher(tmp_path):
+    """DINO-style runs keep an EMA teacher in the objective state: load_run (and so init.orbax,
+    the probes and convert to-torch) reads it by default, the student on request; the
+    teacher's centre vectors and the optimizer state are not read."""
+    import pytest
+    with open(os.path.join(tmp_path, runs.CONFIG), "w") as f:
+        json.dump({"model": {"name": "vit"}, "objective": {"name": "dino"}}, f)
+    ckpt = Checkpoints(str(tmp_path), keep=1, asynchronous=False)
+    student, teacher = {"w": np.ones((2,), np.float32)}, {"w": np.full((2,), 7.0, np.float32)}
+    ckpt.save(3, {"params": student, "opt_state": {"mu": np.zeros((2,), np.float32)},
+                  "objective": {"teacher": teacher, "center": np.zeros((4,), np.float32)}}, None)
+    ckpt.close()
+    run = runs.load_run(str(tmp_path))
+    assert run.weights == "teacher" and run.step == 3
+    np.testing.assert_array_equal(run.variables["params"]["w"], teacher["w"])
+    run = runs.load_run(str(tmp_path), weights="student")
+    assert run.weights == "params"
+    np.testing.assert_array_equal(run.variables["params"]["w"], student["w"])
+    with pytest.raises(ValueError, match="weights='ema'"):
+        runs.load_run(str(tmp_path), weights="ema")
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _run(plain, {"model": {"name": "vit"}, "objective": {"name": "regression"}}, "val_mae", [5.0])
+    assert runs.load_run(str(plain)).weights == "params"
+    with pytest.raises(runs.RunError, match="no EMA teacher"):
+        runs.load_run(str(plain), weights="teacher")

@@ -171,16 +171,16 @@ def cmd_to_torch(args) -> int:
     if kind is None and os.path.isdir(src) and args.model:  # a bare Orbax params directory
         variables = runs.restore_tree(src)
         variables = variables if "params" in variables else {"params": variables}
-        model_config, step = {"name": args.model}, None
+        model_config, step, which = {"name": args.model}, None, "params"
     else:
         try:
-            run = runs.load_run(src, args.step)
+            run = runs.load_run(src, args.step, weights=args.weights)
         except runs.RunError as e:
             raise SystemExit(f"{e}; or give an Orbax params directory with --model") from e
         if not run.model_config and not args.model:
             raise SystemExit(f"{src} has no {runs.MODEL_JSON}: give --model and its --set "
                              "arguments")
-        variables, step = run.variables, run.step
+        variables, step, which = run.variables, run.step, run.weights
         model_config = dict(run.model_config) or {"name": args.model}
     if args.model:
         model_config["name"] = args.model
@@ -198,6 +198,8 @@ def cmd_to_torch(args) -> int:
     else:
         state = save_torch(variables, model, args.output, template=args.template)
     origin = f" from {src} step {step}" if step is not None else ""
+    if which == "teacher":
+        origin += " (its EMA teacher; --weights student for the optimised parameters)"
     print(f"wrote {args.output}: {len(state)} tensors for {model_config['name']}{origin}")
     return 0
 
@@ -253,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default=None,
                    help="PCT-Net: take the tensors the model does not hold (the other resolution "
                    "modes' stems and heads) from this checkpoint, e.g. the released one")
+    p.add_argument("--weights", default="auto", choices=runs.WEIGHTS,
+                   help="a run with an EMA teacher (DINO): auto = the teacher (the released "
+                        "network), student = the optimised parameters")
     p.add_argument("--layout", default="original", choices=("original", "hf"),
                    help="DINO backbones: the original's names (DINOv3 / DINOv2) or transformers' "
                    "(DINOv3ViTModel / Dinov2Model)")

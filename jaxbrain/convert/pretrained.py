@@ -108,6 +108,8 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
         run = runs.load_run(os.fspath(source))
         found = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables).items()}
         fmt = (f"training run, step {run.step}" if run.kind == "training" else "converted model")
+        if run.weights == "teacher":
+            fmt += ", its EMA teacher"
         report = core.LoadReport(source=run.path, source_format=fmt, target=type(model).__name__)
         if scope is not None and found and not any(p[1:2] == (scope,) for p in found):
             # A bare encoder (e.g. a converted DINOv3 / DINOv2 backbone, whose tree is the
