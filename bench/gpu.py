@@ -31,6 +31,13 @@ Benchmarks (each: jaxbrain and the PyTorch side, in the same run, on the same de
   as bench/bench_vit.py.
 * ``densenet``: DenseNet121 3D (BatchNorm in training mode, running statistics updated),
   the same step and sizes, against MONAI's ``DenseNet``; as bench/bench_cnn3d.py.
+* ``dino``: the BrainDINO self-distillation step (ViT-B/16 student + DINO and iBOT heads of
+  65536 prototypes, EMA teacher on 2 global 224 crops, 8 local 96 crops, batch 16 images;
+  DINO loss with centring, iBOT on the masked patches, KoLeo, AdamW, clipping per module,
+  teacher EMA): jaxbrain's loop step of objective "dino" (its multi-crop on device inside
+  the step) against the same step assembled from the dinov2 package's
+  DinoVisionTransformer, DINOHead, DINOLoss, iBOTPatchLoss and KoLeoLoss (crops and masks
+  made once, outside the timing, as its data loader would); as bench/bench_dino.py.
 
 jaxbrain's parameters are drawn on the host with the shapes of the model's init (a step's
 speed does not depend on their values, and the init program is not compiled: PCT-Net's takes
@@ -51,7 +58,7 @@ Every side of every benchmark runs in its own Python process (fresh peak-memory 
 no memory contention between JAX and torch, crashes contained), the PyTorch side first. A
 failure or a timeout becomes a row with the error; the rest still run. Time budget: each
 benchmark has its own (seconds: swin 110, ssl 80, pctnet 80, loop 70, vit 50, densenet 50,
-440 in all;
+dino 70, 510 in all;
 ``--budget`` sets all), and what a benchmark leaves unused goes to the next; the PyTorch side
 may take 60% of it, the jaxbrain side the rest; a side stops taking timed repetitions
 (keeping at least one) when its time would run out.
@@ -144,6 +151,9 @@ FULL = {
     "loop": dict(feature=12, depths=(2, 2, 2, 2), roi=64, batch=2, cases=8, shape=(96, 96, 64),
                  steps=40, workers=4),
     "vit": dict(hidden=768, depth=12, heads=12, mlp=3072, patch=16, roi=96, batch=2, classes=2),
+    "dino": dict(hidden=768, depth=12, heads=12, mlp=3072, patch=16, global_size=224,
+                 local_size=96, local_crops=8, batch=16, prototypes=65536, head_hidden=2048,
+                 bottleneck=256),
     "densenet": dict(init_features=64, growth_rate=32, block_config=(6, 12, 24, 16), roi=96,
                      batch=2, classes=2),
 }
@@ -156,10 +166,13 @@ DRY = {
     "loop": dict(feature=12, depths=(1, 1, 1, 1), roi=64, batch=1, cases=2, shape=(64, 64, 64),
                  steps=1, workers=1),  # bench_train's crops are cubic
     "vit": dict(hidden=32, depth=1, heads=2, mlp=64, patch=16, roi=32, batch=2, classes=2),
+    "dino": dict(hidden=32, depth=1, heads=2, mlp=64, patch=8, global_size=32, local_size=16,
+                 local_crops=2, batch=4, prototypes=64, head_hidden=32, bottleneck=16),
     "densenet": dict(init_features=8, growth_rate=4, block_config=(1, 1, 1, 1), roi=32, batch=2,
                      classes=2),
 }
-BUDGET_S = {"swin": 110, "ssl": 80, "pctnet": 80, "loop": 70, "vit": 50, "densenet": 50}
+BUDGET_S = {"swin": 110, "ssl": 80, "pctnet": 80, "loop": 70, "vit": 50, "densenet": 50,
+            "dino": 70}
 # (row key, benchmark, label); a benchmark's worker may report several rows.
 ROWS = [("swin", "swin", "SwinUNETR train step"),
         ("ssl", "ssl", "BrainSegFounder SSL step"),
@@ -168,9 +181,10 @@ ROWS = [("swin", "swin", "SwinUNETR train step"),
         ("pctnet_fusion", "pctnet", "Volume Fusion alone"),
         ("loop", "loop", "training loop with data (cache)"),
         ("vit", "vit", "3D ViT classifier train step"),
-        ("densenet", "densenet", "3D DenseNet classifier train step")]
+        ("densenet", "densenet", "3D DenseNet classifier train step"),
+        ("dino", "dino", "BrainDINO self-distillation step")]
 # Rows with their own compiled step: FLOPs, peak memory and MFU are theirs.
-OWN_STEP = ("swin", "ssl", "pctnet", "loop", "vit", "densenet")
+OWN_STEP = ("swin", "ssl", "pctnet", "loop", "vit", "densenet", "dino")
 BENCHMARKS = list(BUDGET_S)
 
 
@@ -197,6 +211,10 @@ def size_label(name: str, s: dict, precision: str) -> str:
         return (f"width {s['hidden']}, depth {s['depth']}, heads {s['heads']}, patch "
                 f"{s['patch']}, {_roi_label(s['roi'])}, 1 ch, batch {s['batch']}, "
                 f"{s['classes']} classes, {precision}")
+    if name == "dino":
+        return (f"ViT width {s['hidden']}, depth {s['depth']}, patch {s['patch']}, 2 x "
+                f"{s['global_size']} + {s['local_crops']} x {s['local_size']} crops, batch "
+                f"{s['batch']}, {s['prototypes']} prototypes, {precision}")
     if name == "densenet":
         return (f"blocks {','.join(map(str, s['block_config']))}, growth {s['growth_rate']}, "
                 f"stem {s['init_features']}, {_roi_label(s['roi'])}, 1 ch, batch {s['batch']}, "
@@ -819,12 +837,125 @@ def torch_densenet(s, precision, clock):
     return {"densenet": _torch_classifier(net, s, precision, clock)}
 
 
+def jax_dino(s, precision, clock):
+    """The loop's train step of objective "dino" on a DinoStudent (RoPE, no storage tokens,
+    as the dinov2 package's ViT has none), centring, AdamW with the config's DINO options."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from ml_collections import ConfigDict
+    from jaxbrain.models.dino import dino_preset
+    from jaxbrain.models.dino_heads import DinoStudent
+    from jaxbrain.objectives.dino import Dino
+    from jaxbrain.training.loop import make_train_step
+    from jaxbrain.training.optim import make_optimizer
+    model = DinoStudent(**dino_preset(
+        "braindino_vitb16", hidden_size=s["hidden"], depth=s["depth"], num_heads=s["heads"],
+        mlp_dim=s["mlp"], patch_size=s["patch"], img_size=s["global_size"], num_registers=0,
+        drop_path=0.0), head_prototypes=s["prototypes"], head_hidden=s["head_hidden"],
+        head_bottleneck=s["bottleneck"], dtype=_jax_dtype(precision))
+    objective = Dino(total_steps=1000, global_size=s["global_size"], local_size=s["local_size"],
+                     local_crops=s["local_crops"], centering="centering")
+    cfg = ConfigDict(dict(name="adamw", lr=1e-4, schedule="dino_cosine", warmup_steps=10,
+                          weight_decay=0.04, weight_decay_end=0.4, decay_mask="dino",
+                          grad_clip=3.0, clip_per_subtree=True, layer_decay=0.9,
+                          lr_scale={"encoder/patch_embedding": 0.2}))
+    tx, lr_fn = make_optimizer(cfg, 1000)
+    x = jnp.zeros((1, s["global_size"], s["global_size"], 3))
+    params = host_init(model, x)["params"]
+    rng = np.random.default_rng(0)
+    size = s["global_size"] + s["global_size"] // 8
+    batch = {"image": jnp.asarray(rng.normal(size=(s["batch"], size, size, 3)), jnp.float32)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(0)),
+             "objective": jax.jit(objective.init_state)(params)}  # own buffers (donated)
+    step = make_train_step(model, objective, tx, lr_fn, _jax_dtype(precision))
+    out = _jax_time_step(step, state, batch, clock)
+    return {"dino": _jax_info(dict(out, samples=s["batch"]))}
+
+
+def torch_dino(s, precision, clock):
+    """The same step from the dinov2 package's modules (ssl_meta_arch's forward_backward with
+    centring, restated): teacher (no gradient) on the global crops, student on global
+    (masked) and local crops, DINO + iBOT + KoLeo, per-module clipping 3.0, AdamW, EMA."""
+    import numpy as np
+    torch, device, cuda = _torch_setup()
+    from dinov2.layers import DINOHead
+    from dinov2.loss import DINOLoss, iBOTPatchLoss, KoLeoLoss
+    from dinov2.models.vision_transformer import DinoVisionTransformer
+    amp = precision == "bf16" and cuda
+    torch.manual_seed(0)
+    d, k, b, nl = s["hidden"], s["prototypes"], s["batch"], s["local_crops"]
+
+    def build():
+        return torch.nn.ModuleDict(dict(
+            backbone=DinoVisionTransformer(img_size=s["global_size"], patch_size=s["patch"],
+                                           embed_dim=d, depth=s["depth"], num_heads=s["heads"],
+                                           mlp_ratio=s["mlp"] / d, qkv_bias=False,
+                                           init_values=1e-5, block_chunks=0),
+            dino_head=DINOHead(d, k, hidden_dim=s["head_hidden"], bottleneck_dim=s["bottleneck"]),
+            ibot_head=DINOHead(d, k, hidden_dim=s["head_hidden"], bottleneck_dim=s["bottleneck"]))).to(device)
+
+    student, teacher = build(), build()  # weight-normalised heads cannot be deep-copied
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    dino_loss, ibot_loss, koleo = DINOLoss(k).to(device), iBOTPatchLoss(k).to(device), KoLeoLoss()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.04)
+    rng = np.random.default_rng(0)
+    g = torch.from_numpy(rng.normal(size=(2 * b, 3, s["global_size"], s["global_size"])).astype(np.float32)).to(device)
+    loc = torch.from_numpy(rng.normal(size=(nl * b, 3, s["local_size"], s["local_size"])).astype(np.float32)).to(device)
+    n = (s["global_size"] // s["patch"]) ** 2
+    masks = np.zeros((2 * b, n), bool)
+    edges = np.linspace(0.1, 0.5, b + 1)
+    for i in range(b):  # int(0.5 * 2b) crops masked, stratified ratios (dinov2's collate)
+        masks[i, rng.permutation(n)[:int(n * rng.uniform(edges[i], edges[i + 1]))]] = True
+    masks = torch.from_numpy(rng.permutation(masks)).to(device)
+    index = masks.flatten().nonzero().flatten()
+    weight = (1 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
+    temp, m = 0.04, 0.992
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.no_grad():
+                t = teacher.backbone.forward_features(g)
+                t_cls = teacher.dino_head(t["x_norm_clstoken"])
+                t_patch = teacher.ibot_head(t["x_norm_patchtokens"].flatten(0, 1)[index])
+                t_cls_p = dino_loss.softmax_center_teacher(t_cls, temp).chunk(2)
+                t_patch_p = ibot_loss.softmax_center_teacher(t_patch[None], temp)[0]
+                dino_loss.update_center(t_cls)
+                ibot_loss.update_center(t_patch[None])
+            sg = student.backbone.forward_features(g, masks=masks)
+            sl = student.backbone.forward_features(loc)
+            cls = student.dino_head(torch.cat([sg["x_norm_clstoken"], sl["x_norm_clstoken"]]))
+            s_patch = student.ibot_head(sg["x_norm_patchtokens"].flatten(0, 1)[index])
+            s_g, s_l = cls[:2 * b].chunk(2), cls[2 * b:].chunk(nl)
+            local = dino_loss(list(s_l), list(t_cls_p)) / (2 * nl)
+            glob = (dino_loss([s_g[0]], [t_cls_p[1]]) + dino_loss([s_g[1]], [t_cls_p[0]])) / 2
+            share = 2 * nl / (2 + 2 * nl)
+            loss = (share * local + (1 - share) * glob
+                    + ibot_loss.forward_masked(s_patch, t_patch_p, masks, masks_weight=weight)
+                    + 0.1 * sum(koleo(c) for c in sg["x_norm_clstoken"].chunk(2)))
+        loss.float().backward()
+        for module in student.values():
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 3.0)
+        opt.step()
+        with torch.no_grad():
+            sp, tp = list(student.parameters()), list(teacher.parameters())
+            torch._foreach_mul_(tp, m)
+            torch._foreach_add_(tp, sp, alpha=1 - m)
+        _sync(cuda)
+
+    return {"dino": _torch_info(dict(clock.median(step), samples=b), cuda)}
+
+
 WORKERS = {("swin", "jax"): jax_swin, ("swin", "torch"): torch_swin,
            ("ssl", "jax"): jax_ssl, ("ssl", "torch"): torch_ssl,
            ("pctnet", "jax"): jax_pctnet, ("pctnet", "torch"): torch_pctnet,
            ("loop", "jax"): jax_loop, ("loop", "torch"): torch_loop,
            ("vit", "jax"): jax_vit, ("vit", "torch"): torch_vit,
-           ("densenet", "jax"): jax_densenet, ("densenet", "torch"): torch_densenet}
+           ("densenet", "jax"): jax_densenet, ("densenet", "torch"): torch_densenet,
+           ("dino", "jax"): jax_dino, ("dino", "torch"): torch_dino}
 
 
 def worker_main(task: str, spec_json: str, result: str) -> int:

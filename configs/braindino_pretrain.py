@@ -36,8 +36,9 @@ Recipe (the ViT-B/16 of BrainDINO, REFERENCE section 4, with DINOv3's
 
 Data: ``data.source = "slices"`` (``jaxbrain.data.slices``): axial slices of every volume
 of ``data.collections``, robustly scaled per volume and z-scored, resized to 224, repeated
-to 3 channels. The teacher's encoder (``state/objective/teacher/encoder`` of the run) is
-the BrainDINO backbone; ``python -m jaxbrain.convert`` exports a run.
+to 3 channels. A run's checkpoints hold the student (``params``: ``encoder``, ``dino_head``,
+``ibot_head``) and the EMA teacher in the objective state (``objective/teacher``, same
+layout); the originals release the teacher (``torch.load(f)["teacher"]``).
 """
 
 import math
@@ -80,11 +81,11 @@ def get_config(arg: str = ""):
                       {"name": "demo", "synthetic": {"kind": "unlabeled", "n": 6,
                                                      "shape": (64, 72, 64)},
                        "channels": ("t1", "flair")}],
-                  workers=0, threads=2)
+                  workers=0, threads=2, preprocess="", augment="", roi=None)
 
     dinov2 = "dinov2" in args
     backbone = dino_preset("braindino_vitb16", **(DEMO_VIT if demo else {}))
-    c.model = dict(name="dino_student", **backbone,
+    c.model = dict(name="dino_student", in_channels=3, **backbone,
                    head_prototypes=256 if demo else 65536, head_hidden=128 if demo else 2048,
                    head_bottleneck=32 if demo else 256, head_nlayers=3,
                    head_weight_norm=dinov2, ibot_separate_head=not dinov2)

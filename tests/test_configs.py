@@ -50,7 +50,9 @@ def test_config_presets_load(path, preset):
         assert c.compute_dtype == "bfloat16"
     if "remat" in args:
         assert c.model.remat
-    if "demo" in args:
+    if "demo" in args and c.data.get("source", "volumes") == "slices":
+        assert all(col.get("synthetic") for col in c.data.collections)
+    elif "demo" in args:
         assert c.data.synthetic is not None
         if c.model.name in ("swin_unetr", "ssl_head"):
             assert c.model.feature_size == 12
