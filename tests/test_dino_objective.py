@@ -37,12 +37,17 @@ B, N, K, D, NL = 6, 16, 32, 8, 3  # samples, patches, prototypes, width, local c
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _process_group():
-    """iBOT's Sinkhorn-Knopp all-reduces unconditionally: a one-process gloo group."""
+def _process_group(tmp_path_factory):
+    """iBOT's Sinkhorn-Knopp all-reduces unconditionally: a one-process gloo group,
+    rendezvous through a file (no port to collide with other jobs on the machine)."""
     import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+    created = not dist.is_initialized()
+    if created:
+        store = tmp_path_factory.mktemp("gloo") / "store"
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
+    if created:
+        dist.destroy_process_group()
 
 
 def _outputs(seed):
