@@ -11,10 +11,16 @@ computed once and cached, and a small head trains on those features through the 
   python train.py --config configs/braindino_probe.py:age,attention --workdir runs/probe_age \
       --config.data.root=/data/ukb/participants.tsv --config.probe.orbax=ckpt/dinov3_vitb16 \
       --config.data.train_fraction=0.1
+  python train.py --config configs/braindino_probe.py:ad,lora --workdir runs/probe_ad_lora \
+      --config.data.root=/data/adni/labels.csv --config.init.orbax=runs/braindino_pretrain
 
 Presets (``:arg``, comma-separated): task ``ad`` (default: CN vs AD) | ``pd`` (control vs
 PD) | ``sex`` (F vs M) | ``age`` (brain age, MAE); pooling over slices ``mean`` (default) |
-``attention`` | ``transformer`` (2 blocks); encoder ``braindino`` (default: BrainDINO's
+``attention`` | ``transformer`` (2 blocks); ``lora`` (the encoder adapted rather than frozen:
+LoRA rank 8 on every block's q and v, trained with the head through the encoder on cached
+slice stacks, ``data.source="scan_slices"``, model ``slice_scan``; the encoder's weights
+come through ``init.orbax`` / ``init.torch``, e.g. a pretraining run's EMA teacher, and the
+rest of the encoder stays frozen); encoder ``braindino`` (default: BrainDINO's
 ViT-B/16, DINOv3 layout with 4 storage tokens, no qkv bias) | ``dinov3`` (DINOv3 ViT-B/16 as
 released) | ``dinov2`` (DINOv2 ViT-B/14, 224 px); ``demo`` (a synthetic cohort of 80 subjects at
 4 mm, 16 slices of 32 x 32 px, a tiny random encoder unless probe.orbax names one, 600 head
@@ -44,7 +50,7 @@ TASKS = ("ad", "pd", "sex", "age")
 POOLS = ("mean", "attention", "transformer")
 ENCODERS = {"braindino": "braindino_vitb16", "dinov3": "dinov3_vitb16",
             "dinov2": "dinov2_vitb14"}
-PRESETS = (*TASKS, *POOLS, *ENCODERS, "demo")
+PRESETS = (*TASKS, *POOLS, *ENCODERS, "lora", "demo")
 # The demo's encoder: the BrainDINO layout at width 32, 2 blocks, 8 px patches of 32 px slices;
 # LayerScale starts at 1 (at 1e-5 a random encoder's CLS is the same for every slice).
 DEMO_ENCODER = dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, img_size=32,
@@ -66,6 +72,7 @@ def get_config(arg: str = ""):
     pool = next((a for a in args if a in POOLS), "mean")
     encoder = next((a for a in args if a in ENCODERS), "braindino")
     demo = "demo" in args
+    lora = "lora" in args
 
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -96,6 +103,13 @@ def get_config(arg: str = ""):
     num_classes = 1 if task == "age" else len(_shared.CLASSES[task])
     c.model = dict(name="slice_head", in_channels=enc["hidden_size"], num_classes=num_classes,
                    pool=pool, depth=2, num_heads=2 if demo else 8)
+    if lora:  # the encoder adapted, not frozen: slice stacks in, LoRA on q and v + the head
+        c.data.source = "scan_slices"
+        c.model = dict({k: v for k, v in enc.items() if k != "name"}, name="slice_scan", in_channels=3,
+                       lora_rank=8, num_classes=num_classes, head_pool=pool, head_depth=2,
+                       head_num_heads=2 if demo else 8, remat=not demo)
+        c.init = {"orbax": placeholder(str), "torch": placeholder(str), "from": placeholder(str),
+                  "encoder_only": True, "strict": True}
     if task == "age":
         c.objective = dict(name="regression", loss="mse", target_mean=placeholder(float),
                            target_std=placeholder(float))
@@ -106,6 +120,8 @@ def get_config(arg: str = ""):
         c.optim = dict(name="adam", lr=1e-4, weight_decay=1e-5)
     c.optim.update(b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, end_lr=0.0,
                    grad_clip=0.0, grad_accum=1)
+    if lora:
+        c.optim.update(freeze="encoder", unfreeze=("*/lora_*",))
     c.eval = dict(age_bias=task == "age", max_cases=placeholder(int))
 
     if demo:

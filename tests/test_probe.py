@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from jaxbrain import models
 from jaxbrain.data import slices
@@ -263,3 +264,32 @@ def test_a_demo_pretrained_encoder_beats_a_random_one(tmp_path):
                                  {"random": {"orbax": None}, "pretrained": {"orbax": run}}, ks=ks)
     auc = {name: np.mean([r["auc"] for r in rows]) for name, rows in got.items()}
     assert auc["pretrained"] > auc["random"] + 0.1, auc
+
+
+def test_lora_probe_through_the_loop(table, tmp_path):
+    """configs/braindino_probe.py:lora: slice stacks cached once, the encoder frozen but for
+    its q / v adapters, the head trained through it; eval.py reads the same cache."""
+    workdir = str(tmp_path / "lora")
+    c = _config(table)
+    c_lora = load_config_file(CONFIG, "sex,demo,lora")
+    with c.unlocked():
+        c.model, c.data.source, c.init = c_lora.model, "scan_slices", c_lora.init
+        c.optim.freeze, c.optim.unfreeze = c_lora.optim.freeze, c_lora.optim.unfreeze
+        c.ckpt_every = 20
+    loop.train_and_evaluate(c, workdir)
+    stacks = [d for d in os.listdir(os.path.join(workdir, "features"))]
+    assert len(stacks) == 1
+    one = next(p for p in os.scandir(os.path.join(workdir, "features", stacks[0])) if p.is_dir())
+    assert np.load(os.path.join(one.path, "image.npy")).shape == (8, 32, 32)
+
+    def params(step):
+        return traverse_util.flatten_dict(runs.load_run(workdir, step).variables["params"], sep="/")
+    first, last = params(20), params(40)
+    moved = sorted(k for k in last if not np.array_equal(first[k], last[k]))
+    assert moved and all("/lora_" in k or k.startswith("head/") for k in moved), moved
+    assert any("lora_b_v" in k for k in moved) and any(k.startswith("head/") for k in moved)
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        val = [json.loads(line) for line in f if "val/auc" in line]
+    summary = evaluate.evaluate_scans(loop_config(workdir), workdir, str(tmp_path / "eval"))
+    assert summary["scans"] == 6 and summary["metrics"]["auc"] in [r["val/auc"] for r in val]

@@ -19,6 +19,8 @@ first, :mod:`jaxbrain.convert.inflate`), a ``train.py`` run or a ``convert from-
     is adapted ("average" = "sum", "mean", "repeat": e.g. an RGB stem for grey scans) or
     started fresh ("fresh");
   * ``new_head``: output layers for another class count start fresh;
+  * LoRA adapters of the model (``lora_rank``) that the source lacks keep their
+    initialisation (reported as new);
   * everything else must fit: with ``strict`` (the default) any missing, unused or
     mismatched entry fails the load with one :class:`CheckpointMismatchError` listing them.
 
@@ -37,6 +39,7 @@ from flax import traverse_util
 
 from jaxbrain import models, runs
 from jaxbrain.convert import core
+from jaxbrain.models.vit import LORA_MODULES
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -136,6 +139,13 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
                 report.kept.append(name(path))
         found = {p: v for p, v in found.items() if inside(p)}
 
+    # LoRA adapters the source lacks are new layers of an adapted encoder: they keep their
+    # initialisation (zero up-projections: the encoder starts as the source's).
+    adapters = {name(p) for p in like_flat if len(p) > 1 and p[-2] in LORA_MODULES and p not in found}
+    if adapters:
+        report.missing = [(k, s) for k, s in report.missing if k not in adapters]
+        report.kept.extend(sorted(adapters))
+        report.adapted.append(f"{len(adapters)} LoRA adapter weights are new (initialised)")
     merged = core.merge(found, like_flat, report, name=name, shown=shown,
                         input_layer=input_layer, channels=channels, new_head=new_head,
                         is_head=is_head)

@@ -110,8 +110,9 @@ def evaluate_scans(config, workdir: str, output: str, *, split: str = "val",
     predict = ScanPredictor.from_config(config, run.model, objective)
 
     def predictions(of):
-        if config.data.get("source") == "features":  # a probe: the scans' cached features
-            (of,) = features.cached_features(config, workdir, [of])
+        source = config.data.get("source")
+        if source in features.CASE_CACHES:  # a probe: the scans' cached features or slice stacks
+            (of,) = features.CASE_CACHES[source](config, workdir, [of])
         return predict(run.variables, pipeline.eval_dataset(
             of, preprocess=config.data.preprocess, shard=(0, 1)))
 

@@ -261,12 +261,16 @@ def _scan_dir(case, channel: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", case.id) + "-" + digest
 
 
-def scan_features(case, encoder: Encoder, probe: dict) -> np.ndarray:
-    """(S, D) features of one scan (no cache)."""
+def scan_stack(case, probe: dict) -> np.ndarray:
+    """(S, H, W, 3) slices of one scan as the encoder sees them."""
     x, _ = nifti.read_volume(case.images[int(probe["channel"])])
     size = int(probe["slice_size"])
-    stack = slices.scan_slices(x, int(probe["n_slices"]), (size, size))
-    return encoder(stack, int(probe["batch"]))
+    return slices.scan_slices(x, int(probe["n_slices"]), (size, size))
+
+
+def scan_features(case, encoder: Encoder, probe: dict) -> np.ndarray:
+    """(S, D) features of one scan (no cache)."""
+    return encoder(scan_stack(case, probe), int(probe["batch"]))
 
 
 def _entry(case, folder: str, features: np.ndarray) -> dict:
@@ -282,10 +286,34 @@ def cached_features(config, workdir: str, case_lists: Sequence[Sequence], *,
     """Each list of cases as :class:`FeatureCase` records of the cache, computing (process 0,
     with a progress bar) the scans that are not there yet."""
     probe = settings(config)
-    root = probe["cache"] or os.path.join(workdir, "features")
     if encoder is None:
         encoder = load_encoder(config)
     key, info = cache_key(encoder, probe)
+    return _cached(probe, workdir, case_lists, key, info,
+                   lambda case: scan_features(case, encoder, probe), "slice features")
+
+
+def cached_slices(config, workdir: str, case_lists: Sequence[Sequence]
+                  ) -> list[list[FeatureCase]]:
+    """Each list of cases as :class:`FeatureCase` records whose ``image`` is the scan's
+    preprocessed slice stack, (S, H, W) float32 (the grey slices before their repeat to 3
+    channels; ``probe.n_slices``, ``probe.slice_size``, ``probe.channel``), computed once
+    (process 0, with a progress bar) under ``probe.cache`` (default <workdir>/features) in a
+    folder keyed by the preprocessing alone. ``data.source = "scan_slices"``: the input of a
+    model that trains through the encoder (``slice_scan``, e.g. with LoRA). A stack of 128
+    slices of 224 x 224 is 25.7 MB."""
+    probe = settings(config)
+    info = {"format": FORMAT, "stack": "float32 (S, H, W)", "n_slices": int(probe["n_slices"]),
+            "slice_size": int(probe["slice_size"]), "channel": int(probe["channel"])}
+    key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    return _cached(probe, workdir, case_lists, key, info,
+                   lambda case: scan_stack(case, probe)[..., 0], "slice stacks")
+
+
+def _cached(probe: dict, workdir: str, case_lists, key: str, info: dict, compute, what: str
+            ) -> list[list[FeatureCase]]:
+    """The cache of ``compute(case)`` arrays (float32) under ``<probe.cache>/<key>``."""
+    root = probe["cache"] or os.path.join(workdir, "features")
     folder = os.path.join(root, key)
     channel = int(probe["channel"])
     unique = {}
@@ -298,10 +326,10 @@ def cached_features(config, workdir: str, case_lists: Sequence[Sequence], *,
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "info.json"), "w") as f:
             json.dump(info, f, indent=1, default=str)
-        for i in tqdm(todo, desc="slice features", unit="scan", disable=not todo):
+        for i in tqdm(todo, desc=what, unit="scan", disable=not todo):
             case = unique[i]
             try:
-                feats = scan_features(case, encoder, probe)
+                feats = compute(case)
             except DataError as e:
                 where = (case.meta or {}).get("line")
                 raise DataError(f"scan {case.id}" + (f" (table line {where})" if where else "")
@@ -313,7 +341,7 @@ def cached_features(config, workdir: str, case_lists: Sequence[Sequence], *,
             with open(tmp, "w") as f:
                 json.dump(_entry(case, dirs[i], feats), f)
             os.replace(tmp, os.path.join(out, "entry.json"))
-        print(f"slice features: {len(todo)} scans computed, {len(unique) - len(todo)} read from "
+        print(f"{what}: {len(todo)} scans computed, {len(unique) - len(todo)} read from "
               f"{folder}", flush=True)
     parallel.barrier("slice features written")
     out = []
@@ -327,3 +355,8 @@ def cached_features(config, workdir: str, case_lists: Sequence[Sequence], *,
             rows.append(FeatureCase(folder, entry))
         out.append(rows)
     return out
+
+
+# data.source values whose cases are records of a cache standing for the scans' volumes:
+# {name: (config, workdir, [cases, ...]) -> [[records], ...]}
+CASE_CACHES = {"features": cached_features, "scan_slices": cached_slices}

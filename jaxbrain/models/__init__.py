@@ -25,7 +25,7 @@ from jaxbrain.models.dino_heads import DinoStudent
 from jaxbrain.models.dino_seg import DinoSeg
 from jaxbrain.models.mae import MAE
 from jaxbrain.models.pctnet import PCTNet
-from jaxbrain.models.slice_heads import SliceHead
+from jaxbrain.models.slice_heads import SliceHead, SliceScanViT
 from jaxbrain.models.ssl_head import SSLHead
 from jaxbrain.models.swin_unetr import MERGE_ORDERS, SwinTransformer, SwinUNETR, count_params
 from jaxbrain.models.vit import ViT, ViTEncoder
@@ -36,6 +36,7 @@ REGISTRY: dict[str, type] = {
     "ssl_head": SSLHead,
     "pctnet": PCTNet,
     "slice_head": SliceHead,  # whole-scan head over a frozen slice encoder's features
+    "slice_scan": SliceScanViT,  # slice encoder + whole-scan head end to end (LoRA probes)
     "vit": ViT,
     "mae": MAE,
     "dino_vit": DinoViT,  # DINOv3 / DINOv2 / BrainDINO slice encoder (arguments: dino_preset)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbrain.models.blocks import partitioned, trunc_normal_002
+from jaxbrain.models.dino import DinoViT
 
 POOLS = ("mean", "attention", "transformer")
 
@@ -103,3 +104,57 @@ class SliceHead(nn.Module):
         y = nn.gelu(y, approximate=False)
         return _dense(self.num_classes, "head", ("mlp", "classes"), self.dtype)(y).astype(
             jnp.float32)
+
+
+class SliceScanViT(DinoViT):
+    """A slice encoder and a whole-scan head trained end to end: ``(batch, S, H, W)`` (or
+    ``(batch, S, H, W, 1 | 3)``) stacks of robust-scaled axial slices -> ``(batch,
+    num_classes)`` logits. Every slice goes through the :class:`DinoViT` under ``encoder``
+    (every DinoViT field is a field of this model; grey slices are repeated to 3 channels),
+    its normalised CLS token is the slice's feature, and the :class:`SliceHead` under
+    ``head`` pools and classifies them, as the frozen-feature probes do.
+
+    It is how the encoder is adapted rather than frozen: with ``lora_rank=8`` every block's q
+    and v get LoRA adapters (:class:`jaxbrain.models.vit.QKV`), and
+    ``optim.freeze="encoder"`` with ``optim.unfreeze=("*/lora_*",)`` trains those and the head
+    only (BrainDINO's LoRA option, rank 8 on q and v). A step runs the encoder on ``batch *
+    S`` slices (4 x 128 at BrainDINO's sizes): set ``remat=True`` so the backward pass keeps
+    only each block's input."""
+
+    num_classes: int = 2
+    head_pool: str = "mean"  # SliceHead.pool (ViTEncoder has its own pool field)
+    head_depth: int = 2
+    head_num_heads: int = 8
+    head_mlp_ratio: float = 4.0
+    max_slices: int = 512
+
+    encoder_name = "encoder"
+
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        return ("encoder", "patch_embedding")
+
+    @nn.nowrap
+    def encoder_kwargs(self) -> dict:
+        """Arguments of the :class:`DinoViT` under ``encoder``."""
+        names = [f for f in DinoViT.__dataclass_fields__ if f not in ("parent", "name")]
+        return {f: getattr(self, f) for f in names}
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if x.ndim == 4:
+            x = x[..., None]
+        if x.ndim != 5 or x.shape[-1] not in (1, self.in_channels):
+            raise ValueError(f"SliceScanViT expects slice stacks (batch, slices, H, W) or "
+                             f"(batch, slices, H, W, 1 or {self.in_channels}), got shape "
+                             f"{tuple(x.shape)}")
+        b, s = x.shape[:2]
+        flat = x.reshape(b * s, *x.shape[2:])
+        if flat.shape[-1] == 1 and self.in_channels != 1:
+            flat = jnp.repeat(flat, self.in_channels, axis=-1)
+        cls = DinoViT(**self.encoder_kwargs(), name="encoder")(flat, train)[:, 0]
+        feats = cls.astype(jnp.float32).reshape(b, s, -1)
+        return SliceHead(in_channels=self.hidden_size, num_classes=self.num_classes,
+                         pool=self.head_pool, depth=self.head_depth, num_heads=self.head_num_heads,
+                         mlp_ratio=self.head_mlp_ratio, max_slices=self.max_slices,
+                         dtype=self.dtype, name="head")(feats, train)

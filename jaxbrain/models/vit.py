@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import jax
@@ -297,14 +297,29 @@ class PatchEmbed(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+# LoRA's down projections start as PyTorch's kaiming_uniform_(a=sqrt(5)) of an (r, in) weight:
+# uniform with bound 1 / sqrt(in), i.e. variance 1 / (3 in).
+lora_down_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 class QKV(nn.Module):
     """The fused query/key/value projection (hidden -> 3 * hidden, thirds q | k | v, heads
     major within each). ``use_bias`` with ``mask_k_bias``: the k third of the bias is masked
-    to zero (see the module docstring)."""
+    to zero (see the module docstring).
+
+    ``lora_rank`` r > 0 adds low-rank adapters to the q and v thirds (LoRA on q and v, as
+    BrainDINO's downstream encoders): q += x A_q B_q * s and v += x A_v B_v * s, with the
+    bias-free ``lora_a_q`` / ``lora_a_v`` (hidden -> r) initialised as PyTorch's Linear
+    default (kaiming-uniform, a = sqrt(5)) and ``lora_b_q`` / ``lora_b_v`` (r -> hidden) zero
+    (BrainDINO's ``linear_a_q`` ... ``linear_b_v``), so the
+    adapted layer starts as the plain one, and s = ``lora_alpha`` / r (``lora_alpha`` None:
+    s = 1, BrainDINO's unscaled adapters). :func:`merge_lora` folds them into ``kernel``."""
 
     features: int
     use_bias: bool = False
     mask_k_bias: bool = False
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -322,7 +337,56 @@ class QKV(nn.Module):
                 keep[third:2 * third] = 0.0
                 bias = bias * jnp.asarray(keep, bias.dtype)
             y = y + bias.astype(self.dtype)
+        if self.lora_rank:
+            c, r = self.features // 3, int(self.lora_rank)
+
+            def adapter(name):
+                down = nn.Dense(r, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                kernel_init=partitioned(lora_down_init, ("embed", None)),
+                                name=f"lora_a_{name}")
+                up = nn.Dense(c, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=partitioned(nn.initializers.zeros, (None, "qkv")),
+                              name=f"lora_b_{name}")
+                return up(down(x))
+
+            dq, dv = adapter("q"), adapter("v")
+            scale = jnp.asarray(lora_scale(r, self.lora_alpha), self.dtype)
+            y = y + jnp.concatenate([dq, jnp.zeros_like(dq), dv], axis=-1) * scale
         return y
+
+
+def lora_scale(rank: int, alpha: float | None) -> float:
+    """The LoRA output scale s = alpha / rank (alpha None: 1)."""
+    return 1.0 if alpha is None else float(alpha) / float(rank)
+
+
+LORA_MODULES = ("lora_a_q", "lora_b_q", "lora_a_v", "lora_b_v")  # under each qkv
+
+
+def merge_lora(params, alpha: float | None = None):
+    """``params`` with every QKV's LoRA adapters folded into its ``kernel`` (q third +=
+    s A_q B_q, v third += s A_v B_v, in float32) and the adapters removed: the tree of the
+    same encoder built with ``lora_rank=0``, giving the same outputs (up to float rounding).
+    ``alpha``: the model's ``lora_alpha``. A tree without adapters is returned unchanged."""
+    def walk(node):
+        if not isinstance(node, Mapping):
+            return node
+        if "lora_a_q" in node:
+            missing = [n for n in (*LORA_MODULES, "kernel") if n not in node]
+            if missing:
+                raise ValueError(f"merge_lora: a qkv entry with adapters lacks {missing}")
+            w = {n: np.asarray(node[n]["kernel"], np.float32) for n in LORA_MODULES}
+            kernel = np.asarray(node["kernel"])
+            c = kernel.shape[1] // 3
+            s = lora_scale(w["lora_a_q"].shape[1], alpha)
+            merged = kernel.astype(np.float32)
+            merged[:, :c] += s * (w["lora_a_q"] @ w["lora_b_q"])
+            merged[:, 2 * c:] += s * (w["lora_a_v"] @ w["lora_b_v"])
+            out = {k: v for k, v in node.items() if k not in LORA_MODULES}
+            out["kernel"] = merged.astype(kernel.dtype)
+            return out
+        return {k: walk(v) for k, v in node.items()}
+    return walk(params)
 
 
 class Attention(nn.Module):
@@ -335,6 +399,8 @@ class Attention(nn.Module):
     attn_dropout: float = 0.0
     dropout: float = 0.0
     attn_impl: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -344,7 +410,8 @@ class Attention(nn.Module):
         b, n, c = x.shape
         h = self.num_heads
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        qkv = QKV(3 * c, self.qkv_bias, self.mask_k_bias, name="qkv", **args)(x)
+        qkv = QKV(3 * c, self.qkv_bias, self.mask_k_bias, self.lora_rank, self.lora_alpha,
+                  name="qkv", **args)(x)
         qkv = qkv.reshape(b, n, 3, h, c // h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, head_dim)
         if rotary is not None:
@@ -401,6 +468,8 @@ class Block(nn.Module):
     drop_path: float = 0.0
     attn_impl: str | None = None
     drop_path_mode: str = "sample"
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -412,7 +481,8 @@ class Block(nn.Module):
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm1 = layer_norm("norm1", self.norm_eps, **args)
         attn = Attention(self.num_heads, self.qkv_bias, self.mask_k_bias, self.attn_dropout,
-                         self.dropout, self.attn_impl, name="attn", **args)
+                         self.dropout, self.attn_impl, self.lora_rank, self.lora_alpha,
+                         name="attn", **args)
         norm2 = layer_norm("norm2", self.norm_eps, **args)
         mlp = Mlp(x.shape[-1], self.mlp_dim, self.dropout, name="mlp", **args)
         scale = self.layer_scale_init is not None
@@ -461,7 +531,9 @@ class ViTEncoder(nn.Module):
     fc_norm=False``). ``drop_path`` is the last block's stochastic-depth rate (linearly
     increasing from 0); ``dropout`` acts after the prefix tokens are prepended (timm; MONAI
     drops the patch tokens only), on attention outputs and in the MLP, ``attn_dropout`` on
-    the attention weights. ``remat`` rematerialises every block.
+    the attention weights. ``remat`` rematerialises every block. ``lora_rank`` (0: off) and
+    ``lora_alpha``: LoRA adapters on every block's q and v (:class:`QKV`); with
+    ``optim.freeze="encoder"`` and ``optim.unfreeze=("*/lora_*",)`` only they train.
 
     ``drop_path_uniform``: every block gets ``drop_path`` (DINOv3, DINOv2's
     ``drop_path_uniform``); ``drop_path_mode`` as :class:`Block`. ``pos_embed="rope"``: axial
@@ -506,6 +578,8 @@ class ViTEncoder(nn.Module):
     final_norm: bool | None = None
     attn_impl: str | None = None
     remat: bool = False
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -684,7 +758,8 @@ class ViTEncoder(nn.Module):
         for i in range(last + 1):
             tokens = block(self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias,
                            self.layer_scale_init, self.norm_eps, self.dropout, self.attn_dropout,
-                           rates[i], self.attn_impl, self.drop_path_mode, name=f"blocks_{i}", **args)(
+                           rates[i], self.attn_impl, self.drop_path_mode, self.lora_rank,
+                           self.lora_alpha, name=f"blocks_{i}", **args)(
                 tokens, deterministic, self.num_prefix(), rotary)
             if wanted is not None and i in wanted:
                 taken[i] = norm(tokens)

@@ -318,7 +318,10 @@ def datasets(config, workdir: str):
     return train_ds, val_cases
 
 
-SOURCES = ("volumes", "slices", "features")  # data.source (default "volumes": the cases' volumes)
+# data.source: "volumes" (default: the cases' volumes), "slices", or a cache of per-scan
+# arrays standing for the cases' volumes (features.CASE_CACHES)
+CASE_CACHES = features.CASE_CACHES
+SOURCES = ("volumes", "slices", *CASE_CACHES)
 
 
 def training_data(config, workdir: str) -> tuple[list, list, Any]:
@@ -326,7 +329,9 @@ def training_data(config, workdir: str) -> tuple[list, list, Any]:
     ``data``: ``data.source`` "volumes" (default), "slices" (2D axial slices streamed from
     ``data.collections``, :mod:`jaxbrain.data.slices`; no cases, no validation) or "features"
     (the cases' per-slice features from a frozen slice encoder, computed once and cached,
-    :mod:`jaxbrain.inference.features`; training and validation read the cache)."""
+    :mod:`jaxbrain.inference.features`; training and validation read the cache) or
+    "scan_slices" (the cases' preprocessed slice stacks, cached the same way, for a model
+    that trains through the slice encoder)."""
     dcfg = config.data
     source = dcfg.get("source") or "volumes"
     if source not in SOURCES:
@@ -334,9 +339,8 @@ def training_data(config, workdir: str) -> tuple[list, list, Any]:
     if source == "slices":
         return [], [], slices.from_config(config, workdir)
     train_cases, val_cases = data_lib.cases(dcfg, workdir)
-    if source == "features":
-        train_cases, val_cases = features.cached_features(config, workdir,
-                                                          [train_cases, val_cases])
+    if source in CASE_CACHES:
+        train_cases, val_cases = CASE_CACHES[source](config, workdir, [train_cases, val_cases])
     return train_cases, val_cases, training_batches(config, train_cases)
 
 

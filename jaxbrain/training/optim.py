@@ -38,6 +38,10 @@ Fine-tuning options:
                         "features" for the DenseNets); a string is one prefix. Paths are the
                         parameter tree's keys joined by "/". Running statistics (BatchNorm)
                         of frozen layers are still updated by training-mode forward passes.
+    optim.unfreeze      ``fnmatch`` patterns of parameter paths trained even under a frozen
+                        prefix, e.g. ("*/lora_*",) with freeze="encoder": a LoRA-adapted
+                        encoder whose adapters alone train. A pattern matching no frozen
+                        parameter is an error naming it.
     optim.layer_decay   layer-wise learning-rate decay (0 or 1: off): the update of a
                         parameter in layer i is scaled by ``layer_decay ** (L + 1 - i)``, i.e.
                         its learning rate is ``lr * layer_decay ** (L + 1 - i)`` (the
@@ -68,6 +72,7 @@ Step counts (warm-up, decay, total) are training-loop steps, i.e. micro-batches:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Sequence
 
@@ -232,18 +237,27 @@ def _is_under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
-def freeze_labels(params, prefixes: Sequence[str]):
-    """The tree of "frozen" / "train" labels of ``params``; a prefix matching no parameter
-    is an error naming it (a typo would otherwise train everything)."""
+def freeze_labels(params, prefixes: Sequence[str], unfreeze: Sequence[str] = ()):
+    """The tree of "frozen" / "train" labels of ``params``: frozen under one of
+    ``prefixes`` unless the path matches an ``unfreeze`` pattern. A prefix or pattern
+    matching nothing is an error naming it (a typo would otherwise train everything)."""
     paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     unused = [p for p in prefixes if not any(_is_under(q, p) for q in paths)]
     if unused:
         tops = sorted({q.split("/")[0] for q in paths})
         raise ValueError(f"optim.freeze: {unused[0]!r} matches no parameter path (top-level "
                          f"names: {tops}; paths are joined by '/')")
+
+    def frozen(path: str) -> bool:
+        return any(_is_under(path, p) for p in prefixes)
+
+    for pattern in unfreeze:
+        if not any(frozen(q) and fnmatch.fnmatchcase(q, pattern) for q in paths):
+            raise ValueError(f"optim.unfreeze: {pattern!r} matches no frozen parameter path "
+                             f"(e.g. {paths[0]!r}; fnmatch patterns over paths joined by '/')")
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: "frozen" if any(_is_under(path_of(kp), p) for p in prefixes)
-        else "train", params)
+        lambda kp, _: "frozen" if frozen(path_of(kp)) and not any(
+            fnmatch.fnmatchcase(path_of(kp), u) for u in unfreeze) else "train", params)
 
 
 def no_decay(path: str) -> bool:
@@ -353,9 +367,14 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
                 optax.clip_by_global_norm)(cfg.grad_clip)
         tx = optax.chain(clip, tx)
     prefixes = frozen_prefixes(cfg.get("freeze"), encoder_name)
+    unfreeze = cfg.get("unfreeze") or ()
+    unfreeze = (unfreeze,) if isinstance(unfreeze, str) else tuple(str(u) for u in unfreeze)
+    if unfreeze and not prefixes:
+        raise ValueError("optim.unfreeze names parameters trained under optim.freeze, which "
+                         "is not set")
     if prefixes:  # clipping and the optimizer see the trained parameters only
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                   lambda params: freeze_labels(params, prefixes))
+                                   lambda params: freeze_labels(params, prefixes, unfreeze))
     decay = float(cfg.get("layer_decay") or 0.0)
     if decay and decay != 1.0:  # on the whole tree: L counts frozen blocks too
         if not 0.0 < decay < 1.0:

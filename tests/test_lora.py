@@ -1,0 +1,134 @@
+"""LoRA on the slice encoder's q and v (BrainDINO's downstream option): the adapters start as
+the plain encoder, fold into its qkv weight (so the adapted encoder goes back to the
+originals' layout, checked by transformers' DINOv3ViTModel), train alone under a frozen
+encoder (``optim.unfreeze``), and the end-to-end whole-scan model (``slice_scan``) is the
+frozen-feature probe at initialisation."""
+
+import os
+
+os.environ.setdefault("XFORMERS_DISABLED", "1")
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from flax import traverse_util  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from jaxbrain.convert import dino as cdino  # noqa: E402
+from jaxbrain.inference import features  # noqa: E402
+from jaxbrain.models.dino import DinoViT, dino_preset  # noqa: E402
+from jaxbrain.models.slice_heads import SliceHead, SliceScanViT  # noqa: E402
+from jaxbrain.models.vit import LORA_MODULES, merge_lora  # noqa: E402
+from jaxbrain.training import optim  # noqa: E402
+
+TINY = dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, img_size=32,
+            drop_path=0.0, layer_scale_init=0.5)
+
+
+def _perturbed(params, seed: int, scale: float = 0.2):
+    """Every LoRA up-projection (zero at initialisation) drawn at random."""
+    key = jax.random.key(seed)
+
+    def draw(kp, v):
+        nonlocal key
+        names = [getattr(k, "key", None) for k in kp]
+        if len(names) > 1 and names[-2] in ("lora_b_q", "lora_b_v"):
+            key, sub = jax.random.split(key)
+            return v + scale * jax.random.normal(sub, v.shape, v.dtype)
+        return v
+    return jax.tree_util.tree_map_with_path(draw, params)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+
+
+@pytest.mark.parametrize("alpha", [None, 16.0])
+def test_adapters_start_as_the_plain_encoder_and_merge(x, alpha):
+    kw = dino_preset("braindino_vitb16", **TINY)
+    plain, adapted = DinoViT(**kw), DinoViT(**kw, lora_rank=4, lora_alpha=alpha)
+    params = nn.meta.unbox(adapted.init(jax.random.key(0), x))["params"]
+    qkv = params["blocks_0"]["attn"]["qkv"]
+    assert sorted(qkv) == sorted(("kernel", *LORA_MODULES))
+    assert qkv["lora_a_q"]["kernel"].shape == (32, 4) and qkv["lora_b_v"]["kernel"].shape == (4, 32)
+    bound = 1.0 / np.sqrt(32)  # kaiming_uniform_(a=sqrt(5)) of an (r, in) weight
+    a = np.asarray(qkv["lora_a_v"]["kernel"])
+    assert np.abs(a).max() <= bound and np.abs(a).max() > 0.5 * bound
+    assert not np.any(qkv["lora_b_q"]["kernel"])
+    base = merge_lora(params, alpha)
+    np.testing.assert_array_equal(plain.apply({"params": base}, x), adapted.apply({"params": params}, x))
+
+    tuned = _perturbed(params, 1)
+    out = adapted.apply({"params": tuned}, x)
+    assert np.abs(out - adapted.apply({"params": params}, x)).max() > 1e-2  # the adapters act
+    np.testing.assert_allclose(plain.apply({"params": merge_lora(tuned, alpha)}, x), out, atol=2e-5)
+    # Only q and v move: the k third of the merged kernel is the base one.
+    merged = merge_lora(tuned, alpha)["blocks_1"]["attn"]["qkv"]["kernel"]
+    np.testing.assert_array_equal(merged[:, 32:64], tuned["blocks_1"]["attn"]["qkv"]["kernel"][:, 32:64])
+
+
+def test_merged_adapters_reach_dinov3_in_transformers():
+    """A LoRA-tuned BrainDINO encoder, merged and written in DINOv3's layout, is read by
+    transformers' DINOv3ViTModel (strict) and gives the adapted encoder's tokens."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    kw = dino_preset("braindino_vitb16", **dict(TINY, hidden_size=64, num_heads=4, mlp_dim=256))
+    adapted = DinoViT(**kw, lora_rank=8)
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    tuned = _perturbed(nn.meta.unbox(adapted.init(jax.random.key(0), x))["params"], 3)
+    plain = DinoViT(**kw)
+    hf_state = cdino.to_hf(cdino.save_torch(merge_lora(tuned), plain), plain)
+    cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                          num_attention_heads=4, image_size=32, patch_size=8,
+                          num_register_tokens=4, layer_norm_eps=1e-6, query_bias=False,
+                          key_bias=False, value_bias=False)
+    hf = DINOv3ViTModel(cfg).eval()
+    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in hf_state.items()}, strict=True)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(adapted.apply({"params": tuned}, x),
+                               ref.last_hidden_state.numpy(), atol=1e-4)
+
+
+def test_unfreeze_trains_the_adapters_of_a_frozen_encoder():
+    model = SliceScanViT(**dino_preset("braindino_vitb16", **TINY), lora_rank=2, num_classes=2,
+                         head_num_heads=2)
+    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32))))["params"]
+    labels = optim.freeze_labels(params, ("encoder",), ("*/lora_*",))
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(labels).items()}
+    trained = sorted(k for k, v in flat.items() if v == "train")
+    assert all("/lora_" in k or k.startswith("head/") for k in trained)
+    assert sum("/lora_" in k for k in trained) == 2 * 4  # 2 blocks x 4 adapters
+    assert flat["encoder/blocks_0/attn/qkv/kernel"] == "frozen"
+    with pytest.raises(ValueError, match=r"optim.unfreeze: '\*/lorra_\*' matches no frozen"):
+        optim.freeze_labels(params, ("encoder",), ("*/lorra_*",))
+    with pytest.raises(ValueError, match="optim.freeze, which is not set"):
+        optim.make_optimizer(ConfigDict({"name": "adam", "lr": 1e-3, "unfreeze": ("*/lora_*",)}), 10)
+    tx, _ = optim.make_optimizer(ConfigDict({"name": "adam", "lr": 1e-2, "freeze": "encoder",
+                                             "unfreeze": ["*/lora_*"]}), 10, encoder_name="encoder")
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    up = {"/".join(k): v for k, v in traverse_util.flatten_dict(updates).items()}
+    assert not np.any(up["encoder/blocks_1/mlp/linear1/kernel"])
+    assert np.all(up["encoder/blocks_1/attn/qkv/lora_b_v/kernel"] != 0)
+
+
+def test_slice_scan_at_initialisation_is_the_frozen_feature_probe():
+    """The end-to-end model's logits = the head on the cached-feature path's per-slice CLS of
+    the same encoder weights (zero up-projections)."""
+    kw = dino_preset("braindino_vitb16", **TINY)
+    model = SliceScanViT(**kw, lora_rank=8, num_classes=3, head_pool="attention", head_num_heads=2)
+    stack = np.asarray(jax.random.normal(jax.random.key(4), (2, 5, 32, 32)), np.float32)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), stack[:1]))
+    logits = model.apply(variables, stack)
+    encoder = features.Encoder(DinoViT(**kw), {"params": merge_lora(variables["params"]["encoder"])},
+                               {}, {})
+    feats = np.stack([encoder(np.repeat(s[..., None], 3, -1), batch=4) for s in stack])
+    head = SliceHead(in_channels=32, num_classes=3, pool="attention", num_heads=2)
+    ref = head.apply({"params": variables["params"]["head"]}, jnp.asarray(feats))
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="slice stacks"):
+        model.apply(variables, stack[0])
