@@ -132,3 +132,81 @@ def test_slice_scan_at_initialisation_is_the_frozen_feature_probe():
     np.testing.assert_allclose(logits, ref, atol=1e-5)
     with pytest.raises(ValueError, match="slice stacks"):
         model.apply(variables, stack[0])
+
+
+# ----------------------------------------------------------------------------------------
+# BrainDINO's SliceStudent layout (jaxbrain.convert.slice_probe).
+
+
+def _torch_slice_student(state, plain_model, cfg_kwargs, num_classes, pooling):
+    """The SliceStudent forward pass in PyTorch from a state dict in its layout: the LoRA
+    wrapper's ``qkv[..., :D] += b_q(a_q(x))``, ``qkv[..., -D:] += b_v(a_v(x))`` is the same
+    as adding ``B A`` to the q and v rows of the weight, so the backbone is DINOv3's (through
+    transformers' DINOv3ViTModel, strict); the head is SliceStudent's nn.Sequential."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    backbone = {k[len("student."):]: np.array(v) for k, v in state.items() if k.startswith("student.")}
+    d = cfg_kwargs["hidden_size"]
+    for key in [k for k in backbone if k.endswith(".attn.qkv.qkv.weight")]:
+        stem = key[:-len("qkv.weight")]
+        w = backbone.pop(key)
+        w[:d] += backbone.pop(stem + "linear_b_q.weight") @ backbone.pop(stem + "linear_a_q.weight")
+        w[-d:] += backbone.pop(stem + "linear_b_v.weight") @ backbone.pop(stem + "linear_a_v.weight")
+        backbone[stem[:-1] + ".weight"] = w
+    hf = DINOv3ViTModel(DINOv3ViTConfig(**cfg_kwargs)).eval()
+    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in cdino.to_hf(backbone, plain_model).items()},
+                       strict=True)
+    head = torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, d), torch.nn.GELU(),
+                               torch.nn.Linear(d, num_classes))
+    name = "reg_head" if num_classes == 1 else "cls_head"
+    head.load_state_dict({k[len(name) + 1:]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                          if k.startswith(name + ".")}, strict=True)
+    att = None
+    if pooling == "attention":
+        att = torch.nn.Linear(d, 1)
+        att.load_state_dict({k[len("att_pool.att."):]: torch.from_numpy(np.array(v))
+                             for k, v in state.items() if k.startswith("att_pool.att.")}, strict=True)
+
+    def forward(stack):  # (B, S, H, W) -> logits
+        b, s = stack.shape[:2]
+        x = torch.from_numpy(np.array(stack)).reshape(b * s, 1, *stack.shape[2:]).repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            cls = hf(pixel_values=x).last_hidden_state[:, 0].reshape(b, s, -1)
+            pooled = cls.mean(1) if att is None else (torch.softmax(att(cls), dim=1) * cls).sum(1)
+            return head(pooled).numpy()
+    return forward
+
+
+@pytest.mark.parametrize("pooling,num_classes", [("mean", 3), ("attention", 1)])
+def test_slice_student_layout_both_ways(pooling, num_classes):
+    from jaxbrain.convert import core, slice_probe
+    kw = dino_preset("braindino_vitb16", **dict(TINY, hidden_size=64, num_heads=4, mlp_dim=256))
+    model = SliceScanViT(**kw, lora_rank=4, num_classes=num_classes, head_pool=pooling,
+                         head_num_heads=2)
+    stack = np.asarray(jax.random.normal(jax.random.key(5), (2, 3, 32, 32)), np.float32)
+    tuned = _perturbed(nn.meta.unbox(model.init(jax.random.key(0), stack[:1]))["params"], 6)
+    state = core.save(tuned, model, slice_probe.FAMILY, None)
+    head = "reg_head" if num_classes == 1 else "cls_head"
+    assert state["student.blocks.1.attn.qkv.linear_a_q.weight"].shape == (4, 64)
+    assert state["student.blocks.1.attn.qkv.linear_b_v.weight"].shape == (64, 4)
+    assert state["student.blocks.0.attn.qkv.qkv.weight"].shape == (192, 64)
+    assert state[f"{head}.3.weight"].shape == (num_classes, 64) and "student.storage_tokens" in state
+    assert ("att_pool.att.weight" in state) == (pooling == "attention")
+    cfg = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+               image_size=32, patch_size=8, num_register_tokens=4, layer_norm_eps=1e-6,
+               query_bias=False, key_bias=False, value_bias=False)
+    forward = _torch_slice_student(state, DinoViT(**kw), cfg, num_classes, pooling)
+    np.testing.assert_allclose(model.apply({"params": tuned}, stack), forward(stack), atol=1e-4)
+
+    # A SliceStudent file holds more than the probe uses: those keys are ignored, by name.
+    extra = {**state, "slice_transformer.encoder.layers.0.linear1.weight": np.zeros((8, 64), np.float32),
+             ("cls_head" if num_classes == 1 else "reg_head") + ".3.weight": np.zeros((1, 64), np.float32)}
+    if pooling == "mean":
+        extra["att_pool.att.weight"] = np.zeros((1, 64), np.float32)
+    back, report = core.load(extra, model, slice_probe.FAMILY)
+    assert report.ok and report.source_format.startswith("SliceStudent (DINOv3 original, LoRA")
+    assert len(report.ignored) == len(extra) - len(state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(tuned)):
+        np.testing.assert_array_equal(a, b)
+    assert slice_probe.config_for(state, "slice_scan")["lora_rank"] == 4
+    with pytest.raises(core.CheckpointMismatchError, match="build with lora_rank=<their rank>"):
+        core.load(state, SliceScanViT(**kw, num_classes=num_classes, head_pool=pooling), slice_probe.FAMILY)

@@ -24,17 +24,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxbrain.convert import core, densenet, dino, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
-from jaxbrain.convert import inflate
+from jaxbrain.convert import inflate, slice_probe
 from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
 from jaxbrain.models import DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 from jaxbrain.models.cnn3d import DenseNet, ResNet
 from jaxbrain.models.dino_heads import DinoStudent
+from jaxbrain.models.slice_heads import SliceHead, SliceScanViT
 
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
 FAMILIES = {
     DinoStudent: dino.STUDENT_FAMILY,  # before DinoViT, its base class
+    SliceScanViT: slice_probe.FAMILY,  # likewise
+    SliceHead: slice_probe.FAMILY,
     DinoViT: dino.FAMILY,  # before ViTEncoder, its base class
     ViT: vit.FAMILY,
     ViTEncoder: vit.FAMILY,
