@@ -293,3 +293,20 @@ def test_lora_probe_through_the_loop(table, tmp_path):
         val = [json.loads(line) for line in f if "val/auc" in line]
     summary = evaluate.evaluate_scans(loop_config(workdir), workdir, str(tmp_path / "eval"))
     assert summary["scans"] == 6 and summary["metrics"]["auc"] in [r["val/auc"] for r in val]
+
+    # The adapted encoder alone, adapters merged, in DINOv3's layout: the same slice features.
+    from jaxbrain.convert import load_torch
+    from jaxbrain.convert.__main__ import main as convert_main
+    from jaxbrain.models.dino import DinoViT
+    out = str(tmp_path / "encoder.pt")
+    assert convert_main(["to-torch", workdir, out, "--encoder"]) == 0
+    run = runs.load_run(workdir)
+    kw = {**run.model.encoder_kwargs(), "lora_rank": 0}
+    backbone = DinoViT(**kw)
+    params, report = load_torch(out, backbone)
+    assert report.ok and report.source_format == "DINOv3 original"
+    x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+    adapted = DinoViT(**run.model.encoder_kwargs())
+    np.testing.assert_allclose(backbone.apply({"params": params}, x),
+                               adapted.apply({"params": run.variables["params"]["encoder"]}, x),
+                               atol=2e-5)

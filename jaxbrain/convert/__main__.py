@@ -163,6 +163,21 @@ def cmd_from_torch(args) -> int:
     return 0
 
 
+def _encoder_alone(model, variables, name: str):
+    """(a DinoViT, its params): the slice encoder of ``model`` (under ``encoder``) with its
+    LoRA adapters folded into the qkv weights."""
+    from jaxbrain.models.dino import DinoViT
+    from jaxbrain.models.vit import ENCODER_FIELDS, merge_lora
+    params = variables.get("params", variables)
+    if not hasattr(model, "encoder_kwargs") or "encoder" not in params:
+        raise SystemExit(f"--encoder: {name} has no slice encoder under 'encoder' (slice_scan, "
+                         "dino_student, dino_seg do)")
+    kwargs = {k: v for k, v in model.encoder_kwargs().items() if k in ENCODER_FIELDS}
+    alpha = kwargs.pop("lora_alpha", None)
+    kwargs["lora_rank"] = 0
+    return DinoViT(**kwargs), merge_lora(params["encoder"], alpha)
+
+
 def cmd_to_torch(args) -> int:
     from jaxbrain.convert import family_of, save_torch
 
@@ -188,7 +203,9 @@ def cmd_to_torch(args) -> int:
     model = models.from_config(model_config)
     if family_of(model).collections == ("params",):
         variables = variables["params"]
-    if args.layout != "original" or args.block_chunks:
+    if args.encoder:
+        model, variables = _encoder_alone(model, variables, model_config["name"])
+    if args.layout != "original" or args.block_chunks or args.encoder:
         from jaxbrain.convert import dino
         if family_of(model) is not dino.FAMILY:
             raise SystemExit(f"--layout / --block-chunks: DINO backbones (dino_vit) only, not "
@@ -200,6 +217,8 @@ def cmd_to_torch(args) -> int:
     origin = f" from {src} step {step}" if step is not None else ""
     if which == "teacher":
         origin += " (its EMA teacher; --weights student for the optimised parameters)"
+    if args.encoder:
+        origin += ": its encoder as a DINO backbone, LoRA adapters merged"
     print(f"wrote {args.output}: {len(state)} tensors for {model_config['name']}{origin}")
     return 0
 
@@ -261,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", default="original", choices=("original", "hf"),
                    help="DINO backbones: the original's names (DINOv3 / DINOv2) or transformers' "
                    "(DINOv3ViTModel / Dinov2Model)")
+    p.add_argument("--encoder", action="store_true",
+                   help="models with a DINO slice encoder (slice_scan, dino_student, dino_seg): "
+                   "write the encoder alone as a DINO backbone, LoRA adapters merged into qkv")
     p.add_argument("--block-chunks", type=int, default=0,
                    help="DINOv2 backbones: blocks.{chunk}.{i} keys in this many chunks (0: flat)")
     p.set_defaults(fn=cmd_to_torch)

@@ -73,8 +73,12 @@ def _head_key(model, path: Path) -> str:
 
 
 def torch_key(model, path: Path) -> str:
+    if not hasattr(model, "encoder_kwargs"):  # SliceHead: the head's layers at the top
+        return _head_key(model, path)
+    if path[0] == "head":
+        return _head_key(model, path[1:])
     if path[0] != "encoder":
-        return _head_key(model, path[1:] if path[0] == "head" else path)
+        raise ValueError(f"{'/'.join(path)}: not under encoder or head")
     inner = path[1:]
     if _lora(model) and len(inner) >= 4 and inner[1:3] == ("attn", "qkv"):
         block = inner[0].removeprefix("blocks_")
