@@ -15,7 +15,9 @@ computed once and cached, and a small head trains on those features through the 
       --config.data.root=/data/adni/labels.csv --config.init.orbax=runs/braindino_pretrain
 
 Presets (``:arg``, comma-separated): task ``ad`` (default: CN vs AD) | ``pd`` (control vs
-PD) | ``sex`` (F vs M) | ``age`` (brain age, MAE); pooling over slices ``mean`` (default) |
+PD) | ``sex`` (F vs M) | ``age`` (brain age, MAE) | ``sequence`` (BraTS sequence type: T1, T1ce,
+T2, FLAIR, one table row per image, from ``python -m jaxbrain.data sequence-table``; macro
+AUC); pooling over slices ``mean`` (default) |
 ``attention`` | ``transformer`` (2 blocks); ``lora`` (the encoder adapted rather than frozen:
 LoRA rank 8 on every block's q and v, trained with the head through the encoder on cached
 slice stacks, ``data.source="scan_slices"``, model ``slice_scan``; the encoder's weights
@@ -42,11 +44,14 @@ rest); regression AdamW 1e-3 with weight decay 1e-4 on standardised targets (MSE
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from jaxbrain.data import tables
 from jaxbrain.models.dino import dino_preset
 from jaxbrain.training.config import presets, sibling_module
 
 _shared = sibling_module(__file__, "_whole_scan")
-TASKS = ("ad", "pd", "sex", "age")
+TASKS = ("ad", "pd", "sex", "age", "sequence")
+# Class order per classification task (sequence: BraTS sequence type, one row per image).
+CLASSES = {**_shared.CLASSES, "sequence": tables.SEQUENCES}
 POOLS = ("mean", "attention", "transformer")
 ENCODERS = {"braindino": "braindino_vitb16", "dinov3": "dinov3_vitb16",
             "dinov2": "dinov2_vitb14"}
@@ -88,8 +93,8 @@ def get_config(arg: str = ""):
 
     c.data = dict(
         source="features", layout="table", root=placeholder(str), image_root=placeholder(str),
-        task={"age": "age", "sex": "sex"}.get(task, "diagnosis"),
-        classes=_shared.CLASSES.get(task), images=placeholder(tuple), drop_missing=False,
+        task={"age": "age", "sex": "sex", "sequence": "sequence"}.get(task, "diagnosis"),
+        classes=CLASSES.get(task), images=placeholder(tuple), drop_missing=False,
         num_folds=5, fold=0, split_seed=0, held_out_site=placeholder(str),
         test_fold=placeholder(int), test_table=placeholder(str),
         train_fraction=1.0, subset_seed=0, preprocess="", augment="", roi=None,
@@ -100,7 +105,7 @@ def get_config(arg: str = ""):
                    n_slices=16 if demo else 128, slice_size=32 if demo else 224, channel=0,
                    batch=16 if demo else 32, cache=placeholder(str), seed=0)
 
-    num_classes = 1 if task == "age" else len(_shared.CLASSES[task])
+    num_classes = 1 if task == "age" else len(CLASSES[task])
     c.model = dict(name="slice_head", in_channels=enc["hidden_size"], num_classes=num_classes,
                    pool=pool, depth=2, num_heads=2 if demo else 8)
     if lora:  # the encoder adapted, not frozen: slice stacks in, LoRA on q and v + the head
@@ -124,10 +129,14 @@ def get_config(arg: str = ""):
         c.optim.update(freeze="encoder", unfreeze=("*/lora_*",))
     c.eval = dict(age_bias=task == "age", max_cases=placeholder(int))
 
-    if demo:
+    if demo and task == "sequence":  # 20 synthetic BraTS cases, 4 images each
+        c.data.update(num_folds=4, synthetic=dict(kind="brats_sequences", n=20,
+                                                  shape=(48, 48, 32), seed=0, anatomy="auto"))
+    elif demo:
         c.data.update(num_folds=4, synthetic=dict(
             kind="cohort", n=80, shape=(46, 55, 46), seed=0, sites=3, followup=0.0,
             anatomy="auto", **_shared.DEMO_COHORTS[task]))
+    if demo:
         c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 600, 100, 100, 100
         c.optim.lr = 3e-3
     return c

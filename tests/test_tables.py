@@ -75,6 +75,38 @@ def test_age_sex_and_column_regression_tasks(tmp_path):
     assert all(c.target is None for c in tables.load_table(path, task=None).cases)
 
 
+def test_categorical_column_task_and_the_brats_sequence_table(tmp_path, capsys):
+    path = _table(tmp_path / "t", ADNI.replace("MMSE", "APOE").replace(",29\n", ",e4\n")
+                  .replace(",28\n", ",E4\n").replace(",20\n", ",e3\n").replace(",27\n", ",e3\n")
+                  .replace(",26\n", ",e2\n").replace(",19\n", ",e_3\n"))
+    table = tables.load_table(path, task="APOE", classes=("E3", "e4"))
+    assert [c.target for c in table.cases] == [1, 1, 0, 0]  # case-insensitive; others dropped
+    assert table.classes == ("E3", "e4") and table.dropped == {"APOE e2": 1, "APOE e_3": 1}
+    with pytest.raises(ValueError, match="at least two different"):
+        tables.load_table(path, task="APOE", classes=("e3", "E3"))
+    with pytest.raises(ValueError, match="regression task 'age'"):
+        tables.load_table(path, task="age", classes=("e3", "e4"))
+
+    from jaxbrain.data import synthetic
+    from jaxbrain.data.__main__ import main as data_main
+    synthetic.write_brats(tmp_path / "brats", 2, shape=(16, 16, 12), anatomy="procedural")
+    out = str(tmp_path / "brats_sequences.csv")
+    data_main(["sequence-table", "--root", str(tmp_path / "brats"), "--out", out])
+    assert "wrote" in capsys.readouterr().out
+    table = tables.load_table(out, task="sequence", classes=tables.SEQUENCES)
+    assert len(table.cases) == 8 and sorted({c.meta["subject"] for c in table.cases}) == \
+        sorted(c.id for c in layouts.brats(str(tmp_path / "brats")))
+    for case in table.cases:  # each image's class is its sequence
+        name = os.path.basename(case.images[0])
+        suffix = {"T1": "_t1.nii.gz", "T1ce": "_t1ce.nii.gz", "T2": "_t2.nii.gz",
+                  "FLAIR": "_flair.nii.gz"}[tables.SEQUENCES[int(case.target)]]
+        assert name.endswith(suffix) and os.path.exists(case.images[0])
+    folds = {}  # a case's four images stay in one fold
+    for case in splits.kfold(table.cases, 2, seed=0):
+        folds.setdefault(case.meta["subject"], set()).add(case.fold)
+    assert all(len(f) == 1 for f in folds.values()) and len(folds) == 2
+
+
 def test_ppmi_vocabulary_tsv_and_sniffed_delimiter(tmp_path):
     rows = ["PATNO\tEVENT_ID\timage\tCOHORT\tAge", "3001\tBL\ta.nii.gz\tParkinson's Disease\t61",
             "3002\tBL\tb.nii.gz\tHealthy Control\t58", "3003\tBL\tc.nii.gz\t  pd \t70",

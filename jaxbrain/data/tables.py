@@ -42,7 +42,11 @@ The task decides ``Case.target``:
     classes present, in the order above), e.g. ``classes=("CN", "AD")`` gives CN 0, AD 1;
     rows of other classes are dropped and counted in :attr:`Table.dropped`.
   * ``"sex"``: index in ``classes`` (default ``("F", "M")``).
-  * ``"age"`` or any other column name: the column's number (regression).
+  * ``"age"`` or any other column name: the column's number (regression);
+  * another column name with ``classes``: a categorical column (e.g. BraTS sequence type,
+    a mutation status, a survival group): the index of the row's value in ``classes``
+    (case-insensitive; spaces, ``_`` and ``-`` alike); rows of other values are dropped and
+    counted in :attr:`Table.dropped`.
   * ``None``: no target (e.g. pretraining on the table's scans).
 
 The column a task reads must be valid on every row: a missing or unreadable value is an error
@@ -365,10 +369,17 @@ class _TaskReader:
             else:
                 self.classes = None if task == "diagnosis" else ("F", "M")
             return
-        if classes is not None:
+        if classes is not None and task == "age":
             raise ValueError(f"classes given for the regression task {task!r}")
         self.column = fields["age"] if task == "age" else \
             {_key(h): h for h in header}.get(_key(task))
+        if classes is not None:  # a categorical column: its values are the class names
+            names = [normalise(str(c)) for c in classes]
+            if len(set(names)) != len(names) or len(names) < 2:
+                raise ValueError(f"classes {tuple(classes)}: expected at least two different "
+                                 "class names")
+            self.lookup = {n: str(c) for n, c in zip(names, classes)}
+            self.classes = tuple(str(c) for c in classes)
         if self.column is None:
             what = f"one of {list(ALIASES['age'])}" if task == "age" else repr(task)
             raise DataError(f"{path}: task {task!r} needs a column {what}, header is {header}")
@@ -402,6 +413,11 @@ class _TaskReader:
             if value not in self.classes:
                 return None, f"class {value}"
             return float(self.classes.index(value)), None
+        if self.classes is not None:  # categorical: rows of other values dropped and counted
+            value = self.lookup.get(normalise(raw))
+            if value is None:
+                return None, f"{self.task} {raw.strip()}"
+            return float(self.classes.index(value)), None
         try:
             value = float(raw)
         except ValueError:
@@ -417,3 +433,38 @@ def _known_text(lookup: Mapping[str, str]) -> str:
     for synonym, name in lookup.items():
         groups.setdefault(name, []).append(synonym)
     return "; ".join(f"{name}: {', '.join(s)}" for name, s in groups.items())
+
+
+# BraTS sequence type (BrainDINO's task): the classes, and the BraTS channel of each.
+SEQUENCES = ("T1", "T1ce", "T2", "FLAIR")
+_BRATS_SEQUENCES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+
+
+def write_sequence_table(cases: Sequence[layouts.Case], path: str,
+                         channels: Sequence[str] = layouts.BRATS_CHANNELS) -> int:
+    """Writes a label table of sequence type from multi-sequence cases (a BraTS layout's:
+    ``layouts.brats``, images in ``channels`` order): one row per image, ``subject`` (the
+    case), ``session`` and ``sequence`` (T1, T1ce, T2 or FLAIR), ``image`` (relative to the
+    table's folder when under it). Read it with ``task="sequence", classes=SEQUENCES``; the
+    subject column keeps a case's images in one fold. Returns the number of rows."""
+    unknown = [c for c in channels if c not in _BRATS_SEQUENCES]
+    if unknown:
+        raise ValueError(f"channels {tuple(channels)}: {unknown} are not BraTS sequences "
+                         f"{sorted(_BRATS_SEQUENCES)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    rows = 0
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject", "session", "image", "sequence"])
+        for case in cases:
+            if len(case.images) != len(channels):
+                raise DataError(f"case {case.id}: {len(case.images)} images, expected "
+                                f"{len(channels)} ({', '.join(channels)})")
+            for channel, image in zip(channels, case.images):
+                image = os.path.abspath(image)
+                rel = os.path.relpath(image, folder)
+                name = _BRATS_SEQUENCES[channel]
+                writer.writerow([case.id, name, image if rel.startswith("..") else rel, name])
+                rows += 1
+    return rows

@@ -12,10 +12,11 @@
                        reads it back from there on resume (and in evaluation)
     data.subject_list  layout "subjects" with a folder as root: its CSV/JSON list (subjects.csv)
     data.val_every     instead of folds: every k-th case (by sorted id) is held out (0: off)
-    data.synthetic     {"kind": "brats"|"atlas"|"unlabeled"|"cohort", "n", "shape",
-                       "anatomy", ...}: write synthetic data under workdir/data once and use it
-                       (cohort also takes sites, groups, ages, pd, followup, workers:
-                       :func:`jaxbrain.data.cohort.write_cohort`)
+    data.synthetic     {"kind": "brats"|"atlas"|"unlabeled"|"cohort"|"brats_sequences", "n",
+                       "shape", "anatomy", ...}: write synthetic data under workdir/data once
+                       and use it (cohort also takes sites, groups, ages, pd, followup,
+                       workers: :func:`jaxbrain.data.cohort.write_cohort`; brats_sequences:
+                       BraTS cases and their sequence-type table, one row per image)
     data.train_fraction  train on this fraction of the training cases (a fixed random subset
                        drawn with data.subset_seed), for label-efficiency studies; layout
                        "table": a stratified fraction of the training *subjects*
@@ -26,7 +27,8 @@ Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tabl
 
     data.root          the CSV / TSV file, or a folder holding labels.csv / labels.tsv /
                        participants.tsv (image paths relative to it unless data.image_root)
-    data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target),
+    data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target) |
+                       another column with data.classes (categorical, e.g. "sequence"),
                        or several, e.g. ("age", "sex", "diagnosis"): Case.target is then the
                        tuple of the scan's targets in that order (batch["target"] (B, T)),
                        data.classes None or {task: class order}; folds are stratified by
@@ -67,8 +69,17 @@ from jaxbrain import parallel
 from jaxbrain.data import cohort, layouts, pipeline, splits, synthetic, tables
 from jaxbrain.data.nifti import DataError
 
+def _write_brats_sequences(root: str, n: int, **kwargs) -> None:
+    """Synthetic BraTS cases under ``root/brats`` and their sequence-type table
+    ``root/labels.csv`` (one row per image: BrainDINO's sequence task)."""
+    synthetic.write_brats(os.path.join(root, "brats"), n, **kwargs)
+    tables.write_sequence_table(layouts.brats(os.path.join(root, "brats")),
+                                os.path.join(root, "labels.csv"))
+
+
 _WRITERS = {"brats": synthetic.write_brats, "atlas": synthetic.write_atlas,
-            "unlabeled": synthetic.write_unlabeled, "cohort": cohort.write_cohort}
+            "unlabeled": synthetic.write_unlabeled, "cohort": cohort.write_cohort,
+            "brats_sequences": _write_brats_sequences}
 
 
 COHORT_OPTIONS = ("sites", "groups", "ages", "pd", "followup", "workers")
@@ -88,7 +99,7 @@ def _synthetic_root(cfg, workdir: str) -> str:
     if jax.process_index() == 0 and not os.path.exists(done):
         kwargs = {"shape": tuple(spec.shape), "seed": spec.get("seed", 0),
                   "anatomy": spec.get("anatomy", "auto")}
-        if spec.kind == "brats":
+        if spec.kind in ("brats", "brats_sequences"):
             kwargs["version"] = spec.get("version", 2021)
         if spec.kind == "cohort":
             kwargs.update({k: _plain(spec[k]) for k in COHORT_OPTIONS if spec.get(k) is not None})
