@@ -17,7 +17,8 @@ computed once and cached, and a small head trains on those features through the 
 Presets (``:arg``, comma-separated): task ``ad`` (default: CN vs AD) | ``pd`` (control vs
 PD) | ``sex`` (F vs M) | ``age`` (brain age, MAE) | ``sequence`` (BraTS sequence type: T1, T1ce,
 T2, FLAIR, one table row per image, from ``python -m jaxbrain.data sequence-table``; macro
-AUC); pooling over slices ``mean`` (default) |
+AUC) | ``stroke`` (ATLAS days post stroke, BrainDINO's table ``Days Post Stroke,image_path``;
+log(1 + days) with the Huber loss, MAE in days; no demo); pooling over slices ``mean`` (default) |
 ``attention`` | ``transformer`` (2 blocks); ``lora`` (the encoder adapted rather than frozen:
 LoRA rank 8 on every block's q and v, trained with the head through the encoder on cached
 slice stacks, ``data.source="scan_slices"``, model ``slice_scan``; the encoder's weights
@@ -49,7 +50,8 @@ from jaxbrain.models.dino import dino_preset
 from jaxbrain.training.config import presets, sibling_module
 
 _shared = sibling_module(__file__, "_whole_scan")
-TASKS = ("ad", "pd", "sex", "age", "sequence")
+TASKS = ("ad", "pd", "sex", "age", "sequence", "stroke")
+REGRESSIONS = ("age", "stroke")
 # Class order per classification task (sequence: BraTS sequence type, one row per image).
 CLASSES = {**_shared.CLASSES, "sequence": tables.SEQUENCES}
 POOLS = ("mean", "attention", "transformer")
@@ -105,7 +107,13 @@ def get_config(arg: str = ""):
                    n_slices=16 if demo else 128, slice_size=32 if demo else 224, channel=0,
                    batch=16 if demo else 32, cache=placeholder(str), seed=0)
 
-    num_classes = 1 if task == "age" else len(CLASSES[task])
+    if task == "stroke":  # BrainDINO's ATLAS table: "Days Post Stroke,image_path"
+        if demo:
+            raise ValueError("configs/braindino_probe.py: stroke has no demo data (the "
+                             "synthetic cohorts carry no days post stroke)")
+        c.data.update(task="Days Post Stroke", images=("image_path",),
+                      columns={"subject": "image_path"})
+    num_classes = 1 if task in REGRESSIONS else len(CLASSES[task])
     c.model = dict(name="slice_head", in_channels=enc["hidden_size"], num_classes=num_classes,
                    pool=pool, depth=2, num_heads=2 if demo else 8)
     if lora:  # the encoder adapted, not frozen: slice stacks in, LoRA on q and v + the head
@@ -118,6 +126,10 @@ def get_config(arg: str = ""):
     if task == "age":
         c.objective = dict(name="regression", loss="mse", target_mean=placeholder(float),
                            target_std=placeholder(float))
+        c.optim = dict(name="adamw", lr=1e-3, weight_decay=1e-4)
+    elif task == "stroke":  # log(1 + days), Huber 1.0, not standardised (the original's)
+        c.objective = dict(name="regression", loss="huber", huber_delta=1.0, transform="log1p",
+                           target_mean=0.0, target_std=1.0)
         c.optim = dict(name="adamw", lr=1e-3, weight_decay=1e-4)
     else:
         c.objective = dict(name="classification", num_classes=num_classes,

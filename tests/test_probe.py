@@ -310,3 +310,31 @@ def test_lora_probe_through_the_loop(table, tmp_path):
     np.testing.assert_allclose(backbone.apply({"params": params}, x),
                                adapted.apply({"params": run.variables["params"]["encoder"]}, x),
                                atol=2e-5)
+
+
+def test_stroke_preset_reads_braindinos_table_and_reports_days(table, tmp_path):
+    """configs/braindino_probe.py:stroke on a table in BrainDINO's ATLAS layout (``Days Post
+    Stroke,image_path``, no subject column): log(1 + days) with the Huber loss, MAE in days."""
+    import csv as csv_lib
+    with open(table) as f:
+        images = [os.path.join(os.path.dirname(table), r["t1"]) for r in csv_lib.DictReader(f)]
+    path = tmp_path / "train.csv"
+    path.write_text("Days Post Stroke,image_path\n"
+                    + "".join(f"{3 + 25 * i},{p}\n" for i, p in enumerate(images)))
+    c = load_config_file(CONFIG, "stroke")
+    demo = load_config_file(CONFIG, "demo")
+    with c.unlocked():
+        c.data.root, c.probe = str(path), demo.probe
+        c.probe.n_slices = 8
+        c.model.in_channels, c.model.num_heads = demo.model.in_channels, 2
+        c.total_steps, c.eval_every, c.ckpt_every, c.log_every = 20, 20, 20, 20
+        c.progress = False
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(c, workdir)
+    summary = evaluate.evaluate_scans(loop_config(workdir), workdir, str(tmp_path / "eval"))
+    assert summary["scans"] == 5 and summary["objective"]["transform"] == "log1p"
+    with open(tmp_path / "eval" / "predictions.csv") as f:
+        rows = list(csv_lib.DictReader(f))
+    targets = sorted(float(r["target"]) for r in rows)
+    assert set(targets) <= {3.0 + 25 * i for i in range(24)}  # days, not log days
+    assert summary["metrics"]["mae"] > 0

@@ -198,9 +198,28 @@ def test_regression_loss_by_hand():
     with pytest.raises(ValueError, match="target_std"):
         Regression(target_std=0.0)
     with pytest.raises(ValueError, match="objective.loss"):
-        Regression(loss="huber")
+        Regression(loss="hubert")
     with pytest.raises(ValueError, match="model output"):
         Regression().loss_and_metrics(jnp.zeros((3, 2)), target)
+
+
+def test_log1p_huber_regression_matches_torch():
+    """BrainDINO's days-post-stroke regression: log(1 + days), torch.nn.HuberLoss(delta=1)."""
+    import torch
+    days = np.array([3.0, 40.0, 400.0, 2000.0, 0.0, 90.0])
+    out = np.array([1.0, 2.0, 8.0, 7.0, 0.5, 4.5], np.float32)
+    obj = Regression("huber", 0.0, 1.0, transform="log1p", huber_delta=1.0)
+    loss, m = obj.loss_and_metrics(jnp.asarray(out), jnp.asarray(days, jnp.float32))
+    ref = torch.nn.HuberLoss(delta=1.0)(torch.from_numpy(out), torch.log1p(torch.from_numpy(days).float()))
+    assert float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert float(m["mae"]) == pytest.approx(np.mean(np.abs(np.expm1(out) - days)), rel=1e-5)
+    np.testing.assert_allclose(obj.predict(jnp.asarray(out)), np.expm1(out), rtol=1e-6)
+    fitted = Regression("huber", transform="log1p").fit(days)  # standardised in log units
+    assert fitted.target_mean == pytest.approx(np.log1p(days).mean())
+    with pytest.raises(ValueError, match="needs targets > -1"):
+        Regression(transform="log1p").fit([-2.0, 3.0])
+    with pytest.raises(ValueError, match="objective.transform"):
+        Regression(transform="log")
 
 
 @pytest.mark.parametrize("obj", [Classification(3, (1.0, 2.0, 0.5), 0.1),

@@ -186,27 +186,39 @@ class Classification:
 @dataclasses.dataclass(frozen=True)
 class Regression:
     """One value per scan, learned standardised: the model predicts
-    ``z = (target - target_mean) / target_std`` and is trained with the mean squared
-    (``loss="mse"``) or absolute (``"l1"``) error of z. Predictions and metrics are in the
-    target's own units (``prediction = output * target_std + target_mean``).
+    ``z = (t(target) - target_mean) / target_std`` and is trained with the mean squared
+    (``loss="mse"``), absolute (``"l1"``) or Huber (``"huber"``, PyTorch's ``HuberLoss``
+    with ``huber_delta``) error of z. ``transform`` t is the identity (``"none"``) or
+    ``"log1p"`` (BrainDINO's days-post-stroke target: log(1 + days)). Predictions and
+    metrics are in the target's own units (``prediction = t^-1(output * target_std +
+    target_mean)``).
 
     Attributes:
-      loss: "mse" or "l1".
-      target_mean, target_std: the standardisation; None is set by :meth:`fit` to the
-        training targets' mean and (population) standard deviation, and means 0 and 1 for an
-        objective that was never fitted.
+      loss: "mse", "l1" or "huber".
+      target_mean, target_std: the standardisation (of t(target)); None is set by
+        :meth:`fit` to the training targets' mean and (population) standard deviation, and
+        means 0 and 1 for an objective that was never fitted.
+      transform: "none" or "log1p" (targets must then be > -1).
+      huber_delta: the Huber loss's switch from quadratic to linear (in z units).
     """
 
     loss: str = "mse"
     target_mean: float | None = None
     target_std: float | None = None
+    transform: str = "none"
+    huber_delta: float = 1.0
 
     best_metric: ClassVar[str] = "mae"
     best_mode: ClassVar[str] = "min"
 
     def __post_init__(self):
-        if self.loss not in ("mse", "l1"):
-            raise ValueError(f"objective.loss must be 'mse' or 'l1', got {self.loss!r}")
+        if self.loss not in ("mse", "l1", "huber"):
+            raise ValueError(f"objective.loss must be 'mse', 'l1' or 'huber', got {self.loss!r}")
+        if self.transform not in ("none", "log1p"):
+            raise ValueError(f"objective.transform must be 'none' or 'log1p', got "
+                             f"{self.transform!r}")
+        if not self.huber_delta > 0:
+            raise ValueError(f"objective.huber_delta must be > 0, got {self.huber_delta}")
         if not np.isfinite(self.mean):
             raise ValueError(f"objective.target_mean must be finite, got {self.target_mean}")
         if not (np.isfinite(self.std) and self.std > 0):
@@ -228,6 +240,11 @@ class Regression:
         if y.size == 0 or not np.all(np.isfinite(y)):
             raise ValueError(f"regression fit: expected finite training targets, got {y.size} "
                              f"values{'' if y.size == 0 else ' with NaN or Inf among them'}")
+        if self.transform == "log1p":
+            if not np.all(y > -1):
+                raise ValueError(f"regression fit: transform='log1p' needs targets > -1, got "
+                                 f"minimum {y.min():g}")
+            y = np.log1p(y)
         changes = {}
         if self.target_mean is None:
             changes["target_mean"] = float(y.mean())
@@ -238,17 +255,29 @@ class Regression:
             changes["target_std"] = float(y.std())
         return dataclasses.replace(self, **changes) if changes else self
 
+    def _forward(self, y):
+        return jnp.log1p(y) if self.transform == "log1p" else y
+
+    def _inverse(self, y):
+        return jnp.expm1(y) if self.transform == "log1p" else y
+
     def predict(self, outputs: jax.Array) -> jax.Array:
         """Per-scan predictions in the target's units (B,) (jittable)."""
-        return _per_scan("model output", outputs) * self.std + self.mean
+        return self._inverse(_per_scan("model output", outputs) * self.std + self.mean)
 
     def loss_and_metrics(self, outputs: jax.Array, target: jax.Array) -> tuple[jax.Array, dict]:
         """Loss (standardised units) and ``mae`` (target units) of outputs and targets (B,)."""
         z_pred = _per_scan("model output", outputs)
         target = _per_scan("batch['target']", target, z_pred.shape[0])
-        error = z_pred - (target - self.mean) / self.std
-        loss = jnp.mean(error * error) if self.loss == "mse" else jnp.mean(jnp.abs(error))
-        mae = jnp.mean(jnp.abs(z_pred * self.std + self.mean - target))
+        error = z_pred - (self._forward(target) - self.mean) / self.std
+        if self.loss == "mse":
+            loss = jnp.mean(error * error)
+        elif self.loss == "l1":
+            loss = jnp.mean(jnp.abs(error))
+        else:
+            a, d = jnp.abs(error), self.huber_delta
+            loss = jnp.mean(jnp.where(a <= d, 0.5 * error * error, d * (a - 0.5 * d)))
+        mae = jnp.mean(jnp.abs(self._inverse(z_pred * self.std + self.mean) - target))
         return loss, {"loss": loss, "mae": mae}
 
     def compute(self, apply, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
