@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxbrain.convert import core, densenet, dino, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
-from jaxbrain.convert import inflate, slice_probe
+from jaxbrain.convert import dino_seg, inflate, slice_probe
 from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
-from jaxbrain.models import DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
+from jaxbrain.models import DinoSeg, DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
 from jaxbrain.models.cnn3d import DenseNet, ResNet
 from jaxbrain.models.dino_heads import DinoStudent
 from jaxbrain.models.slice_heads import SliceHead, SliceScanViT
@@ -35,6 +35,7 @@ from jaxbrain.models.slice_heads import SliceHead, SliceScanViT
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
 FAMILIES = {
+    DinoSeg: dino_seg.FAMILY,  # before ViTEncoder, its base class
     DinoStudent: dino.STUDENT_FAMILY,  # before DinoViT, its base class
     SliceScanViT: slice_probe.FAMILY,  # likewise
     SliceHead: slice_probe.FAMILY,
@@ -157,6 +158,9 @@ def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = T
         family = FROM_FAMILIES[layout]
     else:  # the keys decide (a file with other layouts is read twice)
         family = family_for_source(model, source, trust_pickle)
+    if family is dino_seg.FAMILY:  # to3's rows past in_channels (convert.dino_seg)
+        return dino_seg.load_torch(source, model, strict, params=params, encoder_only=encoder_only,
+                                   trust_pickle=trust_pickle, new_head=new_head)
     return core.load(source, model, family, strict=strict, params=params,
                      encoder_only=encoder_only, trust_pickle=trust_pickle, new_head=new_head)
 
@@ -170,6 +174,8 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     checkpoint) where it has them, else initialised as PyTorch would."""
     if template is not None:
         template, _ = read_state_dict(template)
+    if family_of(model) is dino_seg.FAMILY:
+        return dino_seg.save_torch(params, model, path, template=template)
     return core.save(params, model, family_of(model), path, template)
 
 
