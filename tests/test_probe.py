@@ -338,3 +338,28 @@ def test_stroke_preset_reads_braindinos_table_and_reports_days(table, tmp_path):
     targets = sorted(float(r["target"]) for r in rows)
     assert set(targets) <= {3.0 + 25 * i for i in range(24)}  # days, not log days
     assert summary["metrics"]["mae"] > 0
+
+
+def test_label_budget_sweep_writes_its_table_and_plot(table, tmp_path):
+    """python -m jaxbrain.evaluation.probe budgets at test size: two label fractions, a head
+    and kNN per run, one feature cache, finished runs skipped on a rerun."""
+    workdir = str(tmp_path / "budgets")
+    c = _config(table)
+    c.total_steps, c.eval_every, c.ckpt_every = 20, 20, 20
+    rows = probe.budget_sweep(c, workdir, {"random": None}, fractions=(0.5, 1.0), seeds=(0,),
+                              k=3, progress=False)
+    assert [r["fraction"] for r in rows] == [0.5, 1.0]
+    assert 6 <= rows[0]["train_scans"] <= 10 and rows[1]["train_scans"] == 18  # stratified half
+    assert all(0.0 <= r["head_auc"] <= 1.0 and 0.0 <= r["knn_auc"] <= 1.0 for r in rows)
+    assert rows[-1]["knn_auc"] > 0.8  # the scans' size is in their slices
+    assert len(os.listdir(os.path.join(workdir, "features"))) == 1  # one encoder, one cache
+    text = open(os.path.join(workdir, "budgets.md")).read()
+    assert text.startswith("| encoder | label fraction | training scans | head AUC | kNN AUC |")
+    assert os.path.getsize(os.path.join(workdir, "budgets.png")) > 1000
+    stamp = os.path.getmtime(os.path.join(workdir, "runs", "random", "f1", "s0", "result.json"))
+    again = probe.main(["budgets", "--workdir", workdir, "--config", f"{CONFIG}:sex,demo",
+                        "--encoder", "random=", "--fractions", "0.5,1", "--k", "3",
+                        f"--config.data.root={table}", "--config.data.synthetic=None",
+                        "--config.probe.n_slices=8"])
+    assert [r["head_auc"] for r in again] == [r["head_auc"] for r in rows]
+    assert os.path.getmtime(os.path.join(workdir, "runs", "random", "f1", "s0", "result.json")) == stamp

@@ -130,13 +130,19 @@ def cases(cfg, workdir: str) -> tuple[list, list]:
     return parts.train, parts.val
 
 
+def data_root(cfg, workdir: str) -> str:
+    """``data.root``, or the folder of ``data.synthetic`` (written under workdir/data once):
+    several runs can then read one copy (``data.root`` = this, ``data.synthetic`` = None)."""
+    if cfg.root is not None:
+        return cfg.root
+    if not cfg.get("synthetic"):
+        raise ValueError("config.data.root is not set (pass --config.data.root=/path/to/data)")
+    return _synthetic_root(cfg, workdir)
+
+
 def split(cfg, workdir: str) -> Split:
     """The training, validation and test cases of the config's ``data`` section."""
-    root = cfg.root
-    if root is None:
-        if not cfg.get("synthetic"):
-            raise ValueError("config.data.root is not set (pass --config.data.root=/path/to/data)")
-        root = _synthetic_root(cfg, workdir)
+    root = data_root(cfg, workdir)
     datalist = cfg.get("datalist")
     every = int(cfg.get("val_every") or 0)
     test, classes = [], None
