@@ -125,6 +125,11 @@ def test_wrapped_checkpoints_with_module_prefix(tmp_path):
         load_torch(tmp_path / "np.pt", SwinUNETR(2, 3, **CFG))
     _, report = load_torch(tmp_path / "np.pt", SwinUNETR(2, 3, **CFG), trust_pickle=True)
     assert report.ok
+    # nnU-Net's checkpoint_final.pth: the weights under network_weights.
+    torch.save({"network_weights": torch_state(state), "trainer_name": "nnUNetTrainer",
+                "current_epoch": 1000}, tmp_path / "checkpoint_final.pth")
+    _, report = load_torch(tmp_path / "checkpoint_final.pth", SwinUNETR(2, 3, **CFG))
+    assert report.ok
 
 
 def test_missing_and_unreadable_files_are_named(tmp_path):

@@ -22,7 +22,8 @@ from flax import traverse_util
 Path = tuple[str, ...]
 State = dict[str, np.ndarray]
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "teacher")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "teacher",
+                "network_weights")  # the last: nnU-Net's checkpoint_final.pth
 KEY_PREFIXES = ("module.", "_orig_mod.")
 
 

@@ -33,9 +33,9 @@ Reading squeezes the 1x1 convolutions to the Dense kernels' matrices (``canonica
 ``save_torch`` call for this family) add what the generic exchange cannot express: the fusion's
 rows past ``in_channels`` and, on export, the (1, 1) kernel axes. LoRA adapters have no place
 in the original (export refuses a model with ``lora_rank``; fold them in first). nnU-Net's training
-checkpoints (``checkpoint_final.pth``) hold the state dict under ``network_weights`` beside
-Python objects: save that entry alone first (``torch.save(torch.load(f, weights_only=False)
-["network_weights"], "seg.pth")``).
+checkpoints (``checkpoint_final.pth``) hold the state dict under ``network_weights``, which
+the reader unwraps; their other entries are Python objects (the trainer's arguments), so such
+a file of your own is read with ``trust_pickle`` (``--trust-pickle``).
 
 Not recorded in the files: which encoder blocks feed the decoder (their count is: the
 decoder's input width over the encoder's; inferred as evenly spaced blocks ending at the last,
