@@ -1,6 +1,6 @@
 r"""GPU measurements of every benchmark in one run: jaxbrain against PyTorch / MONAI, one table.
 
-    python bench/gpu.py                                 # one GPU; budgeted to end within 8 min
+    python bench/gpu.py                                 # one GPU; budgeted to end within 10 min
     python bench/gpu.py --dry-run --out /tmp/r.md       # tiny sizes on the CPU: checks the script
     python bench/gpu.py --only swin,loop --repeats 10   # a subset; more timed repetitions
     python bench/gpu.py --set "swin.depths=(2,2,6,2)"   # change a size (BENCH.FIELD=VALUE)
@@ -38,6 +38,15 @@ Benchmarks (each: jaxbrain and the PyTorch side, in the same run, on the same de
   the step) against the same step assembled from the dinov2 package's
   DinoVisionTransformer, DINOHead, DINOLoss, iBOTPatchLoss and KoLeoLoss (crops and masks
   made once, outside the timing, as its data loader would); as bench/bench_dino.py.
+* ``lora``: the LoRA whole-scan probe step (model ``slice_scan``, configs/braindino_probe.py
+  preset ``lora``: ViT-B/16 on every slice of 4 scans x 128 slices of 224, LoRA rank 8 on q
+  and v, the rest of the encoder frozen, normalised CLS mean-pooled, LayerNorm-Linear-GELU-
+  Linear head, cross-entropy, Adam 1e-4; remat on the jaxbrain side): jaxbrain's loop step
+  against BrainDINO's construction (the dinov2 package's DinoVisionTransformer with its
+  blocks' qkv wrapped by SliceStudent's LoRA module, ``requires_grad`` off but for the
+  adapters, the same head, ``torch.optim.Adam``); as bench/bench_lora.py. The two sides'
+  trainable and total parameter counts must agree (dinov2's learned position table aside;
+  RoPE has none), else the row has an error.
 
 jaxbrain's parameters are drawn on the host with the shapes of the model's init (a step's
 speed does not depend on their values, and the init program is not compiled: PCT-Net's takes
@@ -58,14 +67,16 @@ Every side of every benchmark runs in its own Python process (fresh peak-memory 
 no memory contention between JAX and torch, crashes contained), the PyTorch side first. A
 failure or a timeout becomes a row with the error; the rest still run. Time budget: each
 benchmark has its own (seconds: swin 110, ssl 80, pctnet 80, loop 70, vit 50, densenet 50,
-dino 70, 510 in all;
+dino 70, lora 70, 580 in all;
 ``--budget`` sets all), and what a benchmark leaves unused goes to the next; the PyTorch side
 may take 60% of it, the jaxbrain side the rest; a side stops taking timed repetitions
 (keeping at least one) when its time would run out.
 
 ``--dry-run``: tiny sizes (SwinUNETR and SSL feature 12, depths 1,1,1,1, 64x32x32, batch 1;
 PCT-Net features 4..64, depths 1,1,1, 16x32x32, batch 2; the loop 64^3, batch 1, 2 cases;
-ViT width 32, depth 1, and DenseNet blocks 1,1,1,1, growth 4, at 32^3, batch 2), on
+ViT width 32, depth 1, and DenseNet blocks 1,1,1,1, growth 4, at 32^3, batch 2; the DINO
+ViT width 32, depth 1 on 32 px crops; the LoRA probe width 32, depth 1, 2 scans x 4 slices
+of 32 px, rank 4), on
 the CPU (``--device auto`` to use a GPU), float32, 1 timed run and no warm-up (the loop keeps
 bench_train's one warm-up step); XLA compiles with its backend optimisation off and keeps
 the programs in a persistent cache ($JAX_COMPILATION_CACHE_DIR, default
@@ -156,6 +167,8 @@ FULL = {
                  bottleneck=256),
     "densenet": dict(init_features=64, growth_rate=32, block_config=(6, 12, 24, 16), roi=96,
                      batch=2, classes=2),
+    "lora": dict(hidden=768, depth=12, heads=12, mlp=3072, patch=16, slice_size=224, slices=128,
+                 batch=4, classes=2, rank=8, remat=True),
 }
 DRY = {
     # MONAI's SwinUNETR needs > 1 voxel in its deepest map, the SSL heads 2 tokens: 64 on an axis.
@@ -170,9 +183,11 @@ DRY = {
                  local_crops=2, batch=4, prototypes=64, head_hidden=32, bottleneck=16),
     "densenet": dict(init_features=8, growth_rate=4, block_config=(1, 1, 1, 1), roi=32, batch=2,
                      classes=2),
+    "lora": dict(hidden=32, depth=1, heads=2, mlp=64, patch=8, slice_size=32, slices=4, batch=2,
+                 classes=2, rank=4, remat=False),
 }
 BUDGET_S = {"swin": 110, "ssl": 80, "pctnet": 80, "loop": 70, "vit": 50, "densenet": 50,
-            "dino": 70}
+            "dino": 70, "lora": 70}
 # (row key, benchmark, label); a benchmark's worker may report several rows.
 ROWS = [("swin", "swin", "SwinUNETR train step"),
         ("ssl", "ssl", "BrainSegFounder SSL step"),
@@ -182,9 +197,10 @@ ROWS = [("swin", "swin", "SwinUNETR train step"),
         ("loop", "loop", "training loop with data (cache)"),
         ("vit", "vit", "3D ViT classifier train step"),
         ("densenet", "densenet", "3D DenseNet classifier train step"),
-        ("dino", "dino", "BrainDINO self-distillation step")]
+        ("dino", "dino", "BrainDINO self-distillation step"),
+        ("lora", "lora", "BrainDINO LoRA whole-scan probe step")]
 # Rows with their own compiled step: FLOPs, peak memory and MFU are theirs.
-OWN_STEP = ("swin", "ssl", "pctnet", "loop", "vit", "densenet", "dino")
+OWN_STEP = ("swin", "ssl", "pctnet", "loop", "vit", "densenet", "dino", "lora")
 BENCHMARKS = list(BUDGET_S)
 
 
@@ -215,6 +231,11 @@ def size_label(name: str, s: dict, precision: str) -> str:
         return (f"ViT width {s['hidden']}, depth {s['depth']}, patch {s['patch']}, 2 x "
                 f"{s['global_size']} + {s['local_crops']} x {s['local_size']} crops, batch "
                 f"{s['batch']}, {s['prototypes']} prototypes, {precision}")
+    if name == "lora":
+        return (f"ViT width {s['hidden']}, depth {s['depth']}, patch {s['patch']}, LoRA rank "
+                f"{s['rank']} on q, v, batch {s['batch']} x {s['slices']} slices of "
+                f"{s['slice_size']}, {s['classes']} classes{', remat' if s['remat'] else ''}, "
+                f"{precision}")
     if name == "densenet":
         return (f"blocks {','.join(map(str, s['block_config']))}, growth {s['growth_rate']}, "
                 f"stem {s['init_features']}, {_roi_label(s['roi'])}, 1 ch, batch {s['batch']}, "
@@ -949,13 +970,144 @@ def torch_dino(s, precision, clock):
     return {"dino": _torch_info(dict(clock.median(step), samples=b), cuda)}
 
 
+def _lora_data(s):
+    """Slice stacks (batch, S, H, W) of normal noise and class targets 0, 1, ... (float32)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(s["batch"], s["slices"], s["slice_size"], s["slice_size"]))
+    return x.astype(np.float32), (np.arange(s["batch"]) % s["classes"]).astype(np.float32)
+
+
+def jax_lora(s, precision, clock):
+    """The loop's train step of configs/braindino_probe.py:lora (model slice_scan, LoRA on q
+    and v, optim.freeze="encoder" but "*/lora_*", Adam with its L2 weight decay, cross-entropy)
+    at the sizes of ``s``, without storage tokens (the dinov2 package's ViT has none). The
+    parameter counts are those of the optimizer's own freeze labels."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxbrain import models, objectives
+    from jaxbrain.training.config import load_config_file
+    from jaxbrain.training.loop import make_train_step
+    from jaxbrain.training.optim import freeze_labels, frozen_prefixes, make_optimizer
+    c = load_config_file(os.path.join(ROOT, "configs", "braindino_probe.py"), "lora")
+    c.model.update(hidden_size=s["hidden"], depth=s["depth"], num_heads=s["heads"],
+                   mlp_dim=s["mlp"], patch_size=s["patch"], img_size=s["slice_size"],
+                   num_registers=0, lora_rank=s["rank"], num_classes=s["classes"],
+                   remat=bool(s["remat"]))
+    c.objective.num_classes = s["classes"]
+    model = models.from_config(c.model, "bfloat16" if precision == "bf16" else "float32")
+    encoder = models.encoder_name(model)
+    tx, lr_fn = make_optimizer(c.optim, c.total_steps, encoder_name=encoder)
+    x, y = _lora_data(s)
+    batch = {"image": jnp.asarray(x), "target": jnp.asarray(y)}
+    params = host_init(model, batch["image"][:1])["params"]
+    labels = jax.tree_util.tree_leaves(
+        freeze_labels(params, frozen_prefixes(c.optim.freeze, encoder), c.optim.unfreeze))
+    sizes = [int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params)]
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(0))}
+    step = make_train_step(model, objectives.create(**c.objective), tx, lr_fn,
+                           _jax_dtype(precision))
+    out = _jax_time_step(step, state, batch, clock)
+    return {"lora": _jax_info(dict(
+        out, samples=s["batch"], slices=s["batch"] * s["slices"], params_total=sum(sizes),
+        params_trainable=sum(n for n, l in zip(sizes, labels) if l == "train"),
+        params_positions=0))}  # RoPE: no position parameters
+
+
+def torch_lora(s, precision, clock):
+    """BrainDINO's LoRA probe (networks/SliceStudent.py's add_lora_to_vit and mean-pooling
+    forward, restated) on the dinov2 package's DinoVisionTransformer: every block's fused
+    attn.qkv wrapped by a LoRA module (qkv(x), then q += b_q(a_q(x)) and v += b_v(a_v(x)) in
+    place; a kaiming-uniform with a = sqrt(5), b zero), ``requires_grad`` off on the backbone
+    but for the adapters, the LayerNorm-Linear-GELU-Linear head, cross-entropy, Adam 1e-4
+    (weight decay 1e-5) over the trainable parameters."""
+    import math
+    import numpy as np
+    os.environ.setdefault("XFORMERS_DISABLED", "1")  # dinov2's plain attention, no xformers
+    torch, device, cuda = _torch_setup()
+    from dinov2.models.vision_transformer import DinoVisionTransformer
+    nn = torch.nn
+    amp = precision == "bf16" and cuda
+
+    class LoRA(nn.Module):
+        def __init__(self, qkv, rank):
+            super().__init__()
+            self.qkv, self.dim = qkv, qkv.in_features
+            for name in ("q", "v"):
+                a = nn.Linear(self.dim, rank, bias=False)
+                b = nn.Linear(rank, self.dim, bias=False)
+                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+                nn.init.zeros_(b.weight)
+                setattr(self, f"linear_a_{name}", a)
+                setattr(self, f"linear_b_{name}", b)
+
+        def forward(self, x):
+            qkv = self.qkv(x)
+            qkv[..., :self.dim] += self.linear_b_q(self.linear_a_q(x))
+            qkv[..., -self.dim:] += self.linear_b_v(self.linear_a_v(x))
+            return qkv
+
+    torch.manual_seed(0)
+    d, b, n = s["hidden"], s["batch"], s["slices"]
+    backbone = DinoVisionTransformer(img_size=s["slice_size"], patch_size=s["patch"], embed_dim=d,
+                                     depth=s["depth"], num_heads=s["heads"], mlp_ratio=s["mlp"] / d,
+                                     qkv_bias=False, init_values=1e-5, block_chunks=0)
+    backbone.requires_grad_(False)
+    for blk in backbone.blocks:
+        blk.attn.qkv = LoRA(blk.attn.qkv, s["rank"])  # new modules: trainable
+    head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, s["classes"]))
+    net = nn.ModuleDict(dict(student=backbone, cls_head=head)).to(device).train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=1e-4, weight_decay=1e-5)
+    ce = nn.CrossEntropyLoss()
+    x, y = _lora_data(s)
+    x = torch.from_numpy(x).to(device)
+    y = torch.from_numpy(y.astype(np.int64)).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            slices = x.reshape(b * n, 1, *x.shape[2:]).repeat(1, 3, 1, 1)  # as SliceStudent
+            cls = backbone.forward_features(slices)["x_norm_clstoken"]
+            logits = head(cls.reshape(b, n, -1).mean(dim=1))
+        ce(logits.float(), y).backward()
+        opt.step()
+        _sync(cuda)
+
+    out = dict(clock.median(step), samples=b, slices=b * n,
+               params_total=sum(p.numel() for p in net.parameters()),
+               params_trainable=sum(p.numel() for p in trainable),
+               params_positions=backbone.pos_embed.numel())
+    return {"lora": _torch_info(out, cuda)}
+
+
+def check_lora_params(ours: dict, theirs: dict) -> None:
+    """Both sides of the LoRA probe must train the same number of parameters and hold the
+    same number once their position tables are set aside (the dinov2 ViT's learned
+    ``pos_embed``; RoPE has none): a ValueError naming the counts otherwise."""
+    keys = ("params_trainable", "params_total", "params_positions")
+    missing = [f"{side}.{k}" for side, row in (("jaxbrain", ours), ("dinov2", theirs))
+               for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"LoRA probe rows lack the parameter counts {missing}")
+    rest = [row["params_total"] - row["params_positions"] for row in (ours, theirs)]
+    if ours["params_trainable"] != theirs["params_trainable"] or rest[0] != rest[1]:
+        raise ValueError(
+            f"LoRA probe parameter counts differ: trainable jaxbrain {ours['params_trainable']:,}"
+            f" vs dinov2 {theirs['params_trainable']:,}; total without position tables "
+            f"jaxbrain {rest[0]:,} vs dinov2 {rest[1]:,}")
+
+
 WORKERS = {("swin", "jax"): jax_swin, ("swin", "torch"): torch_swin,
            ("ssl", "jax"): jax_ssl, ("ssl", "torch"): torch_ssl,
            ("pctnet", "jax"): jax_pctnet, ("pctnet", "torch"): torch_pctnet,
            ("loop", "jax"): jax_loop, ("loop", "torch"): torch_loop,
            ("vit", "jax"): jax_vit, ("vit", "torch"): torch_vit,
            ("densenet", "jax"): jax_densenet, ("densenet", "torch"): torch_densenet,
-           ("dino", "jax"): jax_dino, ("dino", "torch"): torch_dino}
+           ("dino", "jax"): jax_dino, ("dino", "torch"): torch_dino,
+           ("lora", "jax"): jax_lora, ("lora", "torch"): torch_lora}
 
 
 def worker_main(task: str, spec_json: str, result: str) -> int:
@@ -1105,6 +1257,11 @@ def make_table(results: dict, specs: dict, args) -> tuple[str, list[dict]]:
                 errors.append(f"{who}: {payload.get('error', 'no result')}")
             sides[side] = row or {}
         j, t = sides["jax"], sides["torch"]
+        if key == "lora" and j and t:  # both sides must be the same model
+            try:
+                check_lora_params(j, t)
+            except ValueError as e:
+                errors.append(str(e))
         rate = {k: (v["samples"] / v["step_s"] if v.get("step_s") else None) for k, v in sides.items()}
         flops = j.get("flops") if key in OWN_STEP else None
         mfu = {}
