@@ -23,8 +23,10 @@ Recipe (the ViT-B/16 of BrainDINO, REFERENCE section 4, with DINOv3's
   (3 layers, hidden 2048, bottleneck 256, 65536 prototypes, plain last layer):
   ``jaxbrain.models.dino_heads.DinoStudent``;
 * crops 2 x 224 (scale 0.32-1) + 8 x 96 (0.05-0.32), flips, intensity jitter p 0.8, blur
-  p 1.0 / 0.1 / 0.5; teacher on the global crops; student temperature 0.1, teacher 0.04 ->
-  0.07 over 30 epochs; Sinkhorn-Knopp (3 iterations); momentum 0.992 -> 1 (cosine);
+  p 1.0 / 0.1 / 0.5, no solarisation (the originals' p 0.2 on the second global crop is
+  ``--config.objective.solarize_p='(0.0, 0.2, 0.0)'``, see ``jaxbrain.objectives.dino``);
+  teacher on the global crops; student temperature 0.1, teacher 0.04 -> 0.07 over 30
+  epochs; Sinkhorn-Knopp (3 iterations); momentum 0.992 -> 1 (cosine);
   iBOT block masks (DINOv2's MaskingGenerator) with probability 0.5, ratio 0.1-0.5,
   weight 1; KoLeo 0.1
   (``jaxbrain.objectives.dino``);
@@ -98,6 +100,7 @@ def get_config(arg: str = ""):
         global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), ratio=(3 / 4, 4 / 3),
         flip_p=0.5, intensity_p=0.8, brightness=0.4, contrast=0.4, gamma=(0.7, 1.5),
         blur_p=(1.0, 0.1, 0.5), blur_sigma=(0.1, 2.0), blur_kernel=9,
+        solarize_p=(0.0, 0.0, 0.0), solarize_threshold=128 / 255,
         student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
         teacher_temp_warmup_steps=(3 if demo else 30) * epoch,
         momentum=0.992, final_momentum=1.0,

@@ -8,7 +8,9 @@ and the centre updates are compared with the dinov2 package's ``DINOLoss``,
 global / local terms is its ``compute_losses`` formula. Gram anchoring is compared with
 DINOv3's ``GramLoss`` formula written out in PyTorch here (the loss is not in an installed
 package): normalise, ``x @ x^T``, ``MSELoss``. Schedules against dinov2's
-``CosineScheduler``; crop geometry against the bounds of torchvision's RandomResizedCrop.
+``CosineScheduler``; crop geometry against the bounds of torchvision's RandomResizedCrop;
+solarisation against torchvision's ``solarize`` rule written out in numpy (torchvision is
+not installed).
 """
 
 import json
@@ -23,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from ml_collections import ConfigDict
 
-from jaxbrain.objectives.dino import Dino, block_mask, cosine_schedule, crop_box, gram_loss
+from jaxbrain.objectives.dino import (Dino, block_mask, cosine_schedule, crop_box, gram_loss,
+                                      solarize)
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 from jaxbrain.training.optim import layer_id, make_optimizer, num_layers, path_of
@@ -299,6 +302,58 @@ def test_crop_geometry_within_bounds():
                        jax.random.key(2))
     assert g.shape == (2, 2, 16, 16, 3) and loc.shape == (3, 2, 8, 8, 3)
     assert not np.allclose(g[0], g[1]) and np.isfinite(np.asarray(loc)).all()
+
+
+def _torchvision_solarize(x):
+    """torchvision's ``solarize(img, 128)`` on uint8 (``255 - x`` where ``x >= 128``) after
+    mapping the range of ``x`` onto 0-255, mapped back."""
+    lo, hi = x.min(), x.max()
+    u = (x - lo) / (hi - lo) * 255
+    return lo + np.where(u >= 128, 255 - u, u) / 255 * (hi - lo)
+
+
+def test_solarize_is_torchvision_rule_on_the_crop_range():
+    ramp = np.arange(256, dtype=np.float32).reshape(16, 16, 1)  # every uint8 value, 128 included
+    got = np.asarray(solarize(jnp.asarray(ramp)))
+    np.testing.assert_array_equal(got, np.where(ramp >= 128, 255 - ramp, ramp))
+    z = np.random.default_rng(0).normal(size=(12, 12, 3)).astype(np.float32)  # z-scored slice
+    got = np.asarray(solarize(jnp.asarray(z)))
+    np.testing.assert_allclose(got, _torchvision_solarize(z.astype(np.float64)), atol=1e-5)
+    assert got.min() >= z.min() and got.max() <= z.max() and not np.allclose(got, z)
+    flat = jnp.full((4, 4, 3), 1.5)
+    np.testing.assert_array_equal(np.asarray(solarize(flat)), 1.5)
+    with pytest.raises(ValueError, match="solarize_p"):
+        Dino(total_steps=10, solarize_p=(0.0, 0.2))
+    with pytest.raises(ValueError, match="solarize_threshold"):
+        Dino(total_steps=10, solarize_threshold=128)
+
+
+def _crop_fn(obj, images):
+    return jax.jit(jax.vmap(lambda k: obj.crops(images, k)))
+
+
+def test_solarisation_of_the_crops():
+    """p = 1 solarises a crop by its own range after the other augmentations, p = 0 leaves
+    it as without solarisation; over many keys the originals' (0, 0.2, 0) solarises about
+    a fifth of the second global crops and nothing else."""
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 20, 20, 3)), jnp.float32)
+    base = dict(total_steps=10, global_size=16, local_size=8, local_crops=2)
+    keys = jax.random.split(jax.random.key(0), 300)
+    g0, l0 = (np.asarray(a) for a in _crop_fn(Dino(**base), images)(keys[:4]))
+    g1, l1 = (np.asarray(a) for a in _crop_fn(Dino(**base, solarize_p=(0.0, 1.0, 0.0)),
+                                               images)(keys[:4]))
+    np.testing.assert_array_equal(g1[:, 0], g0[:, 0])
+    np.testing.assert_array_equal(l1, l0)
+    want = np.stack([[_torchvision_solarize(c.astype(np.float64)) for c in k] for k in g0[:, 1]])
+    np.testing.assert_allclose(g1[:, 1], want, atol=1e-5)
+
+    g0, l0 = (np.asarray(a) for a in _crop_fn(Dino(**base), images)(keys))
+    g, loc = (np.asarray(a) for a in _crop_fn(Dino(**base, solarize_p=(0.0, 0.2, 0.0)),
+                                              images)(keys))
+    changed = lambda a, b: np.abs(a - b).reshape(*a.shape[:3], -1).max(-1) > 0  # noqa: E731
+    rate = changed(g, g0).mean((0, 2))  # per global crop over keys and images
+    assert rate[0] == 0.0 and abs(rate[1] - 0.2) < 0.05, rate
+    assert not changed(loc, l0).any()
 
 
 def _losses(workdir, key="train/loss"):

@@ -31,8 +31,22 @@ Multi-crop, on device, per sample and crop from the step key (DINOv2's
    [0, 1] by its range, raised to g log-uniform in ``gamma``, mapped back (fixed order);
 4. Gaussian blur (kernel ``blur_kernel`` = 9 taps, sigma uniform in ``blur_sigma``
    (0.1-2), reflect padding, as torchvision's) with probability ``blur_p``: first global
-   crop 1.0, second 0.1, locals 0.5. No colour jitter or solarisation (grey MRI); no
-   ImageNet normalisation (BrainDINO feeds z-scored slices).
+   crop 1.0, second 0.1, locals 0.5;
+5. solarisation (:func:`solarize`) with probability ``solarize_p`` (first global, second
+   global, locals), off by default. The originals apply ``RandomSolarize(threshold=128,
+   p=0.2)`` after the blur of the second global crop only (DINOv2 and DINOv3 alike:
+   ``solarize_p=(0.0, 0.2, 0.0)``), torchvision's ``x -> 255 - x`` for ``x >= 128`` on
+   uint8. z-scored slices have no fixed range, so the rule is applied to the crop's own
+   range [lo, hi] (what the gamma jitter maps to [0, 1]): ``x -> lo + hi - x`` for
+   ``x >= lo + solarize_threshold * (hi - lo)``, ``solarize_threshold`` = 128 / 255;
+   torchvision's rule exactly when the crop spans 0-255, and like it the result stays in
+   the range. Off because on grey MRI it varies no colour: it reverses the order of the
+   brighter half of the intensities (on T1 white matter drops below grey matter, as on
+   T2; enhancing tumour and FLAIR lesions become the darkest tissue), so the student
+   would learn to ignore the tissue contrast that tells sequences and lesions apart,
+   which the downstream tasks (sequence type, segmentation) need.
+
+No colour jitter (grey MRI); no ImageNet normalisation (BrainDINO feeds z-scored slices).
 
 Losses (DINOv3's ``compute_losses``):
 
@@ -204,6 +218,14 @@ def gaussian_blur(image, sigma, taps: int = 9):
     return sum(k[i] * padded[:, i:i + w] for i in range(taps))
 
 
+def solarize(image, threshold: float = 128 / 255):
+    """torchvision's ``solarize`` (``x -> bound - x`` for ``x >= threshold``) on the range
+    [lo, hi] of ``image`` instead of [0, bound]: ``x -> lo + hi - x`` where
+    ``x >= lo + threshold * (hi - lo)``; a constant image is returned as it is."""
+    lo, hi = image.min(), image.max()
+    return jnp.where(image >= lo + threshold * (hi - lo), lo + hi - image, image)
+
+
 @dataclasses.dataclass(frozen=True)
 class Dino:
     """The self-distillation objective; fields as in the module docstring."""
@@ -225,6 +247,8 @@ class Dino:
     blur_p: tuple = (1.0, 0.1, 0.5)  # first global, second global, local crops
     blur_sigma: tuple = (0.1, 2.0)
     blur_kernel: int = 9
+    solarize_p: tuple = (0.0, 0.0, 0.0)  # as blur_p; the originals' (0.0, 0.2, 0.0)
+    solarize_threshold: float = 128 / 255  # fraction of the crop's range
     # distillation
     student_temp: float = 0.1
     teacher_temp: float = 0.07
@@ -256,9 +280,14 @@ class Dino:
                              f"cosine runs over it), got {self.total_steps}")
         if self.global_crops < 1:
             raise ValueError(f"objective.global_crops must be >= 1, got {self.global_crops}")
-        if len(self.blur_p) != 3:
-            raise ValueError(f"objective.blur_p must be (first global, second global, local), "
-                             f"got {self.blur_p}")
+        for name in ("blur_p", "solarize_p"):
+            probs = getattr(self, name)
+            if len(probs) != 3 or not all(0.0 <= p <= 1.0 for p in probs):
+                raise ValueError(f"objective.{name} must be 3 probabilities (first global, "
+                                 f"second global, local), got {probs}")
+        if not 0.0 <= self.solarize_threshold <= 1.0:
+            raise ValueError("objective.solarize_threshold is a fraction of the crop's intensity "
+                             f"range, expected 0 <= value <= 1, got {self.solarize_threshold}")
         if self.gram_weight and self.gram_every < 1:
             raise ValueError("objective.gram_weight > 0 needs gram_every >= 1 (steps between "
                              "refreshes of the Gram teacher)")
@@ -314,9 +343,9 @@ class Dino:
 
     # -- crops and masks -------------------------------------------------------------------
 
-    def crop(self, image, key, size: int, scale, blur_p):
+    def crop(self, image, key, size: int, scale, blur_p, solarize_p=0.0):
         """One augmented crop (size, size, C) of one image (H, W, C)."""
-        k_box, k_flip, k_int, k_b, k_c, k_g, k_blur, k_sigma = jax.random.split(key, 8)
+        k_box, k_flip, k_int, k_b, k_c, k_g, k_blur, k_sigma, k_solar = jax.random.split(key, 9)
         h, w = image.shape[:2]
         x = resized_crop(image.astype(jnp.float32), crop_box(k_box, h, w, scale, self.ratio), size)
         x = jnp.where(jax.random.uniform(k_flip) < self.flip_p, x[:, ::-1], x)
@@ -333,22 +362,28 @@ class Dino:
             x = jnp.where(jax.random.uniform(k_int) < self.intensity_p, y, x)
         sigma = jax.random.uniform(k_sigma, minval=self.blur_sigma[0], maxval=self.blur_sigma[1])
         blurred = gaussian_blur(x, sigma, self.blur_kernel)
-        return jnp.where(jax.random.uniform(k_blur) < blur_p, blurred, x)
+        x = jnp.where(jax.random.uniform(k_blur) < blur_p, blurred, x)
+        if any(self.solarize_p):
+            solarized = solarize(x, self.solarize_threshold)
+            x = jnp.where(jax.random.uniform(k_solar) < solarize_p, solarized, x)
+        return x
 
     def crops(self, images, key):
         """(global crops (n_g, B, S, S, C), local crops (n_l, B, s, s, C) or None)."""
         b = images.shape[0]
         k_g, k_l = jax.random.split(key)
-        blur = np.array([self.blur_p[0]] + [self.blur_p[1]] * (self.global_crops - 1), np.float32)
+        # [blur p, solarisation p] of a crop: 0 the first global crop, 1 the others, 2 locals.
+        probs = lambda i: [self.blur_p[i], self.solarize_p[i]]  # noqa: E731
         many = lambda size, scale: jax.vmap(jax.vmap(  # noqa: E731
-            lambda k, im, p: self.crop(im, k, size, scale, p), (0, 0, None)), (0, None, 0))
+            lambda k, im, p: self.crop(im, k, size, scale, p[0], p[1]), (0, 0, None)), (0, None, 0))
         keys = jax.random.split(k_g, (self.global_crops, b))
-        g = many(self.global_size, self.global_scale)(keys, images, jnp.asarray(blur))
+        p = np.array([probs(0)] + [probs(1)] * (self.global_crops - 1), np.float32)
+        g = many(self.global_size, self.global_scale)(keys, images, jnp.asarray(p))
         if not self.local_crops:
             return g, None
         keys = jax.random.split(k_l, (self.local_crops, b))
-        blur = jnp.full((self.local_crops,), self.blur_p[2], jnp.float32)
-        return g, many(self.local_size, self.local_scale)(keys, images, blur)
+        p = np.array([probs(2)] * self.local_crops, np.float32)
+        return g, many(self.local_size, self.local_scale)(keys, images, jnp.asarray(p))
 
     def masks(self, key, n_images: int, n_patches: int):
         """(masks (n_images, N) bool, flat indices of the masked patches (U,), their weights
