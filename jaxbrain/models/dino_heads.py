@@ -33,12 +33,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxbrain.models.dino import DINOHead, DinoViT
+from jaxbrain.models.vit import WrapsEncoder
 
 _HEAD_FIELDS = ("head_prototypes", "head_hidden", "head_bottleneck", "head_nlayers",
                 "head_weight_norm", "ibot_separate_head", "ibot_prototypes")
 
 
-class DinoStudent(DinoViT):
+class DinoStudent(WrapsEncoder, DinoViT):
     """Encoder (under ``encoder``) + DINO head + iBOT head; see the module docstring."""
 
     head_prototypes: int = 65536
@@ -48,18 +49,6 @@ class DinoStudent(DinoViT):
     head_weight_norm: bool = False
     ibot_separate_head: bool = True
     ibot_prototypes: int | None = None  # None: head_prototypes
-
-    encoder_name = "encoder"
-
-    @nn.nowrap
-    def input_layer(self) -> tuple[str, ...]:
-        return ("encoder", "patch_embedding")
-
-    @nn.nowrap
-    def encoder_kwargs(self) -> dict:
-        """Arguments of the :class:`DinoViT` under ``encoder``."""
-        names = [f for f in DinoViT.__dataclass_fields__ if f not in ("parent", "name")]
-        return {f: getattr(self, f) for f in names}
 
     def _head(self, name: str, prototypes: int) -> DINOHead:
         return DINOHead(prototypes, hidden=self.head_hidden, bottleneck=self.head_bottleneck,

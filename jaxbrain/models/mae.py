@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbrain.models.blocks import partitioned
-from jaxbrain.models.vit import ENCODER_FIELDS, Block, ViTEncoder, layer_norm, sincos_table
+from jaxbrain.models.vit import Block, ViTEncoder, WrapsEncoder, layer_norm, sincos_table
 
 
-class MAE(ViTEncoder):
+class MAE(WrapsEncoder, ViTEncoder):
     """:class:`ViTEncoder` fields (the encoder) plus the decoder's: ``decoder_width``,
     ``decoder_depth``, ``decoder_heads``, ``decoder_mlp_dim`` (None: 4 x width)."""
 
@@ -40,17 +40,6 @@ class MAE(ViTEncoder):
     decoder_depth: int = 4
     decoder_heads: int = 8
     decoder_mlp_dim: int | None = None
-
-    encoder_name = "encoder"
-
-    @nn.nowrap
-    def input_layer(self) -> tuple[str, ...]:
-        return ("encoder", "patch_embedding")
-
-    @nn.nowrap
-    def encoder_kwargs(self) -> dict:
-        """Arguments of the ``encoder`` (the fine-tuning ViT's encoder fields)."""
-        return {f: getattr(self, f) for f in ENCODER_FIELDS}
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, keep: jax.Array | None = None

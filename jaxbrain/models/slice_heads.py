@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxbrain.models.blocks import partitioned, trunc_normal_002
 from jaxbrain.models.dino import DinoViT
+from jaxbrain.models.vit import WrapsEncoder
 
 POOLS = ("mean", "attention", "transformer")
 
@@ -106,7 +107,7 @@ class SliceHead(nn.Module):
             jnp.float32)
 
 
-class SliceScanViT(DinoViT):
+class SliceScanViT(WrapsEncoder, DinoViT):
     """A slice encoder and a whole-scan head trained end to end: ``(batch, S, H, W)`` (or
     ``(batch, S, H, W, 1 | 3)``) stacks of robust-scaled axial slices -> ``(batch,
     num_classes)`` logits. Every slice goes through the :class:`DinoViT` under ``encoder``
@@ -127,18 +128,6 @@ class SliceScanViT(DinoViT):
     head_num_heads: int = 8
     head_mlp_ratio: float = 4.0
     max_slices: int = 512
-
-    encoder_name = "encoder"
-
-    @nn.nowrap
-    def input_layer(self) -> tuple[str, ...]:
-        return ("encoder", "patch_embedding")
-
-    @nn.nowrap
-    def encoder_kwargs(self) -> dict:
-        """Arguments of the :class:`DinoViT` under ``encoder``."""
-        names = [f for f in DinoViT.__dataclass_fields__ if f not in ("parent", "name")]
-        return {f: getattr(self, f) for f in names}
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

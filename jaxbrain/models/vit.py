@@ -771,7 +771,23 @@ class ViTEncoder(nn.Module):
 ENCODER_FIELDS = tuple(f.name for f in dataclasses.fields(ViTEncoder) if f.name not in ("parent", "name"))
 
 
-class ViT(ViTEncoder):
+class WrapsEncoder:
+    """For a model whose fields include every :class:`ViTEncoder` field and which holds that
+    encoder under ``encoder``: its ``encoder_name``, ``input_layer`` and ``encoder_kwargs``."""
+
+    encoder_name = "encoder"
+
+    @nn.nowrap
+    def input_layer(self) -> tuple[str, ...]:
+        return ("encoder", "patch_embedding")
+
+    @nn.nowrap
+    def encoder_kwargs(self) -> dict:
+        """Arguments of the encoder (this model's ViTEncoder fields)."""
+        return {f: getattr(self, f) for f in ENCODER_FIELDS}
+
+
+class ViT(WrapsEncoder, ViTEncoder):
     """:class:`ViTEncoder` (under ``encoder``), pooling and a classification head.
 
     ``num_classes``: head outputs (0: no head, the pooled features are returned);
@@ -783,16 +799,6 @@ class ViT(ViTEncoder):
     post_activation: str | None = None
     head_norm_eps: float | None = None
 
-    encoder_name = "encoder"  # the subtree without pooling norm and head
-
-    @nn.nowrap
-    def input_layer(self) -> tuple[str, ...]:
-        return ("encoder", "patch_embedding")
-
-    @nn.nowrap
-    def encoder_kwargs(self) -> dict:
-        """Arguments of ``ViTEncoder(**kwargs)``, which has this model's ``encoder`` subtree."""
-        return {f: getattr(self, f) for f in ENCODER_FIELDS}
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_tokens: bool = False,
