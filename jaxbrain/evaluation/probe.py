@@ -139,14 +139,19 @@ def compare_encoders(config, workdir: str, encoders: Mapping[str, Mapping], *,
     return out
 
 
-def write_table(rows: list[dict], output: str) -> tuple[str, str]:
-    """knn.csv and knn.md under ``output``."""
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, "knn.csv")
+def _write_csv(rows: list[dict], path: str) -> str:
+    """``rows`` (dicts with the first row's keys) as a CSV file at ``path``, its folder made."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return path
+
+
+def write_table(rows: list[dict], output: str) -> tuple[str, str]:
+    """knn.csv and knn.md under ``output``."""
+    path = _write_csv(rows, os.path.join(output, "knn.csv"))
     md = os.path.join(output, "knn.md")
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -221,12 +226,7 @@ def budget_sweep(config, workdir: str, encoders: Mapping[str, str | None], *,
 
 def write_budgets(rows: list[dict], output: str, metric: str) -> tuple[str, str, str]:
     """budgets.csv, budgets.md (mean +- std over seeds) and budgets.png under ``output``."""
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, "budgets.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _write_csv(rows, os.path.join(output, "budgets.csv"))
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["encoder"], r["fraction"]), []).append(r)
