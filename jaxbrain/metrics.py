@@ -457,3 +457,53 @@ def apply_age_bias(pred, slope: float, intercept: float) -> np.ndarray:
         raise ValueError(f"age-bias slope must be finite and non-zero and intercept finite, "
                          f"got slope={slope}, intercept={intercept}")
     return (_vector("pred", pred).astype(np.float64) - intercept) / slope
+
+
+AGE_BIAS_CONVENTION = ("Cole et al. 2018: prediction = slope * age + intercept fitted on the "
+                       "validation scans; corrected = (prediction - intercept) / slope")
+AGE_BIAS_MIN_SCANS = 20  # scans the line is fitted on
+AGE_BIAS_MIN_SLOPE = 0.1  # below it, dividing by the slope amplifies noise more than 10x
+AGE_BIAS_RANGE_MARGIN = 0.5  # of the training age span, either side of the training range
+
+
+def age_bias_correction(val_pred, val_true, pred, train_range: tuple[float, float]) -> dict:
+    """The brain-age bias correction of ``pred`` (convention :data:`AGE_BIAS_CONVENTION`,
+    the line fitted on ``val_pred`` / ``val_true``), or the reason it is refused.
+
+    Returns a dict with ``convention``, ``fitted_scans``, ``applied`` and either
+    ``corrected`` (an array like ``pred``), ``slope`` and ``intercept``, or ``reason`` (and
+    the fit where there was one). Refused when fewer than :data:`AGE_BIAS_MIN_SCANS`
+    validation scans, the slope is under :data:`AGE_BIAS_MIN_SLOPE` (flat or negative: no
+    regression to the mean that a division can undo) or a corrected value lies more than
+    :data:`AGE_BIAS_RANGE_MARGIN` of the training span outside ``train_range`` (min, max of
+    the training targets)."""
+    val_pred, val_true = _pair(("val_pred", "val_true"), val_pred, val_true)
+    pred = _vector("pred", pred).astype(np.float64)
+    info = {"convention": AGE_BIAS_CONVENTION, "fitted_scans": int(len(val_true)),
+            "applied": False}
+    if len(val_true) < AGE_BIAS_MIN_SCANS:
+        info["reason"] = (f"fitted on {len(val_true)} validation scans, fewer than the "
+                          f"{AGE_BIAS_MIN_SCANS} a slope needs")
+        return info
+    try:
+        slope, intercept = fit_age_bias(val_pred, val_true)
+    except ValueError as e:
+        info["reason"] = str(e)
+        return info
+    info.update(slope=slope, intercept=intercept)
+    if slope < AGE_BIAS_MIN_SLOPE:
+        info["reason"] = (f"slope {slope:.4g} of predicted on true age is below "
+                          f"{AGE_BIAS_MIN_SLOPE}: the predictions do not follow age enough "
+                          f"for (prediction - intercept) / slope to mean anything")
+        return info
+    corrected = apply_age_bias(pred, slope, intercept)
+    lo, hi = (float(v) for v in train_range)
+    margin = AGE_BIAS_RANGE_MARGIN * (hi - lo)
+    outside = (corrected < lo - margin) | (corrected > hi + margin)
+    if outside.any():
+        info["reason"] = (f"{int(outside.sum())} corrected values (from {corrected.min():.4g} "
+                          f"to {corrected.max():.4g}) lie outside the training range "
+                          f"[{lo:.4g}, {hi:.4g}] by more than {margin:.4g}")
+        return info
+    info.update(applied=True, corrected=corrected)
+    return info

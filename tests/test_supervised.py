@@ -149,6 +149,47 @@ def test_age_bias_recovers_a_linear_distortion():
     assert np.polyfit(true, noisy, 1) == pytest.approx(M.fit_age_bias(noisy, true), rel=1e-9)
 
 
+def test_age_bias_correction_is_refused_where_it_cannot_be_fitted(capsys):
+    from types import SimpleNamespace
+
+    from jaxbrain.evaluation.evaluate import _age_bias
+    # 4 validation scans whose predictions barely move with age (slope -0.0007): dividing by
+    # the slope sends predictions 0.11 years apart to impossible ages.
+    val_true = np.array([31.0, 47.0, 62.0, 78.0])
+    val_pred = 52.0 - 0.0007 * val_true + np.array([0.002, -0.001, 0.001, -0.002])
+    slope, intercept = np.polyfit(val_true, val_pred, 1)
+    assert slope == pytest.approx(-0.0007, abs=1e-4)
+    pred, true = intercept + slope * np.array([-3.5, 141.0]), np.array([40.0, 70.0])
+    naive = (pred - intercept) / slope  # the fit taken at its word: -3.5 and 141 years
+    assert abs(pred[1] - pred[0]) < 0.12 and naive == pytest.approx([-3.5, 141.0])
+    parts = SimpleNamespace(train=[SimpleNamespace(target=a) for a in (20.0, 85.0)], val=[0] * 4)
+    summary = {"metrics": {}}
+    assert _age_bias(summary, pred, true, "test", parts, lambda _: (None, val_pred, val_true)) \
+        is None
+    info = summary["age_bias"]
+    assert not info["applied"] and "4 validation scans" in info["reason"]
+    assert info["convention"].startswith("Cole et al. 2018") and "mae_bias_corrected" not in \
+        summary["metrics"]
+    assert "no bias correction: fitted on 4 validation scans" in capsys.readouterr().out
+
+    rng = np.random.default_rng(0)
+    many = rng.uniform(20, 85, 40)
+    flat = M.age_bias_correction(52.0 - 0.0007 * many + rng.normal(0, 0.01, 40), many, pred,
+                                 (20.0, 85.0))
+    assert not flat["applied"] and "below 0.1" in flat["reason"]
+    assert flat["slope"] == pytest.approx(-0.0007, abs=1e-3)
+    assert "corrected" not in flat
+    # A healthy fit equals the numpy reference; one prediction far off the line is refused.
+    noisy = 0.6 * many + 21.0 + rng.normal(0, 2, 40)
+    test_pred = 0.6 * rng.uniform(20, 85, 30) + 21.0 + rng.normal(0, 2, 30)
+    ok = M.age_bias_correction(noisy, many, test_pred, (20.0, 85.0))
+    a, b = np.polyfit(many, noisy, 1)
+    assert ok["applied"] and (ok["slope"], ok["intercept"]) == pytest.approx((a, b), rel=1e-9)
+    np.testing.assert_allclose(ok["corrected"], (test_pred - b) / a, rtol=1e-12)
+    far = M.age_bias_correction(noisy, many, np.append(test_pred, 150.0), (20.0, 85.0))
+    assert not far["applied"] and "outside the training range [20, 85]" in far["reason"]
+
+
 # -- objectives ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weights,eps", [(None, 0.0), ((0.5, 2.0, 1.0), 0.0), (None, 0.1),

@@ -86,6 +86,7 @@ def test_brain_age_run_learns_and_eval_reports_what_validation_logged(age_run, t
     with open(tmp_path / "metrics.json") as f:
         saved = json.load(f)
     assert saved["age_bias"]["slope"] == pytest.approx(slope, rel=1e-4)
+    assert saved["age_bias"]["applied"] and saved["age_bias"]["convention"].startswith("Cole")
     assert saved["metrics"]["mae_bias_corrected"] == pytest.approx(
         metrics.mae(val_targets, corrected), rel=1e-4)
     picture = mpimg.imread(tmp_path / "scatter.png")

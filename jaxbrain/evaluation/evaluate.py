@@ -18,8 +18,10 @@ prediction or class probabilities), ``metrics.json`` (the objective's scan metri
 numbers the best checkpoint was chosen on for the validation split) and a figure:
 ``roc.png`` (classification) or ``scatter.png`` (predicted vs true value, regression). With
 ``eval.age_bias=True`` a regression also reports the bias-corrected MAE
-(:func:`jaxbrain.metrics.fit_age_bias` fitted on the validation predictions, applied to the
-split evaluated).
+(:func:`jaxbrain.metrics.age_bias_correction`: Cole et al. 2018's correction fitted on the
+validation predictions, applied to the split evaluated), or, in ``metrics.json`` and printed,
+why it was refused (too few validation scans, a slope under 0.1, corrected values far
+outside the training ages).
 """
 
 from __future__ import annotations
@@ -157,9 +159,11 @@ def evaluate_scans(config, workdir: str, output: str, *, split: str = "val",
     return summary
 
 
-def _age_bias(summary, preds, targets, split, parts, predictions) -> np.ndarray:
+def _age_bias(summary, preds, targets, split, parts, predictions) -> np.ndarray | None:
     """The bias-corrected predictions of the split (the bias fitted on the validation
-    predictions); adds the fit and the corrected MAE to ``summary``."""
+    predictions), or None with the reason printed where the fit is refused
+    (:func:`jaxbrain.metrics.age_bias_correction`); adds the fit or the reason, and the
+    corrected MAE, to ``summary``."""
     if split == "val":
         val_preds, val_targets = preds, targets
     elif parts.val:
@@ -167,11 +171,14 @@ def _age_bias(summary, preds, targets, split, parts, predictions) -> np.ndarray:
     else:
         raise ValueError("eval.age_bias: the bias is fitted on the validation predictions, "
                          "but the config's data has no validation scans")
-    slope, intercept = metrics_lib.fit_age_bias(val_preds, val_targets)
-    corrected = metrics_lib.apply_age_bias(preds, slope, intercept)
-    summary["age_bias"] = {"slope": slope, "intercept": intercept, "fitted_on": "val",
-                           "fitted_scans": int(len(val_targets)),
-                           "formula": "corrected = (prediction - intercept) / slope"}
+    train = np.asarray([c.target for c in parts.train], np.float64)
+    info = metrics_lib.age_bias_correction(val_preds, val_targets, preds,
+                                           (train.min(), train.max()))
+    corrected = info.pop("corrected", None)
+    summary["age_bias"] = {"fitted_on": "val", **info}
+    if corrected is None:
+        print(f"eval.age_bias: no bias correction: {info['reason']}")
+        return None
     summary["metrics"]["mae_bias_corrected"] = metrics_lib.mae(targets, corrected)
     return corrected
 
