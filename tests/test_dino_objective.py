@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ml_collections import ConfigDict
 
 from jaxbrain.objectives.dino import (Dino, block_mask, cosine_schedule, crop_box, gram_loss,
-                                      solarize)
+                                      sinkhorn_knopp, solarize)
 from jaxbrain.training import loop
 from jaxbrain.training.config import load_config_file
 from jaxbrain.training.optim import layer_id, make_optimizer, num_layers, path_of
@@ -131,6 +131,56 @@ def test_losses_and_centres_equal_dinov2(centering):
     np.testing.assert_allclose(np.asarray(new["center"]), dino.center[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(new["ibot_center"]), ibot.center[0, 0].numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def _sinkhorn_float64(logits, temp, iterations=3):
+    """The originals' ``sinkhorn_knopp_teacher`` step by step in float64 (one process)."""
+    q = np.exp(np.asarray(logits, np.float64) / temp).T  # K x B
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(1, keepdims=True)
+        q /= k
+        q /= q.sum(0, keepdims=True)
+        q /= b
+    return (q * b).T
+
+
+def test_sinkhorn_keeps_prototypes_far_below_the_maximum():
+    temp, rng = 0.07, np.random.default_rng(7)
+    ordinary = rng.normal(size=(12, K)).astype(np.float32)
+    ordinary[3, 0] = 4.0  # the maximum
+    # 6.15-6.3 below it: exp(-88) and less, 0 in float32 once shifted by the maximum; the
+    # original keeps them (denormal after its division by the sum) and gives them their share.
+    ordinary[:, 5] = rng.uniform(-2.3, -2.15, 12)
+    ref = dinov2_loss.DINOLoss(K).sinkhorn_knopp_teacher(torch.tensor(ordinary), temp).numpy()
+    assert ref[:, 5].sum() > 0.5
+    ours = np.asarray(jax.jit(sinkhorn_knopp, static_argnums=2)(jnp.asarray(ordinary), temp, 3))
+    np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(ours, _sinkhorn_float64(ordinary, temp), rtol=2e-5, atol=1e-7)
+
+    # Beyond the original's float32 range (10+ below the maximum: its row sums underflow to
+    # 0, NaN; exp(9 / 0.07) overflows): the same algorithm in float64.
+    extreme = ordinary.copy()
+    extreme[:, 5] = rng.uniform(-12.0, -10.0, 12)
+    extreme[:, 9] = rng.uniform(8.0, 9.0, 12)
+    want = _sinkhorn_float64(extreme, temp)
+    assert want[:, 5].sum() > 0.1 and np.isfinite(want).all()
+    np.testing.assert_allclose(np.asarray(sinkhorn_knopp(jnp.asarray(extreme), temp)), want,
+                               rtol=1e-4, atol=1e-7)
+
+    # iBOT's padded buffer: padding rows (weight 0) whatever their logits leave the real ones
+    # as the original computes them on the masked patches alone (and come out 0).
+    valid = np.arange(16) < 11
+    padded = np.concatenate([ordinary[:11], np.full((5, K), 30.0, np.float32)])
+    out = np.asarray(sinkhorn_knopp(jnp.asarray(padded), temp, 3, jnp.asarray(valid)))
+    ibot_ref = dinov2_loss.iBOTPatchLoss(K).sinkhorn_knopp_teacher(
+        torch.tensor(padded[:11]), temp, torch.tensor(11)).numpy()
+    assert np.isfinite(out).all() and not out[11:].any()
+    np.testing.assert_allclose(out[:11], ibot_ref, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(out[:11], _sinkhorn_float64(padded[:11], temp), rtol=2e-5,
+                               atol=1e-7)
+
 
 
 @pytest.mark.parametrize("mode", ["random", "block"])

@@ -53,7 +53,8 @@ Losses (DINOv3's ``compute_losses``):
 - DINO on the CLS token: teacher probabilities by centring (``centering="centering"``:
   ``softmax((t - center) / T)``, the centre an EMA (``center_momentum`` 0.9) of the batch
   mean of the teacher's logits, updated after the step) or Sinkhorn-Knopp
-  (``"sinkhorn_knopp"``, ``sinkhorn_iterations`` 3). Under ``jit`` the arrays are the
+  (``"sinkhorn_knopp"``, ``sinkhorn_iterations`` 3; the originals' normalisations in the
+  log domain, :func:`sinkhorn_knopp`, so that no prototype underflows). Under ``jit`` the arrays are the
   global batch however it is sharded over the mesh, so the batch mean and the Sinkhorn
   sums are over the global batch: the originals' ``all_reduce`` semantics. Cross-entropy
   with the student's ``log_softmax(s / student_temp)`` (0.1), averaged over the local crops
@@ -514,23 +515,30 @@ class Dino:
 
 def sinkhorn_knopp(logits, temp, iterations: int = 3, valid=None):
     """DINOv2 / DINOv3 ``sinkhorn_knopp_teacher`` of (M, K) logits -> (M, K) assignments whose
-    rows sum to 1; sums over all rows (``valid`` rows only). The global maximum is subtracted
-    before the exponential (the first normalisation removes it; avoids overflow)."""
+    rows sum to 1; sums over all rows (``valid`` rows only; padding rows come out 0).
+
+    The original's steps in the log domain: ``Q = exp(logits / temp)``, normalised to sum 1,
+    then ``iterations`` times each prototype's column divided by its sum over the samples
+    and by K, each sample's row by its sum over the prototypes and by the sample count;
+    finally times the sample count. Each division is a subtraction of a ``logsumexp``, so
+    no prototype underflows: the original computes ``exp`` of the raw logits in float32
+    and loses every prototype whose logits all lie below about ``-87 * temp``, and a
+    shift by one global maximum loses those more than that far below the maximum; here a
+    prototype gets its share whatever its offset. Equal to the original wherever its
+    ``exp`` neither underflows nor overflows."""
     logits = logits.astype(jnp.float32) / temp
-    q = jnp.exp(logits - jax.lax.stop_gradient(logits.max()))
-    if valid is not None:
-        q = q * valid[:, None]
-        count = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
-    else:
-        count = jnp.float32(q.shape[0])
-    k = q.shape[1]
-    q = q / q.sum()
+    m, k = logits.shape
+    if valid is None:
+        valid = jnp.ones((m,), bool)
+    count = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    log_q = jnp.where(valid[:, None], logits, -jnp.inf)
+    log_q = log_q - jax.nn.logsumexp(log_q)
     for _ in range(iterations):
-        cols = q.sum(0, keepdims=True)
-        q = q / jnp.where(cols > 0, cols, 1.0) / k
-        rows = q.sum(1, keepdims=True)
-        q = q / jnp.where(rows > 0, rows, 1.0) / count
-    return q * count
+        cols = jax.nn.logsumexp(log_q, axis=0, keepdims=True)  # each prototype, over samples
+        log_q = log_q - cols - math.log(k)
+        rows = jax.nn.logsumexp(log_q, axis=1, keepdims=True)  # each sample, over prototypes
+        log_q = log_q - jnp.where(valid[:, None], rows, 0.0) - jnp.log(count)
+    return jnp.where(valid[:, None], jnp.exp(log_q) * count, 0.0)
 
 
 def koleo_loss(x, eps: float = 1e-8):
