@@ -80,4 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=_take_images(sys.argv))
+    from jaxbrain.training.config import parse_flags
+    app.run(main, argv=_take_images(sys.argv), flags_parser=parse_flags)

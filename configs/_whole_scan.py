@@ -14,7 +14,9 @@ with a subject column (subject / participant_id / PTID / RID / PATNO / eid), an 
 column (t1 / t1w / image / path; relative to the table's folder), and the task's column:
 diagnosis (dx / group / research_group: CN, MCI, AD, PD, "Healthy Control", ...), sex
 (sex / gender / ptgender: F, M) or age; session and site columns are optional (site is needed
-for ``data.held_out_site``). Scans are skull-stripped T1w in MNI space (e.g. FSL's
+for ``data.held_out_site``). A BIDS dataset is read as it is (its folder, or its
+participants.tsv): ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` by name, the labels from participants.tsv
+and sessions.tsv, ``data.bids_select`` (e.g. "acq-mprage") among several T1w of a session. Scans are skull-stripped T1w in MNI space (e.g. FSL's
 91 x 109 x 91 at 2 mm): resampled to ``data.spacing``, robust-scaled (1st-99th percentile
 clip, z-score over brain voxels) and cropped or padded about the centre to ``data.roi``, the
 whole-scan shape the model sees.
@@ -46,11 +48,19 @@ differs. The encoder is taken (``init.encoder_only``), the head starts fresh. Th
 presets (:data:`SOURCES`) set both, the family and the fields its network fixes (the sizes
 stay the model preset's):
 
-* ``timm`` (ViT): ``init.from="timm_vit"``, qkv bias, LayerNorm eps 1e-6;
+* ``timm`` (ViT): ``init.from="timm_vit"``, qkv bias, LayerNorm eps 1e-6, CLS token pooling
+  with the final norm (timm's ``global_pool="token"``, its ViTs' default; a file pooled by
+  average, with ``fc_norm``, needs ``model.pool=mean``);
 * ``torchvision`` (CNNs): ``torchvision_resnet`` / ``torchvision_densenet``; ResNets with
   torchvision's shortcut B without downsample bias (``resnet18``'s MedicalNet preset has A);
-* ``videomae`` (ViT): ``init.from="videomae"``, no CLS token (mean pooling), q and v biases
-  without a k bias, eps 1e-12.
+* ``videomae`` (ViT): ``init.from="videomae"``, no CLS token (mean pooling into a fresh
+  ``fc_norm``, as VideoMAE's fine-tuning: a pre-training file's final norm, transformers'
+  ``layernorm`` or MCG-NJU's ``encoder.norm``, is reported as ignored, the decoder too;
+  ``model.final_norm=True`` keeps it), q and v biases without a k bias, eps 1e-12.
+
+Each preset loads the files its source publishes; a strict load that fails names the one
+setting that makes it fit. ``python train.py --config ... --print_config`` lists the resolved
+fields.
 
     python train.py --config configs/brain_classification.py:ad,resnet18,torchvision \
         --config.init.torch=resnet18_imagenet.pth --config.data.root=/data/adni/labels.csv
@@ -65,7 +75,7 @@ MODELS = ("vit", "densenet121", "resnet18", "resnet50")
 COMMON = ("128", "demo", "bf16", "remat")  # the presets of every whole-scan config
 # Source presets: the pretrained network's family per model and the model fields it fixes.
 SOURCES = {
-    "timm": {"vit": ("timm_vit", dict(qkv_bias=True, norm_eps=1e-6))},
+    "timm": {"vit": ("timm_vit", dict(qkv_bias=True, norm_eps=1e-6, cls_token=True, pool="cls"))},
     "torchvision": {
         "resnet18": ("torchvision_resnet", dict(shortcut_type="B", bias_downsample=False)),
         "resnet50": ("torchvision_resnet", dict(shortcut_type="B", bias_downsample=False)),
@@ -105,8 +115,8 @@ def model_config(name: str, roi, num_classes: int, remat: bool) -> dict:
     if name == "vit":  # MONAI's ViT-B/16 layout: CLS token, learned positions, no qkv bias
         return dict(name="vit", in_channels=1, img_size=roi, patch_size=16, hidden_size=768,
                     depth=12, num_heads=12, mlp_dim=3072, cls_token=True, pos_embed="learned",
-                    pool="cls", qkv_bias=False, norm_eps=1e-5, dropout=0.0, drop_path=0.1,
-                    num_classes=num_classes, remat=remat)
+                    pool="cls", fc_norm=None, final_norm=None, qkv_bias=False, norm_eps=1e-5,
+                    dropout=0.0, drop_path=0.1, num_classes=num_classes, remat=remat)
     return dict(name=name, in_channels=1, num_classes=num_classes, remat=remat)
 
 
@@ -135,7 +145,8 @@ def build(task: str, args) -> ml_collections.ConfigDict:
     c.data = dict(
         layout="table", root=placeholder(str), image_root=placeholder(str),
         task={"age": "age", "sex": "sex"}.get(task, "diagnosis"),
-        classes=CLASSES.get(task), images=placeholder(tuple), drop_missing=False,
+        classes=CLASSES.get(task), images=placeholder(tuple), bids_select=placeholder(str),
+        drop_missing=False,
         num_folds=5, fold=0, split_seed=0, held_out_site=placeholder(str),
         test_fold=placeholder(int), test_table=placeholder(str),
         train_fraction=1.0, subset_seed=0,
@@ -169,9 +180,7 @@ def build(task: str, args) -> ml_collections.ConfigDict:
             raise ValueError(f"whole-scan config: the {source} preset initialises "
                              f"{' or '.join(SOURCES[source])}, not {model} (add one of those "
                              "model presets)")
-        family, fields = SOURCES[source][model]
-        c.init["from"] = family
-        c.model.update(fields)
+        c.init["from"] = SOURCES[source][model][0]
 
     if "demo" in args:
         # The synthetic cohort on a 4 mm grid (46 x 55 x 46), padded to 48 x 56 x 48.
@@ -187,4 +196,6 @@ def build(task: str, args) -> ml_collections.ConfigDict:
             c.model.update(DEMO_VIT)
         c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 300, 25, 50, 50
         c.optim.update(lr=3e-3, warmup_steps=20, weight_decay=1e-4)
+    if source:  # after the demo's sizes: the source's architecture fields win
+        c.model.update(SOURCES[source][model][1])
     return c

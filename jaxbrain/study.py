@@ -67,7 +67,8 @@ CONFIGS = os.path.join(ROOT, "configs")
 
 # The fields a source network fixes in the ViT (the sizes stay those of the architecture):
 # timm's ViT has a qkv bias and LayerNorm eps 1e-6; VideoMAE no CLS token (mean pooling), q
-# and v biases (no k bias) and eps 1e-12. The CNNs of every initialisation are torchvision's
+# and v biases (no k bias) and eps 1e-12, a pre-training file's final norm left out as
+# VideoMAE's fine-tuning leaves it (configs/_whole_scan.py's presets). The CNNs of every initialisation are torchvision's
 # (7^3 stem, shortcut B without downsample bias): scratch and inflated runs train one network.
 VIT_FIELDS = {"natural_images": dict(qkv_bias=True, norm_eps=1e-6),
               "video": dict(cls_token=False, pool="mean", qkv_bias=True, mask_k_bias=True,
@@ -372,8 +373,8 @@ def build_source(init: str, arch: str, spec: dict, path: str) -> str:
             image_size=v["img"], patch_size=m["patch_size"], num_channels=3, num_frames=16,
             tubelet_size=2, hidden_size=m["hidden_size"], num_hidden_layers=m["depth"],
             num_attention_heads=m["num_heads"], intermediate_size=m["mlp_dim"], qv_bias=True,
-            use_mean_pooling=True)
-        net, what = transformers.VideoMAEModel(cfg), "transformers VideoMAEModel"
+            use_mean_pooling=False)  # a pre-training encoder, as published: its final norm
+        net, what = transformers.VideoMAEModel(cfg), "transformers VideoMAEModel (pre-training)"
     elif arch == "vit":
         v = spec["vit_source"]
         net = timm_module("vision_transformer").VisionTransformer(

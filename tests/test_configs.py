@@ -5,15 +5,16 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
 from jaxbrain import models, objectives
 from jaxbrain.data import layouts, pipeline, synthetic
-from jaxbrain.training.config import _load, load_config_file, presets
+from jaxbrain.training.config import command_line_config, describe, _load, load_config_file, presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/_x.py files are shared helpers of configs, not configs.
@@ -165,12 +166,7 @@ def test_crop_transforms_need_a_roi(tiny_data):
 
 def _parse_flags(*argv):
     """The config as train.py gets it (config_flags, locked) from command-line ``argv``."""
-    argv = ["train.py", *argv]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                    sys_argv=argv)
-    fv(argv)
-    return fv.config
+    return command_line_config(list(argv))
 
 
 def test_config_flags_override_follows_references():
@@ -198,3 +194,43 @@ def test_config_flags_override_follows_references():
 def test_unknown_config_file():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config_file(os.path.join(ROOT, "configs", "nope.py"))
+
+
+def test_list_overrides_unknown_keys_and_print_config(tmp_path):
+    """List fields (the README's data.collections, a list of dicts) and fields that are None
+    take Python or JSON values from the command line, tuples take lists; a key the config
+    lacks is one line naming it and its section's keys (train.py: exit 1, no traceback);
+    --print_config prints every resolved field, overrides marked, and the model's arguments
+    left to its class, without training."""
+    pretrain = f"--config={ROOT}/configs/braindino_pretrain.py"
+    c = _parse_flags(pretrain, """--config.data.collections=[{"root": "/data/ukb", "channels": """
+                               """["t1", "flair"]}, {"root": "/data/brats", "layout": "brats"}]""",
+                     "--config.objective.solarize_p=[0.0, 0.2, 0.0]")
+    assert c.data.collections == [{"root": "/data/ukb", "channels": ["t1", "flair"]},
+                                  {"root": "/data/brats", "layout": "brats"}]
+    assert tuple(c.objective.solarize_p) == (0.0, 0.2, 0.0)
+    for preset in ("", ":demo"):  # None, a section
+        c = _parse_flags(f"--config={ROOT}/configs/brain_age.py{preset}",
+                         """--config.data.synthetic={"kind": "cohort", "n": 4, "flag": true}""")
+        assert c.data.synthetic.n == 4 and c.data.synthetic.flag is True
+    with pytest.raises(flags.IllegalFlagValueError, match="expected a list"):
+        _parse_flags(pretrain, "--config.data.collections=/data/ukb")
+    with pytest.raises(ValueError, match=r"^unknown config key model.final_norm; model has: "
+                                         r"block, block_inplanes, .*shortcut_type$"):
+        _parse_flags(f"--config={ROOT}/configs/brain_age.py:demo", "--config.model.final_norm=True")
+
+    train = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={ROOT}/configs/brain_age.py:demo"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    bad = subprocess.run([*train, "--workdir", str(tmp_path), "--config.data.nope=1"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "unknown config key data.nope; data has: " + ", ".join(
+            load_config_file(os.path.join(ROOT, "configs", "brain_age.py"), "demo").data.keys())]
+    c = _parse_flags(f"--config={ROOT}/configs/brain_age.py:demo", "--config.total_steps=7")
+    lines = describe(c, ["total_steps"]).splitlines()  # train.py --print_config's text
+    assert "total_steps = 7  # overridden" in lines and "batch_size = 8" in lines
+    assert "model.name = 'resnet'" in lines and "data.root = None" in lines
+    assert "# model.conv1_t_stride = 1  (ResNet)" not in lines  # set by the config: a field
+    assert any(line.startswith("# model.") and "(ResNet)" in line for line in lines)
+    assert not os.listdir(tmp_path)  # nothing written

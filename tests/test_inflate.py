@@ -445,3 +445,96 @@ def test_torchvision_preset_takes_a_torchvision_resnet(resnets):
     assert not report.unused and not report.missing and not report.mismatched
     with pytest.raises(ValueError, match="the timm preset initialises vit, not resnet18"):
         load_config_file("configs/brain_classification.py", "ad,resnet18,timm")
+
+
+# ----------------------------------------------------------------------------------------
+# The whole-scan source presets on the files their sources publish.
+
+
+def _preset_load(state, presets, **model):
+    """load_pretrained as configs/brain_classification.py:<presets> starts a run (tiny sizes)."""
+    from jaxbrain.training.config import load_config_file
+    c = load_config_file("configs/brain_classification.py", presets)
+    cfg = dict(c.model.to_dict(), hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
+               img_size=(32, 32, 32), patch_size=16, **model)
+    built = models.from_config(cfg)
+    return built, load_pretrained(state, built, _fresh(built, (1, 32, 32, 32, 1)),
+                                  encoder_only=c.init.encoder_only, new_head=c.init.new_head,
+                                  channels=c.init.channels, source_family=c.init["from"],
+                                  inflate=c.init.inflate)
+
+
+def _mcg_pretraining(hf: dict) -> dict:
+    """MCG-NJU's pre-training checkpoint layout ({"model": encoder.*, encoder.norm, decoder.*,
+    encoder_to_decoder, mask_token}) of a transformers VideoMAEForPreTraining state dict:
+    fused qkv without bias, q_bias / v_bias."""
+    enc, out = "videomae.encoder.layer.", {}
+    for key, value in hf.items():
+        if not key.startswith("videomae."):
+            out[key.replace("decoder.decoder_layers.", "decoder.blocks.")] = value
+            continue
+        key = key[len("videomae."):]
+        key = key.replace("embeddings.patch_embeddings.projection.", "patch_embed.proj.")
+        key = key.replace("encoder.layer.", "blocks.").replace("layernorm.", "norm.")
+        key = key.replace("layernorm_before.", "norm1.").replace("layernorm_after.", "norm2.")
+        key = key.replace("attention.output.dense.", "attn.proj.")
+        key = key.replace("intermediate.dense.", "mlp.fc1.").replace("output.dense.", "mlp.fc2.")
+        key = key.replace("attention.attention.query.bias", "attn.q_bias")
+        key = key.replace("attention.attention.value.bias", "attn.v_bias")
+        if ".attention.attention." in key:
+            continue  # fused below
+        out["encoder." + key.replace("blocks_", "blocks.")] = value
+    for i in {k.split(".")[3] for k in hf if k.startswith(enc)}:
+        p = f"{enc}{i}.attention.attention."
+        out[f"encoder.blocks.{i}.attn.qkv.weight"] = np.concatenate(
+            [hf[p + n + ".weight"] for n in ("query", "key", "value")], 0)
+    return {"model": out}
+
+
+def test_source_presets_load_published_files():
+    """The videomae preset takes a transformers VideoMAEForPreTraining / VideoMAEModel file
+    with its final layernorm and MCG-NJU's pre-training layout (encoder.norm, decoder) with
+    the same result, the norm and decoder reported as ignored (VideoMAE's fine-tuning), or
+    kept with model.final_norm=True; the timm preset takes timm's token-pooled ViT (norm.*)
+    with the demo's sizes too; a clean load has no hints (stem adapted, head fresh); a file
+    that needs another pooling fails naming the setting."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.VideoMAEConfig(
+        image_size=32, patch_size=16, num_channels=3, num_frames=4, tubelet_size=2,
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        qv_bias=True, use_mean_pooling=False, decoder_hidden_size=16,
+        decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    torch.manual_seed(0)
+    pre = numpy_state(_randomise(transformers.VideoMAEForPreTraining(cfg), 2))
+    assert "videomae.layernorm.weight" in pre
+    enc = {k[len("videomae."):]: v for k, v in pre.items() if k.startswith("videomae.")}
+    loads = {}
+    for name, state in (("pretraining", pre), ("model", enc), ("mcg", _mcg_pretraining(pre))):
+        model, (variables, report) = _preset_load(state, "ad,vit,videomae")
+        _strict_clean(report)
+        assert not report.hints and "hint" not in str(report)
+        assert any("final norm not used" in a and "model.final_norm=True" in a
+                   for a in report.adapted)
+        assert "videomae.layernorm.weight" in report.ignored
+        loads[name] = variables["params"]["encoder"]
+    for other in ("model", "mcg"):
+        jax.tree.map(np.testing.assert_array_equal, loads[other], loads["pretraining"])
+    np.testing.assert_array_equal(loads["mcg"]["blocks_0"]["mlp"]["linear1"]["kernel"],
+                                  pre["videomae.encoder.layer.0.intermediate.dense.weight"].T)
+    _, (variables, report) = _preset_load(pre, "ad,vit,videomae", final_norm=True)
+    _strict_clean(report)
+    np.testing.assert_array_equal(variables["params"]["encoder"]["norm"]["scale"],
+                                  pre["videomae.layernorm.weight"])
+
+    token = numpy_state(_timm_vit(3, global_pool="token"))
+    for presets in ("ad,vit,timm", "ad,demo,vit,timm"):
+        model, (variables, report) = _preset_load(token, presets)
+        _strict_clean(report)
+        assert not report.hints and "hint" not in str(report), str(report)
+        np.testing.assert_array_equal(variables["params"]["encoder"]["norm"]["scale"],
+                                      token["norm.weight"])
+    with pytest.raises(CheckpointMismatchError, match="set model.pool=cls"):
+        _preset_load(token, "ad,vit,timm", pool="mean")
+    avg = numpy_state(_timm_vit(4, class_token=False, global_pool="avg"))
+    with pytest.raises(CheckpointMismatchError, match="set model.pool=mean"):
+        _preset_load(avg, "ad,vit,timm", cls_token=False)

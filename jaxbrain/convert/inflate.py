@@ -310,21 +310,47 @@ def prepare(source: str | os.PathLike | Mapping, model: Any, *, source_family: s
         canonical, fmt = family.canonicalize(dict(state))
     except ValueError as e:
         raise ValueError(f"{name}: init.from={source_family or family.name!r}: {e}") from e
+    notes: list[str] = []
+    if family is videomae.FAMILY and videomae.ENCODER + "layernorm.weight" in canonical \
+            and videomae.drops_final_norm(model):
+        notes.append(f"{videomae.ENCODER}layernorm: the pre-trained encoder's final norm not used "
+                     "(mean pooling into a fresh fc_norm, as VideoMAE's fine-tuning; "
+                     "model.final_norm=True keeps it)")
     if not needs_inflation(canonical, model, family) and not (
             family is videomae.FAMILY and getattr(model, "pos_embed", None) == "learned"):
         if source_family is None:
             return None
-        return Prepared(canonical, _inflated_family(family, fmt), name, fmt, [])
-    notes: list[str] = []
+        return Prepared(canonical, _inflated_family(family, fmt), name, fmt, notes)
     targets = _targets(model, family)
+    before = len(notes)
     if family is videomae.FAMILY:
         canonical = _videomae(canonical, model, targets, inflate, notes)
     else:
         canonical = _inflate_kernels(canonical, targets, inflate, notes)
         if family is vit.TIMM_FAMILY:
             canonical = _timm_positions(canonical, model, notes)
-    fmt = f"{fmt}, inflated to 3D ({inflate})" if notes else fmt
+    fmt = f"{fmt}, inflated to 3D ({inflate})" if len(notes) > before else fmt
     return Prepared(canonical, _inflated_family(family, fmt), name, fmt, notes)
+
+
+def setting_hints(report: core.LoadReport, model: Any) -> list[str]:
+    """The model setting that makes a failed ViT load fit, when the file's final norm says it:
+    a final norm on the tokens (timm's token pooling ``norm.*``, VideoMAE's pre-training
+    ``layernorm``) for a model without one, or none (average pooling into ``fc_norm``) for a
+    model with one."""
+    from jaxbrain.models.vit import ViT
+    if not isinstance(model, ViT):
+        return []
+    norms = ("norm.weight", videomae.ENCODER + "layernorm.weight")
+    unused = {k for k, _ in report.unused}
+    missing = {k for k, _ in report.missing}
+    if unused & set(norms) and not model.uses_final_norm():
+        return [f"the file has a final norm on the tokens ({', '.join(sorted(unused & set(norms)))}"
+                ": token pooling): set model.pool=cls (or model.final_norm=True)"]
+    if missing & set(norms) and model.uses_final_norm():
+        return ["the file has no final norm on the tokens (average pooling into fc_norm): set "
+                "model.pool=mean"]
+    return []
 
 
 def _detect(state: State, model: Any) -> Family | None:
@@ -374,4 +400,4 @@ def config_for(source_family: str, state: State, model_name: str) -> dict:
 
 
 __all__ = ["MODES", "Prepared", "SOURCES", "config_for", "depth_matrix", "family_named",
-           "inflate_kernel", "needs_inflation", "prepare", "resample_depth"]
+           "inflate_kernel", "needs_inflation", "prepare", "resample_depth", "setting_hints"]

@@ -149,6 +149,11 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
     merged = core.merge(found, like_flat, report, name=name, shown=shown,
                         input_layer=input_layer, channels=channels, new_head=new_head,
                         is_head=is_head)
+    if report.ok:  # the stem adapted, the head left fresh: done as asked, nothing to hint
+        report.hints = []
+    elif is_torch_source(source):
+        from jaxbrain.convert import inflate as inflation
+        report.hints.extend(inflation.setting_hints(report, model))
     if not report.ok and strict:
         hint = ("\n  hint: another class count? init.new_head=True starts the output layers "
                 "fresh" if report.mismatched and not new_head else "")

@@ -13,6 +13,11 @@ Read (``FAMILY``, chosen by ``jaxbrain.convert.load_torch`` from the keys):
 - MCG-NJU ``VideoMAE`` checkpoints: ``patch_embed.proj``, ``blocks.i.{norm1, attn.qkv (fused, no
   bias), attn.q_bias, attn.v_bias, attn.proj, norm2, mlp.fc1, mlp.fc2, gamma_1, gamma_2}``,
   ``norm`` or ``fc_norm``, ``head``; pre-training files put the encoder under ``encoder.``.
+
+A pre-training file's final norm (transformers' ``layernorm`` without mean pooling, MCG-NJU's
+``norm``) initialises a model with a final norm; a model that pools by mean without one
+(``pool="mean"``, fc_norm: the whole-scan ``videomae`` preset) takes the encoder as VideoMAE's
+fine-tuning does, the final norm reported as ignored and ``fc_norm`` starting fresh.
   (MCG-NJU's LayerNorms use eps 1e-6: ``--set norm_eps=1e-6 --set head_norm_eps=1e-6``.)
 
 The canonical names are the classification layout with the attention projections fused into
@@ -148,8 +153,17 @@ def _rename_original(key: str) -> str:
     return key
 
 
+def drops_final_norm(model) -> bool:
+    """Whether ``model`` takes a VideoMAE encoder as VideoMAE's fine-tuning does: mean pooling
+    into a fresh ``fc_norm``, the pre-trained encoder's final norm (``layernorm`` / MCG-NJU's
+    ``norm``) not used (``final_norm=True`` keeps it)."""
+    return isinstance(model, ViT) and model.pool == "mean" and not model.uses_final_norm()
+
+
 def ignored(model, key: str) -> bool:
     if _IGNORED.match(key):
+        return True
+    if key.startswith(ENCODER + "layernorm.") and drops_final_norm(model):
         return True
     return key == ENCODER + "embeddings.position_embeddings" and model.pos_embed == "sincos"
 

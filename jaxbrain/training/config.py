@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Iterable
+import re
+from typing import Any, Iterable
 
 import ml_collections
 from ml_collections.config_dict import FieldReference
@@ -89,3 +90,223 @@ def derived(template: str, name: str, ref: FieldReference) -> FieldReference | s
         if i < len(parts):
             out = out + ref.to_str()
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# The command line: ``--config file.py:presets --config.a.b=value`` (ml_collections'
+# config_flags, with the parsers below added), read the same way by train.py and eval.py.
+
+
+class _LiteralParser:
+    """A list (``--config.data.collections='[{"root": "/data/ukb"}]'``), a section, or a value
+    for a field that is None in the config: a Python literal or JSON (``true`` / ``null``
+    too); anything else is the string itself (a None field) or an error naming the value."""
+
+    def __init__(self, kind: type | None):
+        self.kind = kind
+
+    def parse(self, argument):
+        if not isinstance(argument, str):
+            return argument
+        value = _literal(argument)
+        if self.kind is list:
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list (Python or JSON, e.g. '[1, 2]'), got {argument!r}")
+        elif self.kind is ml_collections.ConfigDict:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a dict (Python or JSON, e.g. '{{\"n\": 4}}'), got "
+                                 f"{argument!r}")
+            return ml_collections.ConfigDict(value)
+        return argument if value is _NOT_LITERAL else value
+
+    def flag_type(self):
+        return "config literal"
+
+
+_NOT_LITERAL = object()
+
+
+def _literal(text: str):
+    import ast
+    import json
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_LITERAL
+
+
+def register_override_parsers() -> None:
+    """Lets config_flags override list fields and fields that are None in the config, and
+    take JSON as well as Python literals for sections."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    class Parser(flags.ArgumentParser):
+        def __init__(self, kind):
+            self.inner = _LiteralParser(kind)
+
+        def parse(self, argument):
+            return self.inner.parse(argument)
+
+        def flag_type(self):
+            return self.inner.flag_type()
+
+    for kind in (list, type(None), ml_collections.ConfigDict):
+        config_flags.register_flag_parser_for_type(kind, Parser(kind))
+
+
+def config_argv(argv: list[str], name: str = "config") -> list[str]:
+    """The arguments of ``argv`` that belong to the ``--config`` flag and its overrides."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+            out += argv[i:i + 2]
+            i += 2
+            continue
+        if re.match(rf"^--?(no)?{name}(=|\.)", arg):
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _config_spec(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+            return argv[i + 1]
+        m = re.match(rf"^--?{name}=(.*)$", arg)
+        if m:
+            return m.group(1)
+    return None
+
+
+def unknown_key(config, path: str) -> str | None:
+    """``unknown config key model.final_norm; model has: a, b, c`` for an override path that
+    ``config`` lacks, else None."""
+    node, done = config, []
+    for part in path.split("."):
+        if isinstance(node, ml_collections.ConfigDict) and part in node:
+            node = node[part]
+            done.append(part)
+            continue
+        section = ".".join(done) or "config"
+        if isinstance(node, ml_collections.ConfigDict):
+            return f"unknown config key {path}; {section} has: {', '.join(node.keys())}"
+        return f"unknown config key {path}; {section} is {node!r}, not a section"
+    return None
+
+
+def override_error(argv: list[str], name: str = "config") -> str | None:
+    """The one-line message for the first ``--config.*`` override of ``argv`` that names no
+    field of the config (None when they all do, or no config file is given)."""
+    spec = _config_spec(argv, name)
+    if not spec:
+        return None
+    path, _, arg = spec.partition(":")
+    config = load_config_file(path, arg)
+    for a in argv:
+        m = re.match(rf"^--?(?:no)?{name}\.([^=]+)", a)
+        if m:
+            message = unknown_key(config, m.group(1))
+            if message:
+                return message
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for train.py / eval.py (``app.run(main, flags_parser=parse_flags)``)
+    with list overrides, and a config key that does not exist as one line, not a traceback."""
+    import sys
+    from absl import app
+    register_override_parsers()
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        message = override_error(argv)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(1)
+
+
+def command_line_config(argv: list[str], name: str = "config") -> ml_collections.ConfigDict:
+    """The config a ``train.py`` command line (``argv[1:]``: ``--config file.py:presets`` and
+    its ``--config.*`` overrides; other flags are left out) resolves to, through the same
+    parser train.py uses. Raises ValueError with :func:`override_error`'s line for a key the
+    config lacks."""
+    from absl import flags
+    from ml_collections import config_flags
+    register_override_parsers()
+    argv = ["train.py", *config_argv(list(argv), name)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(name, None, "config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+    except (AttributeError, KeyError) as e:
+        raise ValueError(override_error(argv, name) or str(e)) from None
+    return values[name].value
+
+
+# ----------------------------------------------------------------------------------------
+# --print_config: the resolved config, one ``path = value`` line per field.
+
+
+def _leaves(node, prefix: str = ""):
+    for key in node.keys():
+        value = node[key]
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            if len(value.keys()):
+                yield from _leaves(value, path + ".")
+            else:
+                yield path, {}
+        else:
+            yield path, value
+
+
+def library_defaults(config) -> dict[str, tuple[Any, str]]:
+    """{path: (default, class)} for the constructor arguments of the config's model and
+    objective that the config leaves to the class (e.g. ``model.final_norm``)."""
+    import dataclasses
+    from jaxbrain import models, objectives
+    out = {}
+    for section, registry in (("model", models.REGISTRY), ("objective", objectives.OBJECTIVES)):
+        cfg = config.get(section)
+        cls = registry.get(cfg.get("name")) if isinstance(cfg, ml_collections.ConfigDict) else None
+        if cls is None or not dataclasses.is_dataclass(cls):
+            continue
+        for field in dataclasses.fields(cls):
+            if field.name in cfg or field.name in ("parent", "name") or not field.init:
+                continue
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                continue
+            out[f"{section}.{field.name}"] = (default, cls.__name__)
+    return out
+
+
+def describe(config, overridden: Iterable[str] = ()) -> str:
+    """The resolved config as ``path = value`` lines (the ``--config.path=value`` names),
+    overrides marked, then the model's and objective's arguments that the config leaves to
+    their classes' defaults (settable only by adding them to the config file)."""
+    overridden = set(overridden)
+    lines = []
+    for path, value in _leaves(config):
+        mark = "  # overridden" if path in overridden else ""
+        lines.append(f"{path} = {value!r}{mark}")
+    defaults = library_defaults(config)
+    if defaults:
+        lines.append("# constructor defaults the config leaves to the classes:")
+        for path, (value, cls) in defaults.items():
+            lines.append(f"# {path} = {value!r}  ({cls})")
+    return "\n".join(lines)
