@@ -57,7 +57,16 @@ can be and kept as written when not. Every scan keeps its row in ``Case.meta``: 
 ``Case.id`` is ``"<subject>_<session>"`` (``"<subject>"`` without a session column); rows must
 be unique by (subject, session).
 
-Errors are :class:`DataError` naming the file, the line and the column.
+Errors are :class:`DataError` naming the file, the line and the column; with ``errors=`` (a
+list) every row's error is appended to it and the row left out, so that one read reports them
+all (``python -m jaxbrain.data check``).
+
+A BIDS dataset (:mod:`jaxbrain.data.bids`: a folder holding ``dataset_description.json``, or
+``participants.tsv`` beside ``sub-*`` folders, or such a ``participants.tsv`` itself when it
+has no image column) is read as it is: one row per (subject, session) with an image of each
+suffix in ``images`` (default ``("T1w",)``), found by its file name; the labels come from
+participants.tsv and the subject's sessions.tsv (``n/a`` is missing); ``select`` (e.g.
+``"acq-mprage"``) chooses among several images of a session.
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ import math
 import os
 from typing import Mapping, Sequence
 
-from jaxbrain.data import layouts
+from jaxbrain.data import bids, layouts
 from jaxbrain.data.nifti import DataError
 
 ALIASES = {
@@ -128,6 +137,7 @@ class Table:
     classes: tuple[str, ...] | None
     rows: int
     dropped: dict
+    notes: tuple = ()
 
     def summary(self) -> str:
         subjects = len({c.meta["subject"] for c in self.cases})
@@ -143,6 +153,8 @@ class Table:
         if dropped:
             reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()))
             text += f"; dropped {dropped} ({reasons})"
+        for note in self.notes:
+            text += f"; {note}"
         return text
 
 
@@ -159,24 +171,31 @@ def load_table(path: str, *, task: str | None = "diagnosis", classes: Sequence[s
                images: Sequence[str] | None = None, root: str | None = None,
                columns: Mapping[str, str] | None = None,
                vocabulary_extra: Mapping[str, str] | None = None,
-               drop_missing: bool = False) -> Table:
+               drop_missing: bool = False, select: str | None = None,
+               errors: list | None = None) -> Table:
     """Reads a label table into a :class:`Table`.
 
     Args:
       path: the CSV / TSV file, or a folder holding one of ``labels.csv``, ``labels.tsv``,
-        ``participants.tsv``.
+        ``participants.tsv``; or a BIDS dataset (its folder or its participants.tsv).
       task: ``"diagnosis"``, ``"sex"``, ``"age"`` (or another numeric column), or None.
       classes: target order of a classification task (names through the vocabulary).
-      images: the image column(s), one per channel, in channel order.
+      images: the image column(s), one per channel, in channel order (BIDS: the suffixes,
+        default ``("T1w",)``).
       root: folder that relative image paths are relative to (default: the table's).
       columns: ``{field: header name}`` overriding the aliases, e.g. ``{"diagnosis": "DX_bl"}``.
       vocabulary_extra: more diagnosis synonyms, ``{synonym: canonical name}``.
       drop_missing: drop (and count) rows whose task value is missing instead of raising.
+      select: BIDS only: entities an image must have, e.g. ``"acq-mprage"`` or ``"run-2"``.
+      errors: a list to append every row's error to (the row is left out) instead of raising
+        the first.
     """
-    path = _table_path(path)
-    header, rows = _read_rows(path)
+    source = _source(path, images, select, errors)
+    path, header, rows = source.path, source.header, source.rows
+    if source.bids:
+        columns = {"subject": "subject", "session": "session", **(columns or {})}
     fields = _fields(path, header, columns or {})
-    image_columns = _image_columns(path, header, images)
+    image_columns = [] if source.bids else _image_columns(path, header, images)
     if fields["subject"] is None:
         raise DataError(f"{path}: no subject column; expected one of {list(ALIASES['subject'])} "
                         f"(or columns={{'subject': ...}}), header is {header}")
@@ -184,43 +203,103 @@ def load_table(path: str, *, task: str | None = "diagnosis", classes: Sequence[s
     reader = _TaskReader(path, task, classes, fields, header, vocab)
     root = os.path.dirname(os.path.abspath(path)) if root is None else root
     known = set(fields.values()) | set(image_columns)
-    cases, dropped, seen = [], {}, {}
-    for line, row in rows:
-        cell = dict(zip(header, row))
-        subject = cell[fields["subject"]].strip()
-        if not subject:
-            raise DataError(f"{path}: line {line}, column {fields['subject']!r}: no subject id")
-        session = cell[fields["session"]].strip() if fields["session"] else None
-        key = (subject, session)
-        if key in seen:
-            what = f"subject {subject!r}" + (f", session {session!r}" if session else "")
-            raise DataError(f"{path}: line {line}: duplicate row ({what}), first on line "
-                            f"{seen[key]}; rows must be unique by (subject, session)")
-        seen[key] = line
-        target, reason = reader.target(line, cell, drop_missing)
+    cases, dropped, seen = [], dict(source.dropped), {}
+    for row in rows:
+        try:
+            case, reason = _case(row, path, fields, image_columns, reader, vocab, root, known,
+                                 seen, drop_missing)
+        except DataError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
+            continue
         if reason is not None:
             dropped[reason] = dropped.get(reason, 0) + 1
-            continue
-        paths = tuple(_image(path, line, col, cell[col], root) for col in image_columns)
-        meta = {"subject": subject, "session": session,
-                "diagnosis": _lenient(vocab, cell, fields["diagnosis"]),
-                "age": _number_or_none(cell, fields["age"]),
-                "sex": _lenient(SEXES, cell, fields["sex"]),
-                "site": cell[fields["site"]].strip() if fields["site"] else None,
-                "line": line}
-        meta.update({h: v for h, v in cell.items() if h not in known and h not in meta})
-        case_id = f"{subject}_{session}" if session else subject
-        cases.append(layouts.Case(id=case_id, images=paths, target=target, meta=meta))
+        else:
+            cases.append(case)
     if not cases:
         raise DataError(f"{path}: no scans left of {len(rows)} rows"
-                        + (f" (dropped: {dropped})" if dropped else ""))
+                        + (f" (dropped: {dropped})" if dropped else "")
+                        + (f" ({len(errors)} with errors)" if errors else ""))
     classes = reader.classes
     if task == "diagnosis" and classes is None:  # the classes present, in vocabulary order
         present = {c.target for c in cases}
         classes = tuple(n for n in [*DIAGNOSES, *sorted(present - set(DIAGNOSES))]
                         if n in present)
         cases = [dataclasses.replace(c, target=float(classes.index(c.target))) for c in cases]
-    return Table(path, cases, task, classes, len(rows), dropped)
+    return Table(path, cases, task, classes, len(rows), dropped, source.notes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What a table's rows come from: a CSV / TSV file, or a BIDS tree (rows with their
+    images resolved)."""
+
+    path: str
+    header: list
+    rows: list  # of bids.Row
+    bids: bool = False
+    dropped: dict = dataclasses.field(default_factory=dict)
+    notes: tuple = ()
+
+
+def _source(path: str, images, select, errors) -> _Source:
+    folder = None
+    if os.path.isdir(path):
+        if not any(os.path.exists(os.path.join(path, n)) for n in TABLE_NAMES[:2]) \
+                and bids.is_dataset(path):
+            folder = path
+    elif os.path.basename(path) == bids.PARTICIPANTS and bids.is_dataset(os.path.dirname(
+            os.path.abspath(path))):
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+        names = {_key(h) for h in first.rstrip("\r\n").split("\t")}
+        wanted = {_key(c) for c in ([images] if isinstance(images, str) else images or ())}
+        if not (names & set(IMAGE_ALIASES)) and not (wanted and wanted <= names):
+            folder = os.path.dirname(os.path.abspath(path))
+    if folder is not None:
+        suffixes = (images,) if isinstance(images, str) else tuple(images or ("T1w",))
+        data = bids.rows(folder, suffixes, select=select)
+        return _Source(data.path, data.header, data.rows, True, data.dropped, data.notes)
+    if select:
+        raise ValueError(f"select={select!r} is for BIDS datasets; {path} is a table")
+    path = _table_path(path)
+    header, rows = _read_rows(path, errors)
+    return _Source(path, header, [bids.Row(dict(zip(header, r)), None, line, {},
+                                           f"{path}: line {line}") for line, r in rows])
+
+
+def _case(row, path, fields, image_columns, reader, vocab, root, known, seen, drop_missing):
+    """(the row's Case, None), or (None, the reason it is dropped)."""
+    cell, line = row.cells, row.line
+    at = lambda column: row.origin.get(column, row.where) + f", column {column!r}"  # noqa: E731
+    subject = cell[fields["subject"]].strip()
+    if not subject:
+        raise DataError(f"{at(fields['subject'])}: no subject id")
+    session = (cell[fields["session"]].strip() or None) if fields["session"] else None
+    key = (subject, session)
+    if key in seen:
+        what = f"subject {subject!r}" + (f", session {session!r}" if session else "")
+        raise DataError(f"{row.where}: duplicate row ({what}), first on line {seen[key]}; "
+                        "rows must be unique by (subject, session)")
+    seen[key] = line
+    target, reason = reader.target(at(reader.column) if reader.column else row.where, cell,
+                                   drop_missing)
+    if reason is not None:
+        return None, reason
+    if row.images is not None:
+        paths = row.images
+    else:
+        paths = tuple(_image(path, line, col, cell[col], root) for col in image_columns)
+    meta = {"subject": subject, "session": session,
+            "diagnosis": _lenient(vocab, cell, fields["diagnosis"]),
+            "age": _number_or_none(cell, fields["age"]),
+            "sex": _lenient(SEXES, cell, fields["sex"]),
+            "site": cell[fields["site"]].strip() if fields["site"] else None,
+            "line": line}
+    meta.update({h: v for h, v in cell.items() if h not in known and h not in meta})
+    case_id = f"{subject}_{session}" if session else subject
+    return layouts.Case(id=case_id, images=paths, target=target, meta=meta), None
 
 
 def _table_path(path: str) -> str:
@@ -234,8 +313,10 @@ def _table_path(path: str) -> str:
     return path
 
 
-def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header (stripped names) and (line number, cells) of the non-blank rows."""
+def _read_rows(path: str, errors: list | None = None
+               ) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (stripped names) and (line number, cells) of the non-blank rows (a row of the
+    wrong length is an error, appended to ``errors`` when given)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         text = f.read()
     if not text.strip():
@@ -260,8 +341,12 @@ def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
         if not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
-            raise DataError(f"{path}: line {reader.line_num}: {len(row)} fields, but the header "
-                            f"(line 1) has {len(header)}: {header}")
+            error = (f"{path}: line {reader.line_num}: {len(row)} fields, but the header "
+                     f"(line 1) has {len(header)}: {header}")
+            if errors is None:
+                raise DataError(error)
+            errors.append(error)
+            continue
         rows.append((reader.line_num, row))
     if not rows:
         raise DataError(f"{path}: empty table (a header, no rows)")
@@ -391,12 +476,12 @@ class _TaskReader:
                              f"{_known_text(self.lookup)}")
         return value
 
-    def target(self, line: int, cell: dict, drop_missing: bool):
-        """(target, None), or (None, reason) for a row to drop."""
+    def target(self, where: str, cell: dict, drop_missing: bool):
+        """(target, None), or (None, reason) for a row to drop; ``where`` names the file,
+        line and column in errors."""
         if self.task is None:
             return None, None
         raw = cell[self.column]
-        where = f"{self.path}: line {line}, column {self.column!r}"
         if _missing(raw):
             if drop_missing:
                 return None, f"no {self.task}"

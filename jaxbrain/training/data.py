@@ -26,7 +26,9 @@
 Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tables):
 
     data.root          the CSV / TSV file, or a folder holding labels.csv / labels.tsv /
-                       participants.tsv (image paths relative to it unless data.image_root)
+                       participants.tsv (image paths relative to it unless data.image_root),
+                       or a BIDS dataset (its folder or participants.tsv: images found by
+                       their names, :mod:`jaxbrain.data.bids`)
     data.task          "diagnosis" | "sex" | "age" | another numeric column (Case.target) |
                        another column with data.classes (categorical, e.g. "sequence"),
                        or several, e.g. ("age", "sex", "diagnosis"): Case.target is then the
@@ -35,7 +37,10 @@ Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tabl
                        the first task
     data.classes       class order of a classification task, e.g. ("CN", "AD") (other rows
                        are dropped); None: the classes present
-    data.images        image column(s), one per channel (None: t1 / t1w / image / path)
+    data.images        image column(s), one per channel (None: t1 / t1w / image / path);
+                       BIDS: the suffixes (None: T1w)
+    data.bids_select   BIDS: entities the image must have among several of a session, e.g.
+                       "acq-mprage" or "run-2" (None: the plain one, lowest run)
     data.columns, data.vocabulary, data.drop_missing   load_table's columns=,
                        vocabulary_extra=, drop_missing=
     data.num_folds     a stratified (class, or target quantile bins) subject-level k-fold
@@ -270,7 +275,8 @@ def _table_options(cfg) -> dict:
     return {"task": cfg.get("task", "diagnosis"), "classes": plain("classes"),
             "images": plain("images"), "root": cfg.get("image_root"),
             "columns": plain("columns"), "vocabulary_extra": plain("vocabulary"),
-            "drop_missing": bool(cfg.get("drop_missing", False))}
+            "drop_missing": bool(cfg.get("drop_missing", False)),
+            "select": cfg.get("bids_select")}
 
 
 def tasks_of(cfg) -> tuple[str, ...] | None:
