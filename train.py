@@ -38,6 +38,24 @@ flags.DEFINE_bool("check", False, "check config, data and initialisation, then e
 flags.mark_flags_as_required(["config"])
 
 
+def _data_errors_in_one_line(main):
+    """``main`` with bad input data (a DataError, also one raised in a data-loading worker)
+    ending the program with its message alone, no traceback."""
+    def run(argv):
+        try:
+            return main(argv)
+        except Exception as e:
+            from jaxbrain.data.nifti import DataError
+            cause = e
+            while cause is not None and not isinstance(cause, DataError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise SystemExit(f"data error: {cause}") from None
+    return run
+
+
+@_data_errors_in_one_line
 def main(argv):
     del argv
     if flags.FLAGS.print_config:

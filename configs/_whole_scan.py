@@ -15,11 +15,12 @@ column (t1 / t1w / image / path; relative to the table's folder), and the task's
 diagnosis (dx / group / research_group: CN, MCI, AD, PD, "Healthy Control", ...), sex
 (sex / gender / ptgender: F, M) or age; session and site columns are optional (site is needed
 for ``data.held_out_site``). A BIDS dataset is read as it is (its folder, or its
-participants.tsv): ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` by name, the labels from participants.tsv
-and sessions.tsv, ``data.bids_select`` (e.g. "acq-mprage") among several T1w of a session. Scans are skull-stripped T1w in MNI space (e.g. FSL's
-91 x 109 x 91 at 2 mm): resampled to ``data.spacing``, robust-scaled (1st-99th percentile
-clip, z-score over brain voxels) and cropped or padded about the centre to ``data.roi``, the
-whole-scan shape the model sees.
+participants.tsv): ``sub-*/[ses-*/]anat/*_T1w.nii.gz`` by name, the labels from
+participants.tsv and sessions.tsv, ``data.bids_select`` (e.g. "acq-mprage") among several T1w
+of a session. Scans are skull-stripped T1w in MNI space (e.g. FSL's 91 x 109 x 91 at 2 mm):
+resampled to ``data.spacing``, robust-scaled (1st-99th percentile clip, z-score over brain
+voxels) and cropped or padded about the centre to ``data.roi``, the whole-scan shape the model
+sees.
 
 Splits are by subject (all sessions of a subject on one side): a 5-fold split stratified by
 class (regression: by quantile bins of the target), ``data.fold`` validated, saved as

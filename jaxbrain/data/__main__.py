@@ -5,6 +5,10 @@
   python -m jaxbrain.data synth brats --out data/brats --n 8   (see jaxbrain.data.synthetic)
   python -m jaxbrain.data sequence-table --root BraTS2021 --out brats_sequences.csv
       (a label table of sequence type, one row per image: configs/braindino_probe.py:sequence)
+  python -m jaxbrain.data check --config configs/brats_swinunetr.py \
+      --config.data.root=/data/BraTS2023 [--voxels] [--workdir runs/x]
+      (every case's headers and label values read once, every problem listed, one line each
+      naming the file; exit status 1 if there is any: see jaxbrain.data.check)
 """
 
 from __future__ import annotations
@@ -51,13 +55,51 @@ def _sequence_table(argv):
     print(f"wrote {args.out}: {rows} images of {len(cases)} cases")
 
 
+def _check(argv):
+    from absl import flags
+    from ml_collections import config_flags
+
+    from jaxbrain.data.nifti import DataError
+    from jaxbrain.training import data as data_lib
+    values = flags.FlagValues()
+    argv = ["python -m jaxbrain.data check", *argv]
+    config_flags.DEFINE_config_file("config", None, "config file, optionally file.py:preset",
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "run directory: where a config's synthetic data are "
+                        "written (data.root unset)", flag_values=values)
+    flags.DEFINE_bool("voxels", False, "also read every floating-point image's voxels (NaN, "
+                      "Inf)", flag_values=values)
+    try:
+        values(argv)
+    except flags.Error as e:
+        raise SystemExit(f"python -m jaxbrain.data check: {e}\n\nusage: python -m jaxbrain.data "
+                         "check --config configs/X.py[:preset] [--config.a.b=value ...] "
+                         "[--voxels] [--workdir DIR]") from None
+    if values.config is None:
+        raise SystemExit("python -m jaxbrain.data check: --config is required")
+    cfg = values.config.data
+    if cfg.get("root") is None and not values.workdir:
+        raise SystemExit("python -m jaxbrain.data check: config.data.root is not set; pass "
+                         "--config.data.root=/path/to/data (or --workdir for the config's "
+                         "synthetic data)")
+    try:
+        report = data_lib.check(cfg, values.workdir or ".", voxels=values.voxels)
+    except DataError as e:
+        raise SystemExit(f"data error: {e}") from None
+    print(report.text(), flush=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in ("cache", "synth", "sequence-table"):
+    if not argv or argv[0] not in ("cache", "synth", "sequence-table", "check"):
         print(__doc__.strip())
         raise SystemExit(2)
     if argv[0] == "cache":
         _cache(argv[1:])
+    elif argv[0] == "check":
+        _check(argv[1:])
     elif argv[0] == "sequence-table":
         _sequence_table(argv[1:])
     else:

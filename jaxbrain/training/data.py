@@ -71,6 +71,7 @@ import jax
 import numpy as np
 
 from jaxbrain import parallel
+from jaxbrain.data import check as check_lib
 from jaxbrain.data import cohort, layouts, pipeline, splits, synthetic, tables
 from jaxbrain.data.nifti import DataError
 
@@ -409,3 +410,65 @@ def cached(cfg, cases_list: list, preprocess: str, split: str) -> list:
         pipeline.build_cache(cases_list, preprocess, folder, workers=int(cfg.get("workers", 0)))
     parallel.barrier("cache built")
     return pipeline.open_cache(folder, preprocess, cases_list)
+
+
+# --- the data check at the start of training ---------------------------------------------------
+
+
+def check(cfg, workdir: str, *, voxels: bool = False, progress: bool = True) -> check_lib.Report:
+    """Every case of the config's data found and read once (:mod:`jaxbrain.data.check`):
+    the problems of all of them, the notes (the table's summary, config fields the
+    preprocessing leaves unused). Cases unchanged since they last passed are not read."""
+    root = data_root(cfg, workdir)
+    datalist = cfg.get("datalist")
+    kwargs, layout, source = {}, cfg.layout, root
+    if datalist:
+        layout = "datalist"
+        source = datalist if os.path.isabs(datalist) else os.path.join(root, datalist)
+        kwargs = {"labels": cfg.get("labels") or "brats2021"}
+    elif cfg.layout == "table":
+        options = _table_options(cfg)
+        tasks = tasks_of(cfg) or (options["task"],)
+        classes = options.pop("classes")
+        found, problems, notes = [], [], []
+        for task in tasks:
+            per_task = classes.get(task) if isinstance(classes, dict) else classes
+            cases_t, problems_t, notes_t = check_lib.find(
+                "table", root, **dict(options, task=task, classes=per_task))
+            found = found or cases_t
+            problems += [p for p in problems_t if p not in problems]
+            notes += notes_t
+        if cfg.get("test_table"):
+            test, problems_t, notes_t = check_lib.find("table", cfg.test_table, **options)
+            found, problems, notes = found + test, problems + problems_t, notes + notes_t
+        return _checked(cfg, root, found, problems, notes, voxels, progress)
+    elif cfg.layout == "subjects":
+        kwargs = {"channels": tuple(cfg.channels)}
+        if os.path.isdir(root):
+            source = os.path.join(root, cfg.get("subject_list") or "subjects.csv")
+    elif cfg.layout == "datalist":
+        kwargs = {"labels": cfg.get("labels") or "brats2021"}
+    found, problems, notes = check_lib.find(layout, source, **kwargs)
+    return _checked(cfg, root, found, problems, notes, voxels, progress)
+
+
+def _checked(cfg, root, found, problems, notes, voxels, progress) -> check_lib.Report:
+    read_problems, read = check_lib.check_cases(found, root, voxels=voxels, progress=progress)
+    notes = [*check_lib.unused_fields(cfg), *notes]
+    return check_lib.Report(str(root), len(found), read, tuple(problems + read_problems),
+                            tuple(notes))
+
+
+def check_before_training(cfg, workdir: str) -> None:
+    """The data check at the start of training: prints what the config leaves unused and
+    raises :class:`jaxbrain.data.check.DataProblems` (every problem, one line each) before
+    anything is compiled. Cases that passed before, unchanged, are not read again."""
+    is_main = jax.process_index() == 0
+    report = check(cfg, workdir, progress=is_main)
+    if is_main:
+        for line in check_lib.unused_fields(cfg):
+            print(line, flush=True)
+    if not report.ok:
+        raise check_lib.DataProblems(report)
+    if is_main and report.read:
+        print(report.summary(), flush=True)

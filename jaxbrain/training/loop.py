@@ -338,6 +338,7 @@ def training_data(config, workdir: str) -> tuple[list, list, Any]:
         raise ValueError(f"config.data.source: unknown source {source!r}; known: {SOURCES}")
     if source == "slices":
         return [], [], slices.from_config(config, workdir)
+    data_lib.check_before_training(dcfg, workdir)  # every case read once, problems all at once
     train_cases, val_cases = data_lib.cases(dcfg, workdir)
     if source in CASE_CACHES:
         train_cases, val_cases = CASE_CACHES[source](config, workdir, [train_cases, val_cases])
