@@ -16,6 +16,11 @@ Folds: a 5-fold split by subject (sessions of one subject stay together) made on
 ``data.fold`` is held out for validation. ``--config.data.datalist=x.json`` uses a datalist
 with folds instead; ``--config.data.val_every=k`` holds out every k-th case by id.
 
+PatchMerging order: ``model.downsample="merging"``, MONAI >= 1.5's corrected one, as along
+jaxbrain's whole pretraining chain (exports load into today's MONAI as they are);
+``--config.model.downsample=merging_legacy`` for weights trained with MONAI < 1.5
+(BrainSegFounder's published files, MONAI's ``model_swinvit.pt``).
+
 Shapes: ``data.roi`` is the one size: the volumes are resized to it (``data.preprocess``
 follows ``data.roi`` until it is set itself), the crops and the validation window are it.
 """
@@ -48,7 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.model = dict(name="swin_unetr", in_channels=1, out_channels=1, feature_size=feature,
                    depths=depths, num_heads=heads, drop_rate=0.1, dropout_path_rate=0.0,
-                   downsample="merging_legacy", use_v2=False, remat="remat" in args)
+                   downsample="merging", use_v2=False, remat="remat" in args)
     c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=1.0, threshold=0.5)
     c.optim = dict(name="adamw", lr=1e-4, weight_decay=1e-5, b1=0.9, b2=0.999,
                    schedule="warmup_cosine", warmup_steps=10 * steps_per_epoch, end_lr=0.0,

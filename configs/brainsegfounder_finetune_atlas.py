@@ -4,6 +4,10 @@ r"""BrainSegFounder fine-tuning on ATLAS v2.0 from a stage-2 checkpoint (the ATL
   python train.py --config configs/brainsegfounder_finetune_atlas.py --workdir runs/bsf_atlas \
       --config.data.root=/data/ATLAS_2 --config.init.orbax=runs/bsf_atlas2
 
+The PatchMerging order is ``atlas_swinunetr``'s ("merging", that of jaxbrain's own stages);
+BrainSegFounder's published files were trained with MONAI < 1.5's order: add
+``--config.model.downsample=merging_legacy`` when starting from one (``init.torch``).
+
 Presets as ``atlas_swinunetr``. ``data.train_fraction`` trains on a fixed random subset.
 """
 

@@ -4,7 +4,12 @@ r"""BrainSegFounder fine-tuning on BraTS from a stage-2 checkpoint (the BraTS re
   python train.py --config configs/brainsegfounder_finetune_brats.py --workdir runs/bsf_brats \
       --config.data.root=/data/BraTS2021 --config.init.orbax=runs/bsf_stage2
   python train.py --config configs/brainsegfounder_finetune_brats.py --workdir runs/bsf_brats \
-      --config.data.root=/data/BraTS2021 --config.init.torch=ssl_stage2.pt   # PyTorch SSL file
+      --config.data.root=/data/BraTS2021 --config.init.torch=ssl_stage2.pt \
+      --config.model.downsample=merging_legacy     # BrainSegFounder's published SSL file
+
+The PatchMerging order is ``brats_swinunetr``'s ("merging", that of jaxbrain's own stages);
+BrainSegFounder's published files were trained with MONAI < 1.5's order: add
+``--config.model.downsample=merging_legacy`` when starting from one.
 
 Presets as ``brats_swinunetr`` (``demo``, sizes, ``bf16``, ``remat``). ``data.train_fraction``
 trains on a fixed random subset of the training cases (label-efficiency studies).

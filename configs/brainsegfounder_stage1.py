@@ -18,6 +18,11 @@ ScaleIntensityRange; use ``scale_range(a_min=..., a_max=...)`` in data.preproces
 Contrastive negatives come from the whole global batch (``objective.negatives="local"``:
 the original's per-device negatives).
 
+PatchMerging order: ``model.downsample="merging"``, MONAI >= 1.5's corrected one, as along
+jaxbrain's whole pretraining chain (exports load into today's MONAI as they are);
+``--config.model.downsample=merging_legacy`` for weights trained with MONAI < 1.5
+(BrainSegFounder's published files, MONAI's ``model_swinvit.pt``).
+
 ``data.root`` is a subject list (CSV ``subject,t1,flair`` or JSON) or a folder holding
 ``subjects.csv``; ``data.channels`` names its columns. ``data.roi`` is the crop size (the
 foreground crop of ``data.preprocess`` is grown to a multiple of it and follows it).
@@ -55,7 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sharding = "replicate"
 
     c.model = dict(name="ssl_head", in_channels=2, feature_size=feature, depths=depths,
-                   num_heads=heads, dropout_path_rate=0.0, downsample="merging_legacy",
+                   num_heads=heads, dropout_path_rate=0.0, downsample="merging",
                    use_v2=False, remat="remat" in args)
     c.objective = dict(name="ssl", rotation=1.0, contrastive=1.0, reconstruction=1.0,
                        temperature=0.5, negatives="global", max_drop=0.3, box_min=0.05,

@@ -19,6 +19,11 @@ else a 5-fold split made once per run (``data.split_seed``, saved as ``<workdir>
 and read back on resume); ``data.fold`` is held out. ``--config.data.datalist=x.json`` uses
 that datalist instead (it must exist); ``--config.data.val_every=k`` holds out every k-th case.
 
+PatchMerging order: ``model.downsample="merging"``, MONAI >= 1.5's corrected one, as along
+jaxbrain's whole pretraining chain (exports load into today's MONAI as they are);
+``--config.model.downsample=merging_legacy`` for weights trained with MONAI < 1.5
+(BrainSegFounder's published files, MONAI's ``model_swinvit.pt``).
+
 Shapes: ``data.roi`` is the one size: of the training crops and of the sliding-window
 validation window (``eval.roi``, None by default, would set the window alone).
 """
@@ -52,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.model = dict(name="swin_unetr", in_channels=4, out_channels=3, feature_size=feature,
                    depths=depths, num_heads=heads, drop_rate=0.0, dropout_path_rate=0.0,
-                   downsample="merging_legacy", use_v2=False, remat="remat" in args)
+                   downsample="merging", use_v2=False, remat="remat" in args)
     c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=0.0, threshold=0.5,
                        channels=("TC", "WT", "ET"), regions="brats")
     c.optim = dict(name="adamw", lr=1e-4, weight_decay=1e-5, b1=0.9, b2=0.999,

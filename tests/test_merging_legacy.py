@@ -1,34 +1,47 @@
 """MONAI < 1.5's PatchMerging order ("merging_legacy"), which every older SwinUNETR checkpoint
-(BrainSegFounder's included) was trained with. MONAI >= 1.5 no longer has it, so the torch
-reference of the old order lives here, built on MONAI's own PatchMerging."""
+(BrainSegFounder's included) was trained with. MONAI >= 1.5 no longer has it: the torch
+reference of the old order is the README's ``LegacyPatchMerging`` snippet, executed as the
+README shows it, on MONAI's own PatchMerging."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
-import torch.nn.functional as F
 
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
-from monai.networks.nets.swin_unetr import PatchMerging
 
-from jaxbrain.convert import load_torch, save_torch
+from jaxbrain import runs
+from jaxbrain.convert import load_torch
 from jaxbrain.models import SwinUNETR
 
 from _util import (from_torch_output, head_volume, jitted_apply, random_params, rel_l2,
                    to_torch_input)
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-class LegacyPatchMerging(PatchMerging):
-    """MONAI 0.9-1.4 PatchMerging.forward: slices (0,0,0),(1,0,0),(0,1,0),(0,0,1),(1,0,1),
-    (0,1,0),(0,0,1),(1,1,1) -- two duplicates, (1,1,0) and (0,1,1) never used."""
 
-    def forward(self, x):
-        d, h, w = x.shape[1:4]
-        if d % 2 or h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
-        offsets = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
-        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in offsets], -1)
-        return self.reduction(self.norm(x))
+def readme_snippet() -> str:
+    """The README's python block that defines LegacyPatchMerging, exactly as printed."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    found = [b for b in blocks if "class LegacyPatchMerging" in b]
+    assert len(found) == 1, "README.md: expected one python block defining LegacyPatchMerging"
+    return found[0]
+
+
+def _legacy_class():
+    """LegacyPatchMerging from the README block (its class definition and imports only)."""
+    code = readme_snippet()
+    namespace: dict = {}
+    exec(code[:code.index("sidecar = ")], namespace)
+    return namespace["LegacyPatchMerging"]
+
+
+LegacyPatchMerging = _legacy_class()
 
 
 CFG = dict(feature_size=12, depths=(2, 2, 2, 2))
@@ -60,14 +73,34 @@ def test_old_checkpoints_give_old_outputs_only_with_legacy_order():
     assert rel_l2(np.asarray(jitted_apply(current)(params, x)), old) > 1e-2
 
 
-def test_legacy_export_runs_in_legacy_torch_model(tmp_path):
-    model = SwinUNETR(1, 2, downsample="merging_legacy", **CFG)
+def test_readme_lines_give_monai_the_legacy_order_of_a_to_torch_export(tmp_path, monkeypatch):
+    """to-torch refuses a legacy-order model without --allow-legacy-merging; with it the
+    sidecar names the order, and the README's lines (run as printed, in the export's folder)
+    make MONAI's own SwinUNETR compute the exported model."""
+    from jaxbrain.convert.__main__ import main
+    kwargs = dict(in_channels=1, out_channels=2, downsample="merging_legacy", **CFG)
+    model = SwinUNETR(**kwargs)  # the model (and compiled forward) of the test above
     params = random_params(model, seed=4)
-    save_torch(params, model, tmp_path / "legacy.pt")
-    net = _legacy_monai()
-    net.load_state_dict(torch.load(tmp_path / "legacy.pt", weights_only=True), strict=True)
+    runs.save_converted(str(tmp_path / "ckpt"), {"name": "swin_unetr", **kwargs}, {"params": params})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="merging_legacy.*--allow-legacy-merging"):
+        main(["to-torch", "ckpt", "exported.pt"])
+    assert not (tmp_path / "exported.pt").exists()
+    assert main(["to-torch", "ckpt", "exported.pt", "--allow-legacy-merging"]) == 0
+    sidecar = json.loads((tmp_path / "exported.json").read_text())
+    assert sidecar["merging_order"] == "merging_legacy" and "downsample" not in sidecar["kwargs"]
+    assert "LegacyPatchMerging" in sidecar["downsample"]
+    namespace: dict = {}
+    exec(readme_snippet(), namespace)
+    net = namespace["net"].eval()
+    assert net.swinViT.layers1[0].downsample.__class__.__name__ == "LegacyPatchMerging"
     x = head_volume(SHAPE, 1, seed=5)
-    assert rel_l2(np.asarray(jitted_apply(model)(params, x)), _run(net, x)) < 1e-4
+    ours = np.asarray(jitted_apply(model)(params, x))
+    assert rel_l2(_run(net, x), ours) < 1e-5
+    # MONAI's corrected class from the same arguments loads the file strictly and differs.
+    current = MonaiSwinUNETR(**sidecar["kwargs"]).eval()
+    current.load_state_dict(torch.load("exported.pt", weights_only=True), strict=True)
+    assert rel_l2(_run(current, x), ours) > 1e-2
 
 
 def test_merge_orders_are_permutations_or_not():

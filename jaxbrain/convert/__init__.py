@@ -25,6 +25,7 @@ from typing import Any
 
 from jaxbrain.convert import core, densenet, dino, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
 from jaxbrain.convert import dino_seg, inflate, slice_probe
+from jaxbrain.convert import sidecar
 from jaxbrain.convert.inflate import SOURCES
 from jaxbrain.convert.core import CheckpointMismatchError, LoadReport, read_state_dict
 from jaxbrain.models import DinoSeg, DinoViT, PCTNet, SSLHead, SwinTransformer, SwinUNETR, ViT, ViTEncoder
@@ -174,11 +175,47 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     checkpoint) where it has them, else initialised as PyTorch would."""
     if template is not None:
         template, _ = read_state_dict(template)
+    if path is not None and family_of(model) in (swin_unetr.FAMILY, ssl_head.FAMILY) and \
+            _encoder_downsample(model) == sidecar.LEGACY:
+        import warnings
+        warnings.warn(f"{os.fspath(path)}: downsample='merging_legacy'; " + sidecar.LEGACY_NOTE,
+                      stacklevel=2)
     if family_of(model) is dino_seg.FAMILY:
         return dino_seg.save_torch(params, model, path, template=template)
     return core.save(params, model, family_of(model), path, template)
 
 
-__all__ = ["CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "SOURCES", "detect", "families",
+def _encoder_downsample(model: Any) -> str | None:
+    return getattr(model, "downsample", None)
+
+
+def export(variables: Any, model: Any, path: str | os.PathLike, *, layout: str | None = None,
+           template: str | os.PathLike | Mapping | None = None, block_chunks: int = 0,
+           model_config: Mapping | None = None) -> tuple[dict, dict]:
+    """``to-torch``: writes ``variables`` as the state dict of ``layout`` (default: the
+    family's first, :func:`jaxbrain.convert.sidecar.layouts`) and, beside it, the sidecar
+    naming the class and constructor arguments that load it (``<path stem>.json``; with
+    transformers' layout also its ``config.json``). Returns (state dict, sidecar).
+    A layout that cannot represent the model raises ``sidecar.NotRepresentable`` (a
+    ValueError) before anything is written."""
+    family = family_of(model)
+    info = sidecar.describe(model, family, layout)
+    layout = info["layout"]
+    if block_chunks and family is not dino.FAMILY:
+        raise sidecar.NotRepresentable("block_chunks: DINOv2 backbones only")
+    if family is dino.FAMILY:
+        state = dino.save_torch(variables, model, path, layout=layout, block_chunks=block_chunks)
+    elif layout == "timm":
+        state = vit.save_timm(variables, model, path)
+    else:
+        state = save_torch(variables, model, path, template=template)
+    info["jaxbrain_model"] = sidecar.plain(dict(model_config)) if model_config else {
+        "class": type(model).__name__, **sidecar.model_config(model)}
+    info["tensors"] = len(state)
+    sidecar.write(info, path)
+    return state, info
+
+
+__all__ = ["export", "CheckpointMismatchError", "FROM_FAMILIES", "LoadReport", "SOURCES", "detect", "families",
            "family_for", "family_for_source", "family_of", "load_torch", "register",
            "read_state_dict", "save_torch"]

@@ -179,7 +179,7 @@ def _encoder_alone(model, variables, name: str):
 
 
 def cmd_to_torch(args) -> int:
-    from jaxbrain.convert import family_of, save_torch
+    from jaxbrain.convert import family_of
 
     src = os.path.abspath(args.checkpoint)
     kind = runs.kind_of(src)
@@ -205,22 +205,47 @@ def cmd_to_torch(args) -> int:
         variables = variables["params"]
     if args.encoder:
         model, variables = _encoder_alone(model, variables, model_config["name"])
-    if args.layout != "original" or args.block_chunks or args.encoder:
-        from jaxbrain.convert import dino
-        if family_of(model) is not dino.FAMILY:
-            raise SystemExit(f"--layout / --block-chunks: DINO backbones (dino_vit) only, not "
-                             f"{model_config['name']}")
-        state = dino.save_torch(variables, model, args.output, layout=args.layout,
-                                block_chunks=args.block_chunks)
-    else:
-        state = save_torch(variables, model, args.output, template=args.template)
+    from jaxbrain.convert import export, sidecar
+    if getattr(model, "downsample", None) == sidecar.LEGACY and \
+            family_of(model).name in ("SwinUNETR", "SSLHead"):
+        _check_legacy_merging(model_config["name"], args.allow_legacy_merging)
+    try:
+        state, info = export(variables, model, args.output, layout=args.layout,
+                             template=args.template, block_chunks=args.block_chunks,
+                             model_config=None if args.encoder else model_config)
+    except (sidecar.NotRepresentable, ValueError) as e:
+        raise SystemExit(f"to-torch {model_config['name']}: {e}") from e
     origin = f" from {src} step {step}" if step is not None else ""
     if which == "teacher":
         origin += " (its EMA teacher; --weights student for the optimised parameters)"
     if args.encoder:
         origin += ": its encoder as a DINO backbone, LoRA adapters merged"
     print(f"wrote {args.output}: {len(state)} tensors for {model_config['name']}{origin}")
+    target = info.get("class")
+    if target:
+        print(f"wrote {sidecar.sidecar_path(args.output)}: {target}(**kwargs), layout "
+              f"{info['layout']}" + (", config.json beside" if "config_json" in info else ""))
     return 0
+
+
+def _check_legacy_merging(name: str, allowed: bool) -> None:
+    """MONAI >= 1.5 has no legacy PatchMerging order: refuse (or, when allowed, warn)."""
+    from jaxbrain.convert import sidecar
+    try:
+        import monai
+        version = monai.__version__
+        newer = tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) >= (1, 5)
+    except ImportError:
+        version, newer = "not installed", True
+    if not newer:
+        print(f"note: {name} has the legacy PatchMerging order, which MONAI {version} has")
+        return
+    message = (f"{name} has downsample='merging_legacy' (MONAI < 1.5's PatchMerging order); "
+               f"MONAI >= 1.5 (here: {version}) loads the export and computes something else: "
+               f"{sidecar.LEGACY_NOTE.split(': ', 1)[1].split(';')[0]}")
+    if not allowed:
+        raise SystemExit(message + " -- pass --allow-legacy-merging to write it")
+    # allowed: save_torch warns as it writes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="auto", choices=runs.WEIGHTS,
                    help="a run with an EMA teacher (DINO): auto = the teacher (the released "
                         "network), student = the optimised parameters")
-    p.add_argument("--layout", default="original", choices=("original", "hf"),
-                   help="DINO backbones: the original's names (DINOv3 / DINOv2) or transformers' "
-                   "(DINOv3ViTModel / Dinov2Model)")
+    p.add_argument("--layout", default=None, choices=("original", "monai", "timm", "hf"),
+                   help="the target: ViT monai (default) or timm (2D); DINO backbones original "
+                   "(default: DINOv3 / DINOv2 names) or hf (transformers' DINOv3ViTModel / "
+                   "Dinov2Model, with config.json); one layout for the other families")
+    p.add_argument("--allow-legacy-merging", action="store_true",
+                   help="SwinUNETR with downsample=merging_legacy: write it although MONAI >= 1.5 "
+                   "has no such order (the sidecar names it; README: LegacyPatchMerging)")
     p.add_argument("--encoder", action="store_true",
                    help="models with a DINO slice encoder (slice_scan, dino_student, dino_seg): "
                    "write the encoder alone as a DINO backbone, LoRA adapters merged into qkv")
