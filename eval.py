@@ -7,7 +7,9 @@ r"""Evaluate a training run, or segment NIfTI files with it.
 
 Uses the run's best checkpoint (by its validation metric), else its latest; the run's saved
 config unless --config is given. Segmentation writes <output>/<case>_seg.nii.gz in each input's
-own space, <case>_overlay.png, and metrics.csv / metrics.json when labels are available.
+own space (in the run's label convention, e.g. BraTS 2023's enhancing tumour 3), the metrics of
+exactly that label map to metrics.csv / metrics.json when labels are available, and
+<case>_overlay.png (--overlay_channel: the contrast shown, T1c for BraTS by default).
 Whole-scan runs (classification, regression) write predictions.csv (one row per scan),
 metrics.json and roc.png (classification) or scatter.png (regression) for the validation or
 (--split test) test scans. Shares train.py's persistent compilation cache (--compilation_cache).
@@ -27,6 +29,9 @@ flags.DEFINE_string("output", None, "output directory (default: <workdir>/eval)"
 flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)")
 flags.DEFINE_enum("split", "val", ["val", "test"], "whole-scan runs: the scans to evaluate")
 flags.DEFINE_string("compilation_cache", None, "persistent compilation cache folder ('' = off)")
+flags.DEFINE_string("overlay_channel", None, "segmentation: the contrast the overlays show, a "
+                    "channel name (t1ce / t1c, flair / t2f, ...) or index (default: T1c for "
+                    "BraTS, else the first channel)")
 flags.mark_flags_as_required(["workdir"])
 
 IMAGES: list[str] = []
@@ -70,7 +75,8 @@ def main(argv):
         return
     if flags.FLAGS.split != "val":
         raise SystemExit("--split test: segmentation runs evaluate their validation cases")
-    rows = evaluate(config, workdir, output, images=IMAGES or None, step=flags.FLAGS.step)
+    rows = evaluate(config, workdir, output, images=IMAGES or None, step=flags.FLAGS.step,
+                    overlay_channel=flags.FLAGS.overlay_channel)
     for row in rows:
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if rows and len(rows[0]) > 2:

@@ -7,6 +7,11 @@ sigmoid channels in the order [TC, WT, ET]:
   TC (tumour core)  = necrosis + enhancing
   WT (whole tumour) = necrosis + oedema + enhancing
   ET (enhancing)    = enhancing
+
+The regions are nested, ET within TC within WT, in every label map. Predicted channels need not
+be (an ET voxel outside the predicted WT): :func:`regions_to_brats` nests them by keeping each
+region only inside the one that holds it, so that the label map it writes has exactly the
+regions :func:`nested_regions` gives, and metrics computed from the map are those of the file.
 """
 
 from __future__ import annotations
@@ -40,18 +45,31 @@ def brats_to_regions(label: np.ndarray, convention: str = "brats2021") -> np.nda
     return np.stack([tc, wt, et], axis=-1).astype(np.uint8)
 
 
+def nested_regions(regions: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Region channels (..., 3) [TC, WT, ET] (probabilities or 0/1) -> bool (..., 3) nested
+    as BraTS defines them: WT thresholded, TC = TC and WT, ET = ET and TC (and so WT)."""
+    regions = np.asarray(regions)
+    if regions.shape[-1] != 3:
+        raise ValueError(f"expected 3 region channels [TC, WT, ET], got shape {regions.shape}")
+    on = regions > threshold
+    wt = on[..., 1]
+    tc = on[..., 0] & wt
+    et = on[..., 2] & tc
+    return np.stack([tc, wt, et], axis=-1)
+
+
 def regions_to_brats(regions: np.ndarray, convention: str = "brats2021",
                      threshold: float = 0.5) -> np.ndarray:
     """Region channels (..., 3) [TC, WT, ET] (probabilities or 0/1) -> uint8 label map.
 
-    WT voxels become oedema (2), TC voxels necrosis (1), ET voxels enhancing (4 or 3), each
-    overriding the previous, as BraTS submissions are written.
+    The channels are nested first (:func:`nested_regions`); WT voxels outside TC are oedema (2),
+    TC voxels outside ET necrosis (1), ET voxels enhancing (4 in BraTS 2021, 3 in 2023).
+    ``brats_to_regions`` of the result gives back exactly the nested regions.
     """
-    if regions.shape[-1] != 3:
-        raise ValueError(f"expected 3 region channels [TC, WT, ET], got shape {regions.shape}")
-    on = regions > threshold
-    out = np.zeros(regions.shape[:-1], np.uint8)
-    out[on[..., 1]] = 2
-    out[on[..., 0]] = 1
-    out[on[..., 2]] = enhancing_value(convention)
+    tc, wt, et = np.moveaxis(nested_regions(regions, threshold), -1, 0)
+    value = enhancing_value(convention)
+    out = np.zeros(wt.shape, np.uint8)
+    out[wt] = 2
+    out[tc] = 1
+    out[et] = value
     return out

@@ -78,6 +78,19 @@ def _require(path: str, what: str) -> str:
     return path
 
 
+def brats_version(root: str) -> str:
+    """The label convention of a BraTS folder, from its case folders' names: "brats2021"
+    (``BraTS2021_XXXXX``, enhancing tumour 4) or "brats2023" (``BraTS-GLI-XXXXX-YYY``, 3)."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: BraTS root folder not found")
+    names = sorted(os.listdir(root))
+    found = [v for v, pat in _BRATS_DIRS.items() if any(pat.match(n) for n in names)]
+    if len(found) != 1:
+        raise DataError(f"{root}: expected case folders named BraTS2021_XXXXX or "
+                        f"BraTS-GLI-XXXXX-YYY, found {names[:5]}{'...' if len(names) > 5 else ''}")
+    return found[0]
+
+
 def brats(root: str, *, version: str = "auto", require_label: bool = True) -> list[Case]:
     """Cases of a BraTS 2021 or 2023 training/validation folder, sorted by case id.
 
@@ -91,11 +104,7 @@ def brats(root: str, *, version: str = "auto", require_label: bool = True) -> li
         raise DataError(f"{root}: BraTS root folder not found")
     names = sorted(os.listdir(root))
     if version == "auto":
-        found = [v for v, pat in _BRATS_DIRS.items() if any(pat.match(n) for n in names)]
-        if len(found) != 1:
-            raise DataError(f"{root}: expected case folders named BraTS2021_XXXXX or "
-                            f"BraTS-GLI-XXXXX-YYY, found {names[:5]}{'...' if len(names) > 5 else ''}")
-        version = found[0]
+        version = brats_version(root)
     if version not in _BRATS_SUFFIXES:
         raise ValueError(f"version must be brats2021, brats2023 or auto, got {version!r}")
     suffixes = _BRATS_SUFFIXES[version]

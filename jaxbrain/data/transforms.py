@@ -272,16 +272,19 @@ class RobustScale:
 
 
 class BratsRegions:
-    """BraTS label map -> [TC, WT, ET] uint8 channels, using the record's label convention."""
+    """BraTS label map -> [TC, WT, ET] uint8 channels, in the record's label convention
+    (``record["labels"]``, BraTS 2021 or 2023) unless ``convention`` is given."""
 
     random = False
 
-    def __init__(self, convention: str = "brats2021"):
-        labels_lib.enhancing_value(convention)
+    def __init__(self, convention: str | None = None):
+        if convention is not None:
+            labels_lib.enhancing_value(convention)
         self.convention = convention
 
     def __call__(self, record, rng=None):
-        return {**record, "label": labels_lib.brats_to_regions(record["label"], self.convention)}
+        convention = self.convention or record.get("labels") or "brats2021"
+        return {**record, "label": labels_lib.brats_to_regions(record["label"], convention)}
 
 
 def _crop_size(name: str, roi) -> tuple[int, int, int]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxbrain import metrics as metrics_lib
 from jaxbrain import objectives, runs
-from jaxbrain.data import nifti, pipeline, splits
+from jaxbrain.data import layouts, nifti, pipeline, splits
 from jaxbrain.data.layouts import Case
 from jaxbrain.evaluation import report
 from jaxbrain.inference import Predictor, ScanPredictor
@@ -52,10 +52,42 @@ def makes_scan_predictions(config) -> bool:
     return hasattr(objectives.create(**config.objective), "scan_metrics")
 
 
+def run_labels(config, workdir: str) -> str:
+    """The label convention a run's files are written in: the one its config.json records
+    (training sets it from the data it found, :func:`jaxbrain.training.data.
+    record_label_convention`), else ``config``'s ``data.labels``, else "binary"."""
+    try:
+        recorded = runs.load_config(workdir).data.get("labels")
+    except (runs.RunError, AttributeError):
+        recorded = None
+    return recorded or config.data.get("labels") or "binary"
+
+
+def channel_names(config) -> tuple[str, ...]:
+    """The names of the image channels of the config's data, in order: BraTS's four
+    contrasts, ``data.channels``, "t1" for ATLAS, else ``channel <i>``."""
+    d = config.data
+    if d.get("layout") == "brats" or str(d.get("labels", "")).startswith("brats"):
+        return layouts.BRATS_CHANNELS
+    if d.get("channels"):
+        return tuple(d.channels)
+    if d.get("layout") == "atlas":
+        return ("t1",)
+    return tuple(f"channel {i}" for i in range(int(config.model.get("in_channels", 1))))
+
+
 def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None = None,
-             step: int | None = None, overlays: int = 3) -> list[dict]:
+             step: int | None = None, overlays: int = 3,
+             overlay_channel: str | int | None = None) -> list[dict]:
     """Segments the validation cases (or one case given as ``images``, one file per channel)
-    and writes ``output/<case>_seg.nii.gz``, ``<case>_overlay.png`` and metrics.csv/json."""
+    and writes ``output/<case>_seg.nii.gz``, ``<case>_overlay.png`` and metrics.csv/json.
+
+    The metrics are those of the label map written (:meth:`Segmentation.case_metrics` scores
+    :meth:`Segmentation.label_map`), on the evaluation grid; the file holds that map in the
+    source's space. ``images`` are written in the run's label convention (:func:`run_labels`).
+    The overlays show ``overlay_channel`` (a channel name or index; default
+    ``eval.overlay_channel``, else :func:`jaxbrain.evaluation.report.overlay_channel`'s
+    choice: T1c for BraTS regions)."""
     run = runs.load_run(workdir, step)
     objective = objectives.create(**config.objective)
     if hasattr(objective, "scan_metrics"):
@@ -67,12 +99,17 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
     predictor = Predictor.from_config(config, run.model, objective)
     if images:
         name = os.path.basename(images[0]).split(".nii")[0]
-        cases = [Case(id=name, images=tuple(images), labels=config.data.get("labels", "binary"))]
+        cases = [Case(id=name, images=tuple(images), labels=run_labels(config, workdir))]
     else:
         _, cases = data_lib.cases(config.data, workdir)
         if not cases:
             raise ValueError("the config's data has no validation cases; pass --images")
     dataset = pipeline.eval_dataset(cases, preprocess=config.data.preprocess, shard=(0, 1))
+    names = channel_names(config)
+    if overlay_channel is None:
+        overlay_channel = config.get("eval", {}).get("overlay_channel")
+    shown = report.overlay_channel(names, overlay_channel,
+                                   brats=getattr(objective, "regions", None) == "brats")
     os.makedirs(output, exist_ok=True)
     rows = []
     for record in dataset:
@@ -83,8 +120,9 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
         nifti.write_volume(os.path.join(output, f"{record['id']}_seg.nii.gz"), pred, geometry,
                            mode="nearest", dtype=np.uint8)
         report.overlay_png(os.path.join(output, f"{record['id']}_overlay.png"),
-                           record["image"][..., 0], pred, slices=overlays,
-                           ground_truth=record.get("label"))
+                           record["image"][..., shown], pred, slices=overlays,
+                           ground_truth=record.get("label"), geometry=geometry,
+                           modality=report.modality_name(names[shown]))
         row = {"case": record["id"], "step": run.step}
         if "label" in record:
             row.update(objective.case_metrics(probs, record["label"], convention,

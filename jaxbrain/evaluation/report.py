@@ -4,7 +4,10 @@ files (matplotlib, Agg) and metric tables as CSV and JSON.
 Overlays show axial slices of canonical RAS arrays (axis 0 left -> right, axis 1 posterior ->
 anterior, axis 2 inferior -> superior, see :mod:`jaxbrain.data.nifti`). Each slice is displayed
 with anterior at the top and the patient's left on the screen's left (neurological
-convention), i.e. the transposed slice flipped upside down.
+convention), i.e. the transposed slice flipped upside down. Slices are chosen inside the head
+(:func:`head_mask`), on the contrast that shows the regions (:func:`overlay_channel`: T1c for
+BraTS, where the enhancing tumour and the core show), numbered in the source file's voxel grid
+(:func:`source_slice`); air stays black and carries no label colour.
 """
 
 from __future__ import annotations
@@ -40,29 +43,115 @@ PANEL_PX = 360
 MARGIN_PX, GAP_PX, TITLE_PX, LEGEND_PX = 12, 16, 44, 70
 
 
-def _pick_slices(image: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
-    """Axial slices spread through the labelled extent, each the largest of its share.
+# Contrast names as BraTS 2021 and 2023 (and common BIDS suffixes) spell them -> one name.
+MODALITIES = {"flair": "flair", "t2f": "flair", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce",
+              "t1": "t1", "t1n": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2"}
+MODALITY_NAMES = {"flair": "FLAIR", "t1ce": "T1c", "t1": "T1", "t2": "T2"}
+# BraTS regions are read on the contrast-enhanced T1: the enhancing tumour and the core (the
+# regions that need it) show there, oedema is outlined all the same.
+BRATS_OVERLAY = "t1ce"
 
-    The labelled slices are split into ``count`` consecutive groups and each group gives its
-    slice of largest labelled area (fewer slices when fewer are labelled). With no label the
-    slices are evenly spaced inside the extent of the non-zero image voxels.
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (the level that maximises the between-class variance)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)
+    w1 = counts.sum() - w0
+    m0 = np.cumsum(counts * centres)[:-1] / np.maximum(w0, 1)
+    m1 = ((counts * centres).sum() - np.cumsum(counts * centres)[:-1]) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[1:-1][np.argmax(between)])
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels inside the head of a 3D image: everything but the background value where one
+    value fills most of the volume's border (skull-stripped or normalised volumes: zero
+    outside the brain), else the voxels above Otsu's threshold (air is dark); holes filled
+    slice by slice, as the skull and ventricles may be dark too."""
+    image = np.asarray(image)
+    border = np.concatenate([image[[0, -1]].ravel(), image[:, [0, -1]].ravel(),
+                             image[:, :, [0, -1]].ravel()])
+    values, counts = np.unique(border, return_counts=True)
+    if counts.max() > border.size // 2:
+        mask = image != values[np.argmax(counts)]
+    else:
+        mask = image > _otsu(image[np.isfinite(image)])
+    for z in range(mask.shape[2]):
+        mask[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+    return mask
+
+
+def pick_slices(image: np.ndarray, labelled: np.ndarray, count: int,
+                head: np.ndarray | None = None) -> list[int]:
+    """Axial slices inside the head, spread through the labelled extent, each the largest of
+    its share.
+
+    Only labelled voxels inside the head (``head``, default :func:`head_mask` of ``image``)
+    count. The labelled slices are split into ``count`` consecutive groups and each group
+    gives its slice of largest labelled area (fewer slices when fewer are labelled). With no
+    label in the head the slices are evenly spaced through the head's extent.
     """
-    area = np.count_nonzero(labelled, axis=(0, 1))
+    head = head_mask(image) if head is None else np.asarray(head, bool)
+    area = np.count_nonzero(np.asarray(labelled, bool) & head, axis=(0, 1))
     indices = np.flatnonzero(area)
     if indices.size:
         groups = np.array_split(indices, min(count, indices.size))
         return [int(group[np.argmax(area[group])]) for group in groups]
-    brain = np.flatnonzero(np.any(image != 0, axis=(0, 1)))
-    first, last = (brain[0], brain[-1]) if brain.size else (0, image.shape[2] - 1)
+    inside = np.flatnonzero(np.any(head, axis=(0, 1)))
+    first, last = (inside[0], inside[-1]) if inside.size else (0, image.shape[2] - 1)
     return np.linspace(first, last, count + 2)[1:-1].round().astype(int).tolist()
 
 
-def _window(image: np.ndarray) -> tuple[float, float]:
-    """1st and 99th percentiles of the non-zero voxels (0, 1 when there are none)."""
-    nonzero = image[image != 0]
-    if not nonzero.size:
+def overlay_channel(channels: Sequence[str], choice: str | int | None = None,
+                    brats: bool = False) -> int:
+    """The index of the image channel an overlay shows: ``choice`` (a channel index, or a
+    contrast name in BraTS 2021 or 2023 spelling: "t1ce" / "t1c", "flair" / "t2f", ...), else
+    for BraTS regions the contrast-enhanced T1 (:data:`BRATS_OVERLAY`) when there is one,
+    else the first channel."""
+    names = [MODALITIES.get(str(c).lower(), str(c).lower()) for c in channels]
+    if choice is None or choice == "":
+        if brats and BRATS_OVERLAY in names:
+            return names.index(BRATS_OVERLAY)
+        return 0
+    if isinstance(choice, (int, np.integer)) or str(choice).isdigit():
+        index = int(choice)
+        if not 0 <= index < len(names):
+            raise ValueError(f"eval.overlay_channel={choice}: the image has {len(names)} "
+                             f"channel(s) {list(channels)}")
+        return index
+    want = MODALITIES.get(str(choice).lower(), str(choice).lower())
+    if want not in names:
+        raise ValueError(f"eval.overlay_channel={choice!r}: not one of the image's channels "
+                         f"{list(channels)}")
+    return names.index(want)
+
+
+def modality_name(channel: str) -> str:
+    """How a figure names a contrast: "T1c", "FLAIR", ... (other names as they are)."""
+    key = MODALITIES.get(str(channel).lower(), str(channel).lower())
+    return MODALITY_NAMES.get(key, str(channel))
+
+
+def source_slice(geometry, z: int) -> tuple[int, int, int]:
+    """(index, size, axis) in the source file's voxel grid of axial slice ``z`` of an array on
+    ``geometry``'s grid (:class:`jaxbrain.data.nifti.Geometry`): the file axis that runs
+    inferior -> superior (or back), the slice's index along it (rounded when the grid was
+    resampled) and that axis's size."""
+    ornt = np.asarray(geometry.ornt)
+    axis = int(np.flatnonzero(ornt[:, 0].astype(int) == 2)[0])
+    size = int(geometry.source_shape[axis])
+    canonical = int(round(geometry.scale[2] * z + geometry.offset[2]))
+    return (size - 1 - canonical if ornt[axis, 1] < 0 else canonical), size, axis
+
+
+def _window(image: np.ndarray, head: np.ndarray | None = None) -> tuple[float, float]:
+    """1st and 99th percentiles of the head's voxels (default: the non-zero voxels; 0, 1
+    when there are none)."""
+    inside = image[image != 0] if head is None else image[head]
+    if not inside.size:
         return 0.0, 1.0
-    low, high = np.percentile(nonzero, (1, 99))
+    low, high = np.percentile(inside, (1, 99))
     return float(low), float(high)
 
 
@@ -75,12 +164,18 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def _render(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, Color]) -> np.ndarray:
+def _render(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, Color],
+            head: np.ndarray | None = None) -> np.ndarray:
     """Grey levels in [0, 1] as RGB with label colours blended in (alpha :data:`LABEL_ALPHA`)
-    and label outlines drawn on top; voxels without a drawn label keep their grey level."""
+    and label outlines drawn on top; voxels without a drawn label keep their grey level.
+    Outside ``head`` (air) the picture is black and carries no label colour."""
+    if head is not None:
+        gray = np.where(head, gray, 0.0)
     rgb = np.repeat(255.0 * gray[..., None], 3, axis=-1)
     for value, color in colors.items():
         mask = labels == value
+        if head is not None:
+            mask &= head
         paint = np.asarray(color, np.float64)
         rgb[mask] = (1 - LABEL_ALPHA) * rgb[mask] + LABEL_ALPHA * paint
         rgb[_outline(mask)] = paint
@@ -94,9 +189,30 @@ def _legend_names(present: Sequence[int], names: Mapping[int, str] | None) -> di
     return {v: f"{v}: {(names or {}).get(v, default.get(v, f'label {v}'))}" for v in present}
 
 
+NOTE_PX = 22  # the orientation note under the legend
+
+
+def _legend_layout(handles, width: int) -> tuple[int, int]:
+    """(columns, height in pixels) of the legend: as many columns as fit in ``width`` (the
+    figure's width less its margins), measured on a scratch figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scratch = Figure(figsize=(width / DPI, 4), dpi=DPI)
+    FigureCanvasAgg(scratch)
+    renderer = scratch.canvas.get_renderer()
+    for ncol in range(len(handles), 0, -1):
+        box = scratch.legend(handles=handles, ncol=ncol, fontsize=10,
+                             frameon=False).get_window_extent(renderer)
+        scratch.legends.clear()
+        if box.width <= width - 2 * MARGIN_PX or ncol == 1:
+            return ncol, int(math.ceil(box.height))
+    raise AssertionError("unreachable")
+
+
 def _figure(image_channel: np.ndarray, label_map: np.ndarray, *, slices: int = 3,
             ground_truth: np.ndarray | None = None, colors: Mapping[int, Color] | None = None,
-            names: Mapping[int, str] | None = None):
+            names: Mapping[int, str] | None = None, geometry=None, modality: str | None = None):
     """The overlay figure: returns (figure, chosen slices, axes[row][column])."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -110,8 +226,14 @@ def _figure(image_channel: np.ndarray, label_map: np.ndarray, *, slices: int = 3
     if slices < 1:
         raise ValueError(f"slices must be at least 1, got {slices}")
     colors = BRATS_COLORS if colors is None else colors
-    chosen = _pick_slices(image, np.any([m != 0 for m in maps], axis=0), slices)
-    low, high = _window(image)
+    head = head_mask(image)
+    chosen = pick_slices(image, np.any([m != 0 for m in maps], axis=0), slices, head)
+    low, high = _window(image, head)
+
+    present = sorted(int(v) for v in colors if any(np.any((m == v) & head) for m in maps))
+    legend = _legend_names(present, names)
+    handles = [Patch(facecolor=np.asarray(colors[v]) / 255, edgecolor="black", label=legend[v])
+               for v in present]
 
     # Panels keep the voxels square: the slice's long side is PANEL_PX pixels.
     rows_px, cols_px = image.shape[1], image.shape[0]  # displayed (Y, X)
@@ -119,35 +241,43 @@ def _figure(image_channel: np.ndarray, label_map: np.ndarray, *, slices: int = 3
     panel_h, panel_w = round(rows_px * scale), round(cols_px * scale)
     ncols, nrows = len(maps), len(chosen)
     width = 2 * MARGIN_PX + ncols * panel_w + (ncols - 1) * GAP_PX
-    height = MARGIN_PX + nrows * (TITLE_PX + panel_h) + (nrows - 1) * GAP_PX + LEGEND_PX
+    legend_cols, legend_px = _legend_layout(handles, width) if handles else (0, 20)
+    legend_band = max(LEGEND_PX, legend_px + NOTE_PX + MARGIN_PX)
+    height = MARGIN_PX + nrows * (TITLE_PX + panel_h) + (nrows - 1) * GAP_PX + legend_band
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
 
     titles = ["Prediction", "Ground truth"]
+    shown = f" on {modality}" if modality else ""
     axes = []
     for r, z in enumerate(chosen):
         gray = np.clip((image[:, :, z] - low) / ((high - low) or 1.0), 0.0, 1.0)
         top = MARGIN_PX + r * (TITLE_PX + panel_h + GAP_PX) + TITLE_PX
+        if geometry is None:
+            where = f"axial z={z} / {image.shape[2]}"
+        else:
+            index, size, axis = source_slice(geometry, z)
+            where = (f"axial slice {index} / {size}" if axis == 2
+                     else f"axial: file axis {axis}, slice {index} / {size}")
         row = []
         for c, m in enumerate(maps):
             left = MARGIN_PX + c * (panel_w + GAP_PX)
             ax = fig.add_axes((left / width, 1 - (top + panel_h) / height,
                                panel_w / width, panel_h / height))
-            ax.imshow(_render(_display(gray), _display(m[:, :, z]), colors),
+            ax.imshow(_render(_display(gray), _display(m[:, :, z]), colors,
+                              _display(head[:, :, z])),
                       interpolation="nearest", aspect="auto")
             ax.set_axis_off()
-            ax.set_title(f"{titles[c]}\naxial z={z} / {image.shape[2]}", fontsize=11)
+            ax.set_title(f"{titles[c]}{shown}\n{where}", fontsize=11)
             row.append(ax)
         axes.append(row)
 
-    present = sorted(int(v) for v in colors if any(np.any(m == v) for m in maps))
-    legend = _legend_names(present, names)
-    handles = [Patch(facecolor=np.asarray(colors[v]) / 255, edgecolor="black", label=legend[v])
-               for v in present]
     note = "neurological view: patient left on the left, anterior up"
+    if geometry is not None:
+        note += "; slices numbered in the file's voxel grid"
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2 * ncols),
-                   fontsize=10, frameon=False, bbox_to_anchor=(0.5, 22 / height))
+        fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=10,
+                   frameon=False, bbox_to_anchor=(0.5, NOTE_PX / height))
     else:
         fig.text(0.5, 30 / height, "no labelled voxels", ha="center", va="bottom", fontsize=10)
     fig.text(0.5, 6 / height, note, ha="center", va="bottom", fontsize=8, color="0.3")
@@ -157,22 +287,26 @@ def _figure(image_channel: np.ndarray, label_map: np.ndarray, *, slices: int = 3
 def overlay_png(path: str | os.PathLike, image_channel: np.ndarray, label_map: np.ndarray, *,
                 slices: int = 3, ground_truth: np.ndarray | None = None,
                 colors: Mapping[int, Color] | None = None,
-                names: Mapping[int, str] | None = None) -> list[int]:
+                names: Mapping[int, str] | None = None, geometry=None,
+                modality: str | None = None) -> list[int]:
     """Write axial slices of one image channel with a label map blended in, as one PNG.
 
     ``image_channel``, ``label_map`` and ``ground_truth`` are (X, Y, Z) canonical RAS arrays.
-    Slices are chosen where the labels (prediction or ground truth) are, spread through their
-    extent and favouring large areas; without labels they are evenly spaced through the
-    non-zero image. Intensities are windowed to the 1st..99th percentile of the non-zero
-    voxels. Labels are blended with their colour (``colors``, default :data:`BRATS_COLORS`;
-    other label values are not drawn) at alpha 0.4 and outlined; the rest of the slice is the
-    plain grey image. Each chosen slice is one row, inferior -> superior from top to bottom,
-    with a "Prediction" panel and, with ``ground_truth``, a "Ground truth" panel to its right;
-    panel titles give the slice position and a legend names the label values present
-    (``names`` overrides :data:`BRATS_NAMES`). Returns the chosen slice indices (axis 2).
+    Slices are chosen inside the head (:func:`head_mask`) where the labels (prediction or
+    ground truth) are, spread through their extent and favouring large areas; without labels
+    they are evenly spaced through the head (:func:`pick_slices`). Intensities are windowed
+    to the 1st..99th percentile of the head's voxels; air is black. Labels are blended with
+    their colour (``colors``, default :data:`BRATS_COLORS`; other label values are not drawn)
+    at alpha 0.4 and outlined inside the head; the rest of the slice is the plain grey image.
+    Each chosen slice is one row, inferior -> superior from top to bottom, with a
+    "Prediction" panel and, with ``ground_truth``, a "Ground truth" panel to its right; panel
+    titles name the contrast shown (``modality``) and the slice, numbered in the source
+    file's grid with ``geometry`` (:func:`source_slice`), else in the array's; a legend
+    sized to fit names the label values present (``names`` overrides :data:`BRATS_NAMES`).
+    Returns the chosen slice indices (axis 2 of the arrays).
     """
     fig, chosen, _ = _figure(image_channel, label_map, slices=slices, ground_truth=ground_truth,
-                             colors=colors, names=names)
+                             colors=colors, names=names, geometry=geometry, modality=modality)
     fig.savefig(path, dpi=DPI, format="png")
     return chosen
 

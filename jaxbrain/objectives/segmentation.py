@@ -91,30 +91,38 @@ class Segmentation:
 
     def label_map(self, probs: np.ndarray, convention: str = "binary") -> np.ndarray:
         """(X, Y, Z, K) probabilities -> uint8 label map in the data's own convention (BraTS
-        regions back to 1/2/4 (2021) or 1/2/3 (2023) labels)."""
+        regions, nested ET in TC in WT, back to 1/2/4 (2021) or 1/2/3 (2023) labels:
+        :func:`jaxbrain.data.labels.regions_to_brats`). The map eval.py writes and the one
+        :meth:`case_metrics` scores."""
         probs = np.asarray(probs)
         if self.kind == "softmax":
             return np.argmax(probs, -1).astype(np.uint8)
         if self.regions == "brats":
             return labels_lib.regions_to_brats(probs, convention, self.threshold)
+        if probs.shape[-1] != 1:
+            raise ValueError(f"{probs.shape[-1]} independent sigmoid channels have no single "
+                             "label map: set objective.regions='brats' (nested BraTS regions) "
+                             "or kind='softmax'")
         return (probs[..., 0] > self.threshold).astype(np.uint8)
 
     def case_metrics(self, probs: np.ndarray, label: np.ndarray, convention: str = "binary",
                      spacing=None) -> dict[str, float]:
         """Metrics of one case from its probabilities and ground-truth label map (X, Y, Z).
 
-        BraTS regions: Dice and HD95 of TC, WT, ET, each thresholded on its own output
-        channel, and ``dice_mean``. One sigmoid channel: Dice, HD95, lesion-wise F1 and
-        volumes. Softmax: Dice of each foreground class and ``dice_mean``. Empty targets
-        follow :mod:`jaxbrain.metrics` (NaN, skipped by the means).
+        Every metric is computed from :meth:`label_map` of ``probs``, the label map that is
+        written, so that the file and the numbers agree. BraTS regions: Dice and HD95 of TC,
+        WT, ET, the regions of that map, and ``dice_mean``. One sigmoid channel: Dice, HD95,
+        lesion-wise F1 and volumes. Softmax: Dice of each foreground class and ``dice_mean``.
+        Empty targets follow :mod:`jaxbrain.metrics` (NaN, skipped by the means).
         """
         probs, label = np.asarray(probs), np.asarray(label)
         if label.ndim == probs.ndim and label.shape[-1] == 1:
             label = label[..., 0]
         if self.regions == "brats":
-            regions = (probs > self.threshold).astype(np.uint8)
+            written = self.label_map(probs, convention)
             return metrics_lib.brats_region_metrics(
-                regions, labels_lib.brats_to_regions(label, convention), spacing=spacing)
+                labels_lib.brats_to_regions(written, convention),
+                labels_lib.brats_to_regions(label, convention), spacing=spacing)
         if self.kind == "softmax":
             k = probs.shape[-1]
             pred = self.label_map(probs)

@@ -146,6 +146,35 @@ def data_root(cfg, workdir: str) -> str:
     return _synthetic_root(cfg, workdir)
 
 
+def label_convention(cfg, workdir: str, default: str = "binary") -> str:
+    """The label convention of the config's data (:mod:`jaxbrain.data.labels`): layout
+    "brats" follows its case folders' names (BraTS 2021 or 2023, whatever ``data.labels``
+    says); other layouts (and a brats root without such folders, e.g. one datalist's) take
+    ``data.labels``, else ``default``."""
+    if cfg.get("layout") == "brats":
+        try:
+            return layouts.brats_version(data_root(cfg, workdir))
+        except DataError:
+            pass
+    return cfg.get("labels") or default
+
+
+def record_label_convention(cfg, workdir: str) -> str | None:
+    """Layout "brats": sets ``data.labels`` to :func:`label_convention` (saying so when it
+    changes), so that the run's config.json records the convention of its data, the one
+    eval.py writes label maps in. Returns ``data.labels``."""
+    if cfg.get("layout") != "brats":
+        return cfg.get("labels")
+    labels = label_convention(cfg, workdir, "brats2021")
+    if cfg.get("labels") != labels:
+        if cfg.get("labels") and jax.process_index() == 0:
+            print(f"data: labels {labels} (the case folders' naming), not the config's "
+                  f"{cfg.labels}", flush=True)
+        with cfg.unlocked():
+            cfg.labels = labels
+    return labels
+
+
 def split(cfg, workdir: str) -> Split:
     """The training, validation and test cases of the config's ``data`` section."""
     root = data_root(cfg, workdir)
@@ -154,8 +183,9 @@ def split(cfg, workdir: str) -> Split:
     test, classes = [], None
     if datalist:
         path = datalist if os.path.isabs(datalist) else os.path.join(root, datalist)
-        labels = cfg.get("labels", "brats2021")
-        train, val = layouts.split_fold(layouts.datalist(path, labels=labels), int(cfg.fold))
+        train, val = layouts.split_fold(
+            layouts.datalist(path, labels=label_convention(cfg, workdir, "brats2021")),
+            int(cfg.fold))
     elif every:
         found = _find(cfg, root)
         val = [c for i, c in enumerate(found) if i % every == every - 1]
@@ -209,6 +239,8 @@ def _short(value):
 
 def _find(cfg, root: str) -> list:
     kwargs, source = {}, root
+    if cfg.layout == "datalist":
+        kwargs = {"labels": cfg.get("labels") or "brats2021"}
     if cfg.layout == "subjects":
         kwargs = {"channels": tuple(cfg.channels)}
         if os.path.isdir(root):
@@ -228,7 +260,8 @@ def folds(cfg, root: str, workdir: str) -> list:
         return _saved_folds(saved, _find(cfg, root), root, num_folds, seed)
     present = cfg.get("datalist_if_present")
     if present and os.path.exists(os.path.join(root, present)):
-        return layouts.datalist(os.path.join(root, present), labels=cfg.get("labels", "brats2021"))
+        return layouts.datalist(os.path.join(root, present),
+                                labels=label_convention(cfg, workdir, "brats2021"))
     found = layouts.make_folds(_find(cfg, root), num_folds, seed)
     if jax.process_index() == 0:
         layouts.write_datalist(saved, found, num_folds=num_folds, split_seed=seed,

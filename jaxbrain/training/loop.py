@@ -368,6 +368,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     config = runs.migrate(config)
+    data_lib.record_label_convention(config.data, workdir)  # BraTS 2021 or 2023, as found
     _save_config(config, workdir)
 
     # Data.

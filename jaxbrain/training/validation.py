@@ -6,8 +6,8 @@ scan predicted once and the metrics (AUC, balanced accuracy, MAE) computed over 
 together, as eval.py does. Objectives that make whole-volume predictions (``case_metrics``:
 segmentation) are validated
 exactly as eval.py evaluates them: the same :class:`jaxbrain.inference.Predictor`, the same
-per-case metric functions and the same means (NaN cases left out), so the checkpoint chosen
-as best carries the number the reports show. Other objectives (self-supervised, Volume
+per-case metric functions (scoring the label map eval.py writes) and the same means (NaN
+cases left out), so the checkpoint chosen as best carries the number the reports show. Other objectives (self-supervised, Volume
 Fusion) are validated with their own loss on held-out cases: fixed crops and fixed on-device
 augmentation, in evaluation mode, so successive validations are comparable.
 """
