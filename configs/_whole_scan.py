@@ -171,7 +171,7 @@ def build(task: str, args) -> ml_collections.ConfigDict:
     lr = 1e-4 if model == "vit" else 3e-4
     c.optim = dict(name="adamw", lr=lr, weight_decay=0.05 if model == "vit" else 1e-4,
                    b1=0.9, b2=0.999, schedule="warmup_cosine", warmup_steps=500, end_lr=0.0,
-                   grad_clip=1.0, grad_accum=1)
+                   grad_clip=1.0, grad_accum=1, layer_decay=0.0, freeze=placeholder(str))
     c.init = {"torch": placeholder(str), "orbax": placeholder(str), "from": placeholder(str),
               "inflate": "mean", "channels": "average", "encoder_only": True, "strict": True,
               "new_head": True}

@@ -26,8 +26,9 @@ come through ``init.orbax`` / ``init.torch``, e.g. a pretraining run's EMA teach
 rest of the encoder stays frozen); encoder ``braindino`` (default: BrainDINO's
 ViT-B/16, DINOv3 layout with 4 storage tokens, no qkv bias) | ``dinov3`` (DINOv3 ViT-B/16 as
 released) | ``dinov2`` (DINOv2 ViT-B/14, 224 px); ``demo`` (a synthetic cohort of 80 subjects at
-4 mm, 16 slices of 32 x 32 px, a tiny random encoder unless probe.orbax names one, 600 head
-steps: a minute or two on a CPU).
+4 mm, 16 slices of 32 x 32 px, the encoder of ``configs/braindino_pretrain.py:demo``: random
+unless probe.orbax (or, with ``lora``, init.orbax) names such a run, 600 head steps: a minute
+or two on a CPU).
 
 Data and splits are those of the whole-scan configs (configs/_whole_scan.py: a label table,
 subject-level 5-fold split stratified by class or age bins, ``data.held_out_site``,
@@ -58,9 +59,10 @@ POOLS = ("mean", "attention", "transformer")
 ENCODERS = {"braindino": "braindino_vitb16", "dinov3": "dinov3_vitb16",
             "dinov2": "dinov2_vitb14"}
 PRESETS = (*TASKS, *POOLS, *ENCODERS, "lora", "demo")
-# The demo's encoder: the BrainDINO layout at width 32, 2 blocks, 8 px patches of 32 px slices;
+# The demo's encoder: configs/braindino_pretrain.py:demo's (the BrainDINO layout at width 64,
+# 2 blocks, 8 px patches), so that the demo presets probe a demo pretraining run; 32 px slices;
 # LayerScale starts at 1 (at 1e-5 a random encoder's CLS is the same for every slice).
-DEMO_ENCODER = dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, img_size=32,
+DEMO_ENCODER = dict(sibling_module(__file__, "braindino_pretrain").DEMO_VIT, img_size=32,
                     drop_path=0.0, layer_scale_init=1.0)
 
 

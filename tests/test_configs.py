@@ -213,6 +213,10 @@ def test_list_overrides_unknown_keys_and_print_config(tmp_path):
         c = _parse_flags(f"--config={ROOT}/configs/brain_age.py{preset}",
                          """--config.data.synthetic={"kind": "cohort", "n": 4, "flag": true}""")
         assert c.data.synthetic.n == 4 and c.data.synthetic.flag is True
+    c = _parse_flags(f"--config={ROOT}/configs/brain_age.py:vit,timm", "--config.init.from=videomae",
+                     "--config.optim.layer_decay=0.75")  # a keyword in the path; README's field
+    assert c.init["from"] == "videomae" and c.optim.layer_decay == 0.75
+    assert "init.from = 'videomae'  # overridden" in describe(c, ['init["from"]']).splitlines()
     with pytest.raises(flags.IllegalFlagValueError, match="expected a list"):
         _parse_flags(pretrain, "--config.data.collections=/data/ukb")
     with pytest.raises(ValueError, match=r"^unknown config key model.final_norm; model has: "

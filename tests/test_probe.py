@@ -255,15 +255,28 @@ def test_a_demo_pretrained_encoder_beats_a_random_one(tmp_path):
         rows.append(f"s{i},s{i}.nii.gz,{sex}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
 
-    c = load_config_file(CONFIG, "sex,demo")
+    c = load_config_file(CONFIG, "sex,demo")  # the demo encoder is the pretraining demo's
     c.data.synthetic, c.data.root = None, str(tmp_path / "labels.csv")
-    c.probe.encoder = {"name": "dino_vit", **models.from_config(pretrain.model).encoder_kwargs()}
+    trained = models.from_config(pretrain.model).encoder_kwargs()
+    assert {k: v for k, v in c.probe.encoder.items() if k not in ("name", "img_size", "layer_scale_init")} \
+        == {k: trained[k] for k in c.probe.encoder if k not in ("name", "img_size", "layer_scale_init")}
+    c.probe.encoder.layer_scale_init = trained["layer_scale_init"]  # the run's, at random too
     c.probe.slice_size, c.probe.n_slices = pretrain.data.slice_size, 16
     ks = (1, 3, 5, 10, 20)
     got = probe.compare_encoders(c, str(tmp_path / "probe"),
                                  {"random": {"orbax": None}, "pretrained": {"orbax": run}}, ks=ks)
     auc = {name: np.mean([r["auc"] for r in rows]) for name, rows in got.items()}
     assert auc["pretrained"] > auc["random"] + 0.1, auc
+    # The demo probe's head and the demo LoRA preset take the run's encoder as they are.
+    assert c.model.in_channels == pretrain.model.hidden_size
+    lora = load_config_file(CONFIG, "sex,demo,lora")
+    lora.init.orbax = run
+    model = models.from_config(lora.model)
+    x = jax.ShapeDtypeStruct((1, 4, 32, 32, 1), jnp.float32)
+    start = loop.initial_variables(lora, model, x, jax.random.key(0))
+    teacher = runs.load_run(run).variables["params"]["encoder"]
+    np.testing.assert_array_equal(start["params"]["encoder"]["blocks_1"]["mlp"]["linear1"]["kernel"],
+                                  teacher["blocks_1"]["mlp"]["linear1"]["kernel"])
 
 
 def test_lora_probe_through_the_loop(table, tmp_path):

@@ -10,6 +10,7 @@ all.
 from __future__ import annotations
 
 import importlib.util
+import keyword
 import os
 import re
 from typing import Any, Iterable
@@ -161,6 +162,16 @@ def register_override_parsers() -> None:
         config_flags.register_flag_parser_for_type(kind, Parser(kind))
 
 
+def _quote_keywords(arg: str, name: str = "config") -> str:
+    """``--config.init.from=x`` as ``--config.init["from"]=x``: config_flags reads override
+    paths as Python, where a keyword (``from``) is not a name."""
+    m = re.match(rf"^(--?(?:no)?{name})\.([^=]+)(=.*)?$", arg, re.S)
+    if not m or not any(keyword.iskeyword(p) for p in m.group(2).split(".")):
+        return arg
+    path = "".join(f'["{p}"]' if keyword.iskeyword(p) else f".{p}" for p in m.group(2).split("."))
+    return m.group(1) + path + (m.group(3) or "")
+
+
 def config_argv(argv: list[str], name: str = "config") -> list[str]:
     """The arguments of ``argv`` that belong to the ``--config`` flag and its overrides."""
     out, i = [], 0
@@ -225,8 +236,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     import sys
     from absl import app
     register_override_parsers()
+    quoted = [_quote_keywords(a) for a in argv]
+    if quoted != list(argv):  # config_flags reads its overrides from sys.argv itself
+        sys.argv[:] = [_quote_keywords(a) for a in sys.argv]
     try:
-        return app.parse_flags_with_usage(argv)
+        return app.parse_flags_with_usage(quoted)
     except (AttributeError, KeyError):
         message = override_error(argv)
         if message is None:
@@ -244,11 +258,12 @@ def command_line_config(argv: list[str], name: str = "config") -> ml_collections
     from ml_collections import config_flags
     register_override_parsers()
     argv = ["train.py", *config_argv(list(argv), name)]
+    quoted = [_quote_keywords(a, name) for a in argv]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file(name, None, "config file", flag_values=values,
-                                    lock_config=True, sys_argv=argv)
+                                    lock_config=True, sys_argv=quoted)
     try:
-        values(argv)
+        values(quoted)
     except (AttributeError, KeyError) as e:
         raise ValueError(override_error(argv, name) or str(e)) from None
     return values[name].value
@@ -299,7 +314,7 @@ def describe(config, overridden: Iterable[str] = ()) -> str:
     """The resolved config as ``path = value`` lines (the ``--config.path=value`` names),
     overrides marked, then the model's and objective's arguments that the config leaves to
     their classes' defaults (settable only by adding them to the config file)."""
-    overridden = set(overridden)
+    overridden = {re.sub(r'\["([^"]+)"\]', r".\1", p) for p in overridden}  # init["from"]
     lines = []
     for path, value in _leaves(config):
         mark = "  # overridden" if path in overridden else ""
