@@ -147,7 +147,7 @@ def build(task: str, args) -> ml_collections.ConfigDict:
         layout="table", root=placeholder(str), image_root=placeholder(str),
         task={"age": "age", "sex": "sex"}.get(task, "diagnosis"),
         classes=CLASSES.get(task), images=placeholder(tuple), bids_select=placeholder(str),
-        drop_missing=False,
+        columns=None, vocabulary=None, drop_missing=False,
         num_folds=5, fold=0, split_seed=0, held_out_site=placeholder(str),
         test_fold=placeholder(int), test_table=placeholder(str),
         train_fraction=1.0, subset_seed=0,

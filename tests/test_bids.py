@@ -171,3 +171,23 @@ def test_brain_age_config_trains_on_a_bids_tree_split_by_subject(tmp_path, capsy
     parts = data_lib.split(c.data, str(tmp_path / "run_test_sessions"))
     assert {x.meta["session"] for x in parts.train + parts.val} == {"ses-test"}
     assert "8 sessions without a T1w image matching 'ses-test' left out" in capsys.readouterr().out
+
+
+def test_ad_classification_config_on_a_bids_group_column(tmp_path):
+    """participants.tsv's group column as the diagnosis, a dataset's own names mapped by
+    data.vocabulary; the other group dropped and counted."""
+    from jaxbrain.training import data as data_lib
+    from jaxbrain.training.config import load_config_file
+    root = _ds001(tmp_path / "ds")
+    groups = ["control", "patient", "control", "patient", "control", "other"]
+    _write(root / "participants.tsv", "participant_id\tgroup\tage\n" + "".join(
+        f"sub-{i:02d}\t{g}\t{60 + i}\n" for i, g in enumerate(groups, start=1)))
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                      "brain_classification.py"), "ad,resnet18")
+    c.data.root = str(root / "participants.tsv")
+    c.data.num_folds = None
+    c.data.vocabulary = {"patient": "AD", "other": "MCI"}
+    parts = data_lib.split(c.data, str(tmp_path / "run"))
+    assert parts.classes == ("CN", "AD")
+    assert [(x.id, x.target) for x in parts.train] == [
+        ("sub-01", 0), ("sub-02", 1), ("sub-03", 0), ("sub-04", 1), ("sub-05", 0)]

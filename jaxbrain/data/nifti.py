@@ -184,7 +184,8 @@ def check_labels(path: str, label: np.ndarray, allowed: Sequence[int]) -> None:
     bad = np.setdiff1d(values, np.asarray(allowed))
     if bad.size:
         raise DataError(f"{path}: label values {bad.tolist()} outside the expected set "
-                        f"{sorted(int(v) for v in allowed)}")
+                        f"{sorted(int(v) for v in allowed)}; relabel them (python -m "
+                        "jaxbrain.data check lists every such file)")
 
 
     # --- resampling -------------------------------------------------------------------------------
