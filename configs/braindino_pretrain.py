@@ -19,7 +19,8 @@ Recipe (the ViT-B/16 of BrainDINO, REFERENCE section 4, with DINOv3's
 ``ssl_default_config.yaml`` where the paper is silent):
 
 * backbone ``braindino_vitb16`` (patch 16, 768 wide, 12 blocks, 4 storage tokens, axial
-  RoPE, LayerScale 1e-5, no qkv bias, drop path 0.2) + DINO head and a separate iBOT head
+  RoPE in bfloat16 as DINOv3's ``vit_base`` builds it (``model.rope_dtype="bf16"``; "fp32"
+  as the hub backbones), LayerScale 1e-5, no qkv bias, drop path 0.2) + DINO head and a separate iBOT head
   (3 layers, hidden 2048, bottleneck 256, 65536 prototypes, plain last layer):
   ``jaxbrain.models.dino_heads.DinoStudent``;
 * crops 2 x 224 (scale 0.32-1) + 8 x 96 (0.05-0.32), flips, intensity jitter p 0.8, blur

@@ -14,7 +14,7 @@ stroke lesions: T1w, one sigmoid channel), ``bf16`` (bfloat16 compute), ``remat`
 
 Model (``dino_seg``, :mod:`jaxbrain.models.dino_seg`): the 4 modalities [FLAIR, T1ce, T1, T2]
 fused to 3 channels by a bias-free 1x1 convolution initialised to 1/4, BrainDINO's ViT-B/16
-(``braindino_vitb16``: RoPE, 4 storage tokens, LayerScale 1e-5, no qkv bias, stochastic
+(``braindino_vitb16``: RoPE in bfloat16, 4 storage tokens, LayerScale 1e-5, no qkv bias, stochastic
 depth 0.2), the normed patch tokens of blocks 2, 5, 8 and 11 concatenated (3072 channels at
 1/16) and the 4-stage transposed-convolution decoder 3072 -> 1536 -> 768 -> 384 -> 192 ->
 classes (22.6% of the parameters).

@@ -262,7 +262,7 @@ def test_dinov3_transformers(variant, images):
     torch.manual_seed(0)
     hf = DINOv3ViTModel(cfg).eval()
     _randomise(hf, 3)
-    model = DinoViT(**dino_preset(variant, **dict(TINY, depth=2)))
+    model = DinoViT(**dino_preset(variant, **dict(TINY, depth=2), rope_dtype="fp32"))  # as transformers'
     params, report = load_torch(_state(hf), model)
     assert report.ok and report.source_format.startswith("transformers DINOv3ViT")
     apply = jax.jit(lambda p, x, m: model.apply({"params": p}, x, masks=m))
@@ -293,6 +293,82 @@ def test_dinov3_transformers(variant, images):
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     assert cdino.infer_config(original)["num_heads"] == 4 and cdino.infer_config(original)["rope_base"] == 100.0
+
+
+def _dinov3_rope(h: int, w: int, head_dim: int, base: float, dtype: torch.dtype):
+    """DINOv3's ``RopePositionEmbedding(dtype=dtype)`` (normalize_coords="separate", eval):
+    periods, coordinates, angles, sin and cos, each op in ``dtype`` as the original."""
+    dd = {"dtype": dtype}
+    periods = base ** (2 * torch.arange(head_dim // 4, **dd) / (head_dim // 2))
+    coords_h = torch.arange(0.5, h, **dd) / h
+    coords_w = torch.arange(0.5, w, **dd) / w
+    coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+    coords = 2.0 * coords - 1.0
+    angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]
+    angles = angles.flatten(1, 2).tile(2)
+    return periods, torch.sin(angles), torch.cos(angles)
+
+
+def _dinov3_apply_rope(q, k, cos, sin, **_):
+    """DINOv3's ``SelfAttention.apply_rope``: q and k cast to the tables' dtype, rotated
+    (patch tokens only), cast back; in place of transformers' ``apply_rotary_pos_emb``."""
+    def rotate(x):
+        dtype, x = x.dtype, x.to(sin.dtype)
+        prefix = x.shape[-2] - sin.shape[-2]
+        t = x[:, :, prefix:]
+        t1, t2 = t.chunk(2, dim=-1)
+        t = t * cos + torch.cat([-t2, t1], dim=-1) * sin
+        return torch.cat([x[:, :, :prefix], t], dim=-2).to(dtype)
+    return rotate(q), rotate(k)
+
+
+def test_bf16_rope_matches_dinov3_as_braindino_builds_it(images, monkeypatch):
+    """BrainDINO's backbone is DINOv3's ``vit_base`` with its default
+    ``pos_embed_rope_dtype="bf16"``: periods, coordinates, angles, sin / cos and the rotated
+    q and k in bfloat16. transformers' DINOv3ViTModel (float32 RoPE) with the original's
+    bfloat16 tables and rotation in place of its own is that model."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers.models.dinov3_vit import modeling_dinov3_vit as hf_module
+
+    model = DinoViT(**dino_preset("braindino_vitb16", **dict(TINY, depth=2)))
+    assert model.rope_dtype == "bf16" and dino_preset("dinov3_vitb16")["rope_dtype"] == "fp32"
+    for h, w in ((4, 4), (6, 5), (14, 14)):  # the tables: bit for bit
+        periods, sin_ref, cos_ref = _dinov3_rope(h, w, 16, 100.0, torch.bfloat16)
+        np.testing.assert_array_equal(rope_periods(16, 100.0, "bf16"), periods.float().numpy())
+        sin, cos = model.rope_tables((h, w))
+        np.testing.assert_array_equal(sin, sin_ref.float().numpy())
+        np.testing.assert_array_equal(cos, cos_ref.float().numpy())
+
+    cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          image_size=32, patch_size=8, num_register_tokens=4, layerscale_value=0.5,
+                          layer_norm_eps=1e-6, query_bias=False, key_bias=False, value_bias=False)
+    torch.manual_seed(0)
+    hf = DINOv3ViTModel(cfg).eval()
+    _randomise(hf, 5)
+    params, report = load_torch(_state(hf), model)
+    assert report.ok
+
+    def bf16_tables(pixel_values):
+        _, sin, cos = _dinov3_rope(pixel_values.shape[2] // 8, pixel_values.shape[3] // 8, 16, 100.0,
+                                   torch.bfloat16)
+        return cos, sin
+    monkeypatch.setattr(hf.rope_embeddings, "forward", bf16_tables)
+    monkeypatch.setattr(hf_module, "apply_rotary_pos_emb", _dinov3_apply_rope)
+    fp32 = DinoViT(**dict(dino_preset("braindino_vitb16", **dict(TINY, depth=2)), rope_dtype="fp32"))
+    for x in images:
+        with torch.no_grad():
+            ref = hf(pixel_values=x).last_hidden_state.numpy()
+        ours = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, _nhwc(x)))
+        other = np.asarray(fp32.apply({"params": params}, _nhwc(x)))
+        err, gap = np.abs(ours - ref).max(), np.abs(other - ref).max()
+        print(f"bf16 RoPE vs DINOv3's bf16 path: {err:.2e}; an fp32-RoPE model: {gap:.2e}")
+        assert err < 5e-5 and gap > 1e-3, (err, gap)
+
+    # Conversion: the export's periods buffer holds the model's RoPE dtype, read back on import.
+    original = cdino.save_torch(params, model)
+    np.testing.assert_array_equal(original["rope_embed.periods"], rope_periods(16, 100.0, "bf16"))
+    assert cdino.infer_config(original)["rope_dtype"] == "bf16"
+    assert cdino.infer_config(cdino.save_torch(params, fp32))["rope_dtype"] == "fp32"
 
 
 # ----------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def test_merged_adapters_reach_dinov3_in_transformers():
     """A LoRA-tuned BrainDINO encoder, merged and written in DINOv3's layout, is read by
     transformers' DINOv3ViTModel (strict) and gives the adapted encoder's tokens."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
-    kw = dino_preset("braindino_vitb16", **dict(TINY, hidden_size=64, num_heads=4, mlp_dim=256))
+    kw = dino_preset("braindino_vitb16", **dict(TINY, hidden_size=64, num_heads=4, mlp_dim=256),
+                     rope_dtype="fp32")  # transformers' RoPE is float32
     adapted = DinoViT(**kw, lora_rank=8)
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     tuned = _perturbed(nn.meta.unbox(adapted.init(jax.random.key(0), x))["params"], 3)

@@ -8,7 +8,9 @@ DINOv2's:
 - DINOv3 (``dinov3/models/vision_transformer.py``): ``cls_token [1, 1, D]``,
   ``storage_tokens [1, R, D]``, ``mask_token [1, D]``, ``patch_embed.proj.{weight [D, 3, p, p],
   bias}``, ``rope_embed.periods [D_head / 4]`` (a buffer: checked against ``rope_base`` on
-  import, relative tolerance 5e-3 since the original may hold it in bfloat16),
+  import, relative tolerance 5e-3 since the original may hold it in bfloat16; its values
+  say the RoPE dtype: bfloat16-rounded periods read as ``rope_dtype="bf16"``, the
+  original's ``pos_embed_rope_dtype``, else "fp32"; export writes the model's),
   ``blocks.i.{norm1, attn.qkv.{weight [3D, D], bias, bias_mask}, attn.proj, ls1.gamma, norm2,
   mlp.fc1, mlp.fc2, ls2.gamma}``, ``norm``. ``bias_mask`` (1 on q and v, 0 on k) exists with
   ``qkv_bias`` and ``mask_k_bias`` and is checked on import.
@@ -104,7 +106,8 @@ def bias_mask(hidden: int) -> np.ndarray:
 def buffers(model) -> State:
     out: State = {}
     if model.pos_embed == "rope":
-        out[PERIODS] = rope_periods(model.hidden_size // model.num_heads, model.rope_base)
+        out[PERIODS] = rope_periods(model.hidden_size // model.num_heads, model.rope_base,
+                                    model.rope_dtype)
     if is_v3(model) and model.qkv_bias and model.mask_k_bias:
         for i in range(model.depth):
             out[f"blocks.{i}.attn.qkv.bias_mask"] = bias_mask(model.hidden_size)
@@ -280,6 +283,10 @@ def infer_config(state: State) -> dict:
         if periods is not None and len(periods):
             cfg["num_heads"] = hidden // (4 * len(periods))
             cfg["rope_base"] = periods_base(np.asarray(periods))
+            head_dim, base = hidden // cfg["num_heads"], cfg["rope_base"]
+            bf16 = rope_periods(head_dim, base, "bf16")
+            cfg["rope_dtype"] = ("bf16" if np.array_equal(np.asarray(periods, np.float32), bf16)
+                                 and not np.array_equal(bf16, rope_periods(head_dim, base)) else "fp32")
     else:
         rows = int(state["pos_embed"].shape[1]) - 1
         side = math.isqrt(max(rows, 0))

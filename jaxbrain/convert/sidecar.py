@@ -281,6 +281,7 @@ def dino_original(model) -> dict:
                       pos_embed_rope_shift_coords=model.rope_shift,
                       pos_embed_rope_jitter_coords=model.rope_jitter,
                       pos_embed_rope_rescale_coords=model.rope_rescale,
+                      pos_embed_rope_dtype=model.rope_dtype,  # the class's default is bf16
                       ffn_ratio=model.mlp_dim / model.hidden_size, qkv_bias=model.qkv_bias,
                       layerscale_init=model.layer_scale_init,
                       norm_layer="layernormbf16" if abs(model.norm_eps - 1e-5) < 1e-12 else "layernorm",

@@ -12,10 +12,12 @@ patches row-major], through the final norm; ``layers=`` and ``masks=`` as the en
   layerscale_init=1e-5, n_storage_tokens=4, qkv_bias=False, mask_k_bias=True)``: patch 16,
   768 wide, 12 blocks of 12 heads, MLP 3072, 4 storage tokens, LayerScale 1e-5, no qkv bias
   (so DINOv3's k-bias mask has no bias to act on), LayerNorm eps 1e-6, axial RoPE (base 100,
-  "separate" coordinates), stochastic depth 0.2 in every block on a random batch subset.
+  "separate" coordinates) in bfloat16 (``rope_dtype="bf16"``: ``vit_base`` keeps
+  ``DinoVisionTransformer``'s default ``pos_embed_rope_dtype="bf16"``), stochastic depth 0.2
+  in every block on a random batch subset.
 - ``dinov3_vit{s,b,l}16``: DINOv3's hub backbones: qkv bias with the k third masked
-  (``bias_mask``), LayerNorm eps 1e-5 ("layernormbf16"), ``rope_rescale=2`` in training, no
-  stochastic depth.
+  (``bias_mask``), LayerNorm eps 1e-5 ("layernormbf16"), RoPE in float32
+  (``pos_embed_rope_dtype="fp32"``), ``rope_rescale=2`` in training, no stochastic depth.
 - ``dinov2_vit{s,b,l}14`` (``_reg``: 4 registers): DINOv2's hub backbones: patch 14, image 518,
   learned positions for CLS and patches (bicubic resize with DINOv2's 0.1 offset; the
   register models' antialiased resize without offset), registers after the CLS without
@@ -60,13 +62,15 @@ def _presets() -> dict[str, dict]:
     for size, (hidden, depth, heads, mlp) in SIZES.items():
         dims = dict(hidden_size=hidden, depth=depth, num_heads=heads, mlp_dim=mlp)
         out[f"dinov3_{size}16"] = dict(_DINOV3, **dims, qkv_bias=True, mask_k_bias=True,
-                                       norm_eps=1e-5, rope_rescale=2.0, drop_path=0.0)
+                                       norm_eps=1e-5, rope_rescale=2.0, rope_dtype="fp32",
+                                       drop_path=0.0)
         out[f"dinov2_{size}14"] = dict(_DINOV2, **dims)
         out[f"dinov2_{size}14_reg"] = dict(_DINOV2, **dims, num_registers=4,
                                            pos_interp="bicubic_aa", pos_interp_offset=0.0)
     out["braindino_vitb16"] = dict(_DINOV3, **dict(zip(("hidden_size", "depth", "num_heads", "mlp_dim"),
                                                        SIZES["vitb"])),
-                                   qkv_bias=False, mask_k_bias=False, norm_eps=1e-6, drop_path=0.2)
+                                   qkv_bias=False, mask_k_bias=False, norm_eps=1e-6, drop_path=0.2,
+                                   rope_dtype="bf16")
     return out
 
 
@@ -87,8 +91,10 @@ def dino_preset(name: str, **overrides) -> dict:
 
 class DinoViT(ViTEncoder):
     """The DINO slice encoder: :class:`ViTEncoder` with DINOv3's defaults (2D, 3 channels,
-    224 px, patch 16, RoPE, mask token, final norm on every token, eps 1e-6). Build a
-    published one with ``DinoViT(**dino_preset(name))``."""
+    224 px, patch 16, RoPE, mask token, final norm on every token, eps 1e-6). The RoPE is
+    float32 unless ``rope_dtype="bf16"`` (``DinoVisionTransformer``'s own default, and the
+    ``braindino_vitb16`` preset's). Build a published one with
+    ``DinoViT(**dino_preset(name))``."""
 
     in_channels: int = 3
     img_size: int = 224

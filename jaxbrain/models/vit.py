@@ -24,7 +24,8 @@ One module covers the published variants through its fields:
   of the patch tokens (``rope_*`` fields, :func:`rope_periods` .. :func:`rope_rotary`; base
   100, coordinates of the patch centres in [-1, 1], optional training-time shift / jitter /
   rescale of the coordinates drawn once per batch from the "dropout" stream, computed in
-  float32). ``mask_token=True`` adds the learned token that ``masks=`` puts in place of
+  ``rope_dtype``: "fp32", or "bf16" as DINOv3's ``RopePositionEmbedding(dtype=bfloat16)``,
+  its ``DinoVisionTransformer``'s default, see :func:`rope_round`). ``mask_token=True`` adds the learned token that ``masks=`` puts in place of
   patch embeddings; ``drop_path_mode`` / ``drop_path_uniform`` give their stochastic depth
   (DINOv3: the same rate in every block, applied to a random subset of the batch).
 
@@ -41,8 +42,8 @@ Attention is ``jax.nn.dot_product_attention`` (``attn_impl=None`` lets JAX choos
 JAX 0.10 is its XLA implementation, softmax in float32; "cudnn" asks for the fused flash
 kernel on GPUs, bf16/fp16 only), except with attention dropout in
 training, which takes the explicit softmax path. ``Attention`` takes a ``rotary`` function
-applied to the queries and keys of the patch tokens only (prefix tokens untouched), the hook
-for axial RoPE.
+applied to the queries and keys of the patch tokens only (prefix tokens unrotated, passed
+through the function's ``prefix`` where it has one), the hook for axial RoPE.
 
 The k-bias mask (``mask_k_bias``): the qkv bias is one (3 * hidden,) parameter, multiplied by
 a constant mask that is 0 on its k third. The masked entries get zero gradient and start at
@@ -80,6 +81,7 @@ POS_EMBEDS = ("learned", "sincos", "rope", "none")
 POOLS = ("cls", "mean")
 INTERPOLATIONS = ("linear", "bicubic", "bicubic_aa")
 ROPE_NORMALIZE = ("separate", "max", "min")
+ROPE_DTYPES = ("fp32", "bf16")
 DROP_PATH_MODES = ("sample", "subset", "dinov2")
 
 
@@ -197,24 +199,43 @@ def resize_pos_embed(table: jax.Array, old_grid: Sequence[int], new_grid: Sequen
 # Axial rotary positions (DINOv3 RopePositionEmbedding).
 
 
-def rope_periods(head_dim: int, base: float) -> np.ndarray:
-    """(head_dim // 4,) float32: base ** (2 k / (head_dim / 2)), k = 0 .. head_dim / 4 - 1."""
-    k = np.arange(head_dim // 4, dtype=np.float64)
-    return (float(base) ** (2.0 * k / (head_dim // 2))).astype(np.float32)
+def rope_round(x, dtype: str = "fp32"):
+    """``x`` rounded to the RoPE dtype, as PyTorch rounds the result of each bfloat16 op
+    (computed in float32, rounded to nearest even): identity for "fp32"; numpy arrays through
+    numpy's bfloat16 (ml_dtypes), jax arrays by ``lax.reduce_precision`` (an op XLA keeps)."""
+    if dtype not in ROPE_DTYPES:
+        raise ValueError(f"rope_dtype={dtype!r}: expected one of {ROPE_DTYPES}")
+    if dtype == "fp32":
+        return x
+    if isinstance(x, (np.ndarray, np.generic, float)):
+        return np.asarray(x, np.float32).astype(jnp.bfloat16).astype(np.float32)
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
 
 
-def rope_coords(grid: Sequence[int], normalize: str = "separate") -> np.ndarray:
+def rope_periods(head_dim: int, base: float, dtype: str = "fp32") -> np.ndarray:
+    """(head_dim // 4,) float32: base ** (2 k / (head_dim / 2)), k = 0 .. head_dim / 4 - 1;
+    with ``dtype="bf16"`` DINOv3's bfloat16 buffer: the base, 2 k, the exponent and the power
+    each rounded to bfloat16."""
+    if dtype == "fp32":
+        k = np.arange(head_dim // 4, dtype=np.float64)
+        return (float(base) ** (2.0 * k / (head_dim // 2))).astype(np.float32)
+    k = np.arange(head_dim // 4, dtype=np.float32)
+    exponent = rope_round(rope_round(2 * k, dtype) / np.float32(head_dim // 2), dtype)
+    return rope_round(np.power(rope_round(np.float32(base), dtype), exponent), dtype)
+
+
+def rope_coords(grid: Sequence[int], normalize: str = "separate", dtype: str = "fp32") -> np.ndarray:
     """(H * W, 2) float32 patch centres in [-1, 1]: (arange(0.5, n) / d) per axis, d = the
     axis' own length ("separate"), the longer ("max") or the shorter ("min"); row-major
-    (ij) grid order; then 2 c - 1."""
+    (ij) grid order; then 2 c - 1 (each op rounded to ``dtype``)."""
     if normalize not in ROPE_NORMALIZE:
         raise ValueError(f"rope_normalize={normalize!r}: expected one of {ROPE_NORMALIZE}")
     h, w = (int(g) for g in grid)
     div = {"separate": (h, w), "max": (max(h, w),) * 2, "min": (min(h, w),) * 2}[normalize]
-    ch = np.arange(0.5, h, dtype=np.float32) / np.float32(div[0])
-    cw = np.arange(0.5, w, dtype=np.float32) / np.float32(div[1])
+    ch = rope_round(rope_round(np.arange(0.5, h, dtype=np.float32), dtype) / np.float32(div[0]), dtype)
+    cw = rope_round(rope_round(np.arange(0.5, w, dtype=np.float32), dtype) / np.float32(div[1]), dtype)
     coords = np.stack(np.meshgrid(ch, cw, indexing="ij"), -1).reshape(-1, 2)
-    return 2.0 * coords - 1.0
+    return rope_round(rope_round(np.float32(2.0) * coords, dtype) - np.float32(1.0), dtype)
 
 
 def rope_augment(coords: jax.Array, key: jax.Array, shift: float | None = None,
@@ -234,23 +255,38 @@ def rope_augment(coords: jax.Array, key: jax.Array, shift: float | None = None,
     return coords
 
 
-def rope_sincos(coords: jax.Array, periods: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rope_sincos(coords, periods, dtype: str = "fp32") -> tuple[jax.Array, jax.Array]:
     """(sin, cos), each (N, head_dim) float32: angles 2 pi coord / period for the 2 axes
-    (axis major), flattened to head_dim / 2 and tiled twice."""
-    angles = 2.0 * np.pi * coords[:, :, None] / periods[None, None, :]
-    angles = jnp.tile(angles.reshape(angles.shape[0], -1), (1, 2))
-    return jnp.sin(angles), jnp.cos(angles)
+    (axis major), flattened to head_dim / 2 and tiled twice. ``dtype="bf16"``: 2 pi coord,
+    the angle, sin and cos each rounded to bfloat16 (numpy inputs are computed in numpy)."""
+    xp = np if isinstance(coords, np.ndarray) and isinstance(periods, np.ndarray) else jnp
+    if dtype == "fp32":
+        angles = 2.0 * np.pi * coords[:, :, None] / periods[None, None, :]
+    else:
+        scaled = rope_round(np.float32(2.0 * np.pi) * coords[:, :, None], dtype)
+        angles = rope_round(scaled / periods[None, None, :], dtype)
+    angles = xp.tile(angles.reshape(angles.shape[0], -1), (1, 2))
+    return rope_round(xp.sin(angles), dtype), rope_round(xp.cos(angles), dtype)
 
 
-def rope_rotary(sin: jax.Array, cos: jax.Array) -> Rotary:
+def rope_rotary(sin: jax.Array, cos: jax.Array, dtype: str = "fp32") -> Rotary:
     """The ``rotary`` hook for :class:`Attention`: x cos + rotate_half(x) sin in float32,
     rotate_half([a, b]) = [-b, a] on the halves of the head dimension; x (B, N, heads,
-    head_dim), cast back to its dtype."""
+    head_dim), cast back to its dtype. ``dtype="bf16"``: DINOv3's ``apply_rope`` with
+    bfloat16 tables: x rounded to bfloat16, each product and the sum rounded too; the
+    function's ``prefix`` rounds the prefix tokens' q and k (the original casts all of q and
+    k to the tables' dtype and back)."""
+    sin, cos = jnp.asarray(sin), jnp.asarray(cos)
+
     def apply(x: jax.Array) -> jax.Array:
-        t = x.astype(jnp.float32)
+        t = rope_round(x.astype(jnp.float32), dtype)
         a, b = jnp.split(t, 2, axis=-1)
         half = jnp.concatenate([-b, a], axis=-1)
-        return (t * cos[None, :, None] + half * sin[None, :, None]).astype(x.dtype)
+        out = (rope_round(t * cos[None, :, None], dtype)
+               + rope_round(half * sin[None, :, None], dtype))
+        return rope_round(out, dtype).astype(x.dtype)
+    if dtype != "fp32":
+        apply.prefix = lambda x: rope_round(x.astype(jnp.float32), dtype).astype(x.dtype)
     return apply
 
 
@@ -415,8 +451,9 @@ class Attention(nn.Module):
         qkv = qkv.reshape(b, n, 3, h, c // h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, head_dim)
         if rotary is not None:
-            q = jnp.concatenate([q[:, :num_prefix], rotary(q[:, num_prefix:])], axis=1)
-            k = jnp.concatenate([k[:, :num_prefix], rotary(k[:, num_prefix:])], axis=1)
+            keep = getattr(rotary, "prefix", lambda t: t)  # prefix tokens: unrotated
+            q = jnp.concatenate([keep(q[:, :num_prefix]), rotary(q[:, num_prefix:])], axis=1)
+            k = jnp.concatenate([keep(k[:, :num_prefix]), rotary(k[:, num_prefix:])], axis=1)
         scale = (c // h) ** -0.5
         if self.attn_dropout > 0.0 and not deterministic:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=stats_dtype(self.dtype))
@@ -540,7 +577,9 @@ class ViTEncoder(nn.Module):
     RoPE (2D only), ``rope_base`` (periods ``rope_base ** (2 k / (head_dim / 2))``),
     ``rope_normalize`` ("separate", "max", "min": the divisor of the patch centres), and in
     training ``rope_shift``, ``rope_jitter``, ``rope_rescale`` (None: off; DINOv3's hub
-    models use ``rope_rescale=2``). ``pos_interp_offset``: DINOv2's ``interpolate_offset``.
+    models use ``rope_rescale=2``), ``rope_dtype`` ("fp32"; "bf16": periods, coordinates,
+    angles, sin / cos and the rotated q and k rounded to bfloat16 as DINOv3's
+    ``pos_embed_rope_dtype="bf16"``). ``pos_interp_offset``: DINOv2's ``interpolate_offset``.
     ``mask_token``: a learned (1, hidden) token used by ``masks=``.
     """
 
@@ -563,6 +602,7 @@ class ViTEncoder(nn.Module):
     rope_shift: float | None = None
     rope_jitter: float | None = None
     rope_rescale: float | None = None
+    rope_dtype: str = "fp32"
     mask_token: bool = False
     qkv_bias: bool = False
     mask_k_bias: bool = False
@@ -622,6 +662,7 @@ class ViTEncoder(nn.Module):
         for name, value, allowed in (("pos_embed", self.pos_embed, POS_EMBEDS), ("pool", self.pool, POOLS),
                                      ("pos_interp", self.pos_interp, INTERPOLATIONS),
                                      ("rope_normalize", self.rope_normalize, ROPE_NORMALIZE),
+                                     ("rope_dtype", self.rope_dtype, ROPE_DTYPES),
                                      ("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: expected one of {allowed}")
@@ -661,14 +702,22 @@ class ViTEncoder(nn.Module):
 
     @nn.nowrap
     def rope_tables(self, grid: tuple[int, ...], key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(sin, cos) of the axial RoPE for a patch grid, each (N, head_dim) float32; ``key``
-        draws the training-time coordinate augmentation (``rope_shift`` / ``rope_jitter`` /
-        ``rope_rescale``)."""
+        """(sin, cos) of the axial RoPE for a patch grid, each (N, head_dim) float32 (values
+        of ``rope_dtype``); ``key`` draws the training-time coordinate augmentation
+        (``rope_shift`` / ``rope_jitter`` / ``rope_rescale``; in float32, the augmented
+        coordinates rounded to ``rope_dtype``)."""
         head_dim = self.hidden_size // self.num_heads
-        coords = jnp.asarray(rope_coords(grid, self.rope_normalize))
+        dtype = self.rope_dtype
+        coords = rope_coords(grid, self.rope_normalize, dtype)
+        periods = rope_periods(head_dim, self.rope_base, dtype)
         if key is not None:
-            coords = rope_augment(coords, key, self.rope_shift, self.rope_jitter, self.rope_rescale)
-        return rope_sincos(coords, jnp.asarray(rope_periods(head_dim, self.rope_base)))
+            coords = rope_augment(jnp.asarray(coords), key, self.rope_shift, self.rope_jitter,
+                                  self.rope_rescale)
+            coords, periods = rope_round(coords, dtype), jnp.asarray(periods)
+        elif dtype == "fp32":
+            coords, periods = jnp.asarray(coords), jnp.asarray(periods)
+        sin, cos = rope_sincos(coords, periods, dtype)
+        return jnp.asarray(sin), jnp.asarray(cos)
 
     @nn.nowrap
     def _layer_indices(self, layers: Sequence[int]) -> tuple[int, ...]:
@@ -727,7 +776,8 @@ class ViTEncoder(nn.Module):
                 raise ValueError("ViTEncoder: pos_embed='rope' computes its own rotary positions; "
                                  "rotary= is for encoders without them")
             augment = train and any(v is not None for v in (self.rope_shift, self.rope_jitter, self.rope_rescale))
-            rotary = rope_rotary(*self.rope_tables(grid, self.make_rng("dropout") if augment else None))
+            rotary = rope_rotary(*self.rope_tables(grid, self.make_rng("dropout") if augment else None),
+                                 self.rope_dtype)
         if keep is not None:
             if rotary is not None:
                 raise ValueError("ViTEncoder: rotary positions with keep= (a subset of the "
