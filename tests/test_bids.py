@@ -191,3 +191,17 @@ def test_ad_classification_config_on_a_bids_group_column(tmp_path):
     assert parts.classes == ("CN", "AD")
     assert [(x.id, x.target) for x in parts.train] == [
         ("sub-01", 0), ("sub-02", 1), ("sub-03", 0), ("sub-04", 1), ("sub-05", 0)]
+
+
+def test_the_synthetic_cohort_is_a_bids_dataset_giving_the_table_s_scans(tmp_path):
+    from jaxbrain.data import cohort
+    root = tmp_path / "cohort"
+    cohort.write_cohort(root, 6, shape=(24, 28, 24), anatomy="procedural", followup=0.5,
+                        workers=0, progress=False)
+    table = tables.load_table(str(root / "labels.csv"), task="age")
+    as_bids = tables.load_table(str(root / "participants.tsv"), task="age")
+    assert len(table.cases) > 6
+    assert [(c.id, c.images, c.target) for c in as_bids.cases] == [
+        (c.id, c.images, c.target) for c in table.cases]
+    for key in ("subject", "session", "diagnosis", "sex", "site", "age"):
+        assert [c.meta[key] for c in as_bids.cases] == [c.meta[key] for c in table.cases]

@@ -36,6 +36,10 @@ Layout (``root``)
 ``sub-XXXX/ses-YY/anat/sub-XXXX_ses-YY_T1w.nii.gz`` (int16, RAS voxel order, skull-stripped,
 background exactly 0) and ``labels.csv`` with columns ``subject, session, t1, diagnosis, age,
 sex, site`` (paths relative to ``root``), which :func:`jaxbrain.data.tables.read_table` reads.
+The tree is also a BIDS dataset (:mod:`jaxbrain.data.bids`): ``dataset_description.json``,
+``participants.tsv`` (``participant_id, age, sex, diagnosis, site`` at baseline) and each
+subject's ``sub-XXXX_sessions.tsv`` (``session_id, age, diagnosis`` per session); read through
+``participants.tsv`` it gives the same scans and labels as ``labels.csv``.
 The default shape (91, 109, 91) is FSL's MNI152 2 mm grid (voxel (0, 0, 0) at (-90, -126,
 -72) mm); other shapes cover the same 182 x 218 x 182 mm. The same arguments give the same
 files whatever the number of workers.
@@ -436,4 +440,25 @@ def write_cohort(root, n: int, *, shape: Sequence[int] = MNI_2MM_SHAPE, seed: in
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, root / TABLE)
+    _write_bids(root, rows)
     return rows
+
+
+def _write_bids(root: Path, rows: list[dict]) -> None:
+    """The BIDS side files of the cohort's tree: description, participants (baseline values)
+    and per-subject sessions (age and diagnosis at each session)."""
+    with open(root / "dataset_description.json", "w") as f:
+        f.write('{"Name": "jaxbrain synthetic cohort", "BIDSVersion": "1.9.0", '
+                '"DatasetType": "raw"}\n')
+    subjects = {}
+    for row in rows:
+        subjects.setdefault(row["subject"], []).append(row)
+    lines = ["participant_id\tage\tsex\tdiagnosis\tsite"]
+    for subject, sessions in subjects.items():
+        first = sessions[0]
+        lines.append(f"{subject}\t{first['age']}\t{first['sex']}\t{first['diagnosis']}\t"
+                     f"{first['site']}")
+        table = ["session_id\tage\tdiagnosis"]
+        table += [f"{r['session']}\t{r['age']}\t{r['diagnosis']}" for r in sessions]
+        (root / subject / f"{subject}_sessions.tsv").write_text("\n".join(table) + "\n")
+    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
