@@ -127,7 +127,8 @@ def test_ds000117_runs_acquisitions_and_subjects_without_anat(tmp_path):
     table = tables.load_table(str(root), task="age")
     assert [c.id for c in table.cases] == [f"sub-0{i}_ses-mri" for i in range(1, 5)]
     assert table.dropped == {"no T1w image": 1}  # sub-emptyroom
-    assert os.path.basename(table.cases[1].images[0]) == "sub-02_ses-mri_acq-mprage_run-01_T1w.nii.gz"
+    assert os.path.basename(table.cases[1].images[0]) == \
+        "sub-02_ses-mri_acq-mprage_run-01_T1w.nii.gz"
     assert "1 sessions have several T1w images" in table.summary()
     assert "data.bids_select" in table.summary()
     picked = tables.load_table(str(root), task="age", select="run-2")
@@ -143,6 +144,13 @@ def test_bad_trees_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"sub-02_T1w.nii.gz: its entities \(sub-02\) do not "
                                         r"match its folder sub-01/anat"):
         tables.load_table(str(root), task="age")
+    with open(root / "participants.tsv", "a") as f:
+        f.write("sub-03\tF\t27\nsub-07\tM\n")
+    errors = []  # every problem at once: the misplaced file, the repeated and the short row
+    assert len(tables.load_table(str(root), task="age", errors=errors).cases) == 6
+    assert [e.split(": ", 2)[1] for e in errors] == [
+        "line 9", "line 8", "its entities (sub-02) do not match its folder sub-01/anat"]
+    _write(root / "participants.tsv", DS001)
     os.remove(root / "sub-01" / "anat" / "sub-02_T1w.nii.gz")
     _write(root / "participants.tsv", DS001.replace("participant_id", "id"))
     with pytest.raises(DataError, match="no participant_id column"):

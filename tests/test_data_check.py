@@ -44,7 +44,9 @@ def _brats2023(root, n=5):
 def _break(root):
     """Four problems in four cases: a 4 in a 2023 segmentation, a missing modality, a label
     map on another grid, a NaN voxel (where there is a fourth case)."""
-    case = lambda i: os.path.join(root, f"BraTS-GLI-{i:05d}-000", f"BraTS-GLI-{i:05d}-000")  # noqa: E731
+    def case(i):
+        return os.path.join(root, f"BraTS-GLI-{i:05d}-000", f"BraTS-GLI-{i:05d}-000")
+
     seg = np.zeros(SHAPE, np.uint8)
     seg[3, 3, 3] = 4
     _save(case(0) + "-seg.nii.gz", seg)

@@ -164,12 +164,12 @@ def _order(f: File):
     return (len(variants), variants, int(run) if run and run.isdigit() else -1, f.name)
 
 
-def images(root: str, suffix: str = "T1w", *, datatype: str = "anat"
-           ) -> dict[tuple[str, str | None], list[File]]:
+def images(root: str, suffix: str = "T1w", *, datatype: str = "anat",
+           errors: list | None = None) -> dict[tuple[str, str | None], list[File]]:
     """{(subject, session or None): [files of ``suffix``]} of the tree under ``root``.
 
-    Raises DataError for a file whose entities contradict its folders (``sub-02_T1w`` under
-    ``sub-01/``).
+    A file whose entities contradict its folders (``sub-02_T1w`` under ``sub-01/``) is a
+    DataError (appended to ``errors`` when given, the file left out).
     """
     found = {}
     for subject in _subjects(root):
@@ -187,16 +187,21 @@ def images(root: str, suffix: str = "T1w", *, datatype: str = "anat"
                     continue
                 if f"sub-{f.entities['sub']}" != subject or (
                         f"ses-{f.entities['ses']}" if "ses" in f.entities else None) != session:
-                    raise DataError(f"{f.path}: its entities (sub-{f.entities['sub']}"
-                                    + (f", ses-{f.entities['ses']}" if "ses" in f.entities else "")
-                                    + f") do not match its folder {os.path.relpath(where, root)}")
+                    error = (f"{f.path}: its entities (sub-{f.entities['sub']}"
+                             + (f", ses-{f.entities['ses']}" if "ses" in f.entities else "")
+                             + f") do not match its folder {os.path.relpath(where, root)}")
+                    if errors is None:
+                        raise DataError(error)
+                    errors.append(error)
+                    continue
                 found.setdefault((subject, session), []).append(f)
     return found
 
 
-def read_tsv(path: str) -> tuple[list[str], list[tuple[int, dict]]]:
+def read_tsv(path: str, errors: list | None = None) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and (line, {column: cell}) of a BIDS TSV file (tab-separated, line 1 the
-    header; blank lines skipped)."""
+    header; blank lines skipped; a row of the wrong length is an error, appended to
+    ``errors`` when given)."""
     with open(path, encoding="utf-8-sig") as fh:
         lines = fh.read().splitlines()
     if not lines or not lines[0].strip():
@@ -208,8 +213,12 @@ def read_tsv(path: str) -> tuple[list[str], list[tuple[int, dict]]]:
             continue
         cells = text.split("\t")
         if len(cells) != len(header):
-            raise DataError(f"{path}: line {n}: {len(cells)} tab-separated fields, but the "
-                            f"header (line 1) has {len(header)}: {header}")
+            error = (f"{path}: line {n}: {len(cells)} tab-separated fields, but the header "
+                     f"(line 1) has {len(header)}: {header}")
+            if errors is None:
+                raise DataError(error)
+            errors.append(error)
+            continue
         rows.append((n, dict(zip(header, (c.strip() for c in cells)))))
     return header, rows
 
@@ -223,9 +232,10 @@ def _id_column(path: str, header: list[str], names: Sequence[str]) -> str:
     return found[0]
 
 
-def _keyed(path: str, names: Sequence[str], prefix: str) -> tuple[list[str], dict]:
+def _keyed(path: str, names: Sequence[str], prefix: str, errors: list | None
+           ) -> tuple[list[str], dict]:
     """{id: (line, cells without the id column)} of a participants or sessions file."""
-    header, rows = read_tsv(path)
+    header, rows = read_tsv(path, errors)
     column = _id_column(path, header, names)
     out = {}
     for line, cells in rows:
@@ -233,17 +243,21 @@ def _keyed(path: str, names: Sequence[str], prefix: str) -> tuple[list[str], dic
         if not key.startswith(prefix):
             key = prefix + key  # older datasets write the label alone ("01")
         if key in out:
-            raise DataError(f"{path}: line {line}: {key} listed twice (first on line "
-                            f"{out[key][0]})")
+            error = f"{path}: line {line}: {key} listed twice (first on line {out[key][0]})"
+            if errors is None:
+                raise DataError(error)
+            errors.append(error)
+            continue
         out[key] = (line, {h: v for h, v in cells.items() if h != column})
     return [h for h in header if h != column], out
 
 
 def rows(root: str, suffixes: Sequence[str] = ("T1w",), *, select: str | None = None,
-         datatype: str = "anat") -> Dataset:
+         datatype: str = "anat", errors: list | None = None) -> Dataset:
     """The scans of the BIDS dataset under ``root`` as label-table rows (see the module
     docstring): columns ``subject``, ``session``, then participants.tsv's, then those of the
-    sessions files."""
+    sessions files. ``errors``: a list to append the problems of single files and rows to
+    (that file or row left out) instead of raising the first."""
     if isinstance(suffixes, str):
         suffixes = (suffixes,)
     suffixes = tuple(suffixes)
@@ -254,8 +268,8 @@ def rows(root: str, suffixes: Sequence[str] = ("T1w",), *, select: str | None = 
     participants, p_columns = {}, []
     if os.path.exists(participants_path):
         p_columns, participants = _keyed(participants_path, ("participant_id", "subject_id"),
-                                         "sub-")
-    per_suffix = [images(root, s, datatype=datatype) for s in suffixes]
+                                         "sub-", errors)
+    per_suffix = [images(root, s, datatype=datatype, errors=errors) for s in suffixes]
     keys = sorted(set().union(*per_suffix), key=lambda k: (k[0], k[1] or ""))
     if not keys:
         raise DataError(f"{root}: no BIDS images sub-*/[ses-*/]{datatype}/sub-*_"
@@ -265,7 +279,7 @@ def rows(root: str, suffixes: Sequence[str] = ("T1w",), *, select: str | None = 
     for subject in sorted({k[0] for k in keys}):
         path = os.path.join(root, subject, f"{subject}_sessions.tsv")
         if os.path.exists(path):
-            columns, table = _keyed(path, ("session_id", "session"), "ses-")
+            columns, table = _keyed(path, ("session_id", "session"), "ses-", errors)
             session_tables[subject] = (path, table)
             s_columns += [c for c in columns if c not in s_columns]
     header = ["subject", "session"]

@@ -65,7 +65,8 @@ class Report:
         cached = f", {self.cases - self.read} unchanged since their last check" \
             if self.read < self.cases else ""
         if self.ok:
-            return f"data check: {self.cases} cases under {self.root} passed ({self.read} read{cached})"
+            return (f"data check: {self.cases} cases under {self.root} passed ({self.read} "
+                    f"read{cached})")
         return (f"data check: {len(self.problems)} problems in the data under {self.root} "
                 f"({self.cases} cases checked{cached}); fix them and start again")
 

@@ -259,7 +259,7 @@ def _source(path: str, images, select, errors) -> _Source:
             folder = os.path.dirname(os.path.abspath(path))
     if folder is not None:
         suffixes = (images,) if isinstance(images, str) else tuple(images or ("T1w",))
-        data = bids.rows(folder, suffixes, select=select)
+        data = bids.rows(folder, suffixes, select=select, errors=errors)
         return _Source(data.path, data.header, data.rows, True, data.dropped, data.notes)
     if select:
         raise ValueError(f"select={select!r} is for BIDS datasets; {path} is a table")
