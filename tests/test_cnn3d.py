@@ -17,8 +17,9 @@ from monai.networks.nets import DenseNet as MonaiDenseNet, DenseNet121 as MonaiD
 from monai.networks.nets import ResNet as MonaiResNet  # noqa: E402
 
 from _util import numpy_state, random_params, rel_l2, to_torch_input  # noqa: E402
+from _sidecar import build  # noqa: E402
 from jaxbrain import models  # noqa: E402
-from jaxbrain.convert import CheckpointMismatchError, family_of, load_torch, save_torch  # noqa: E402
+from jaxbrain.convert import CheckpointMismatchError, export, family_of, load_torch, save_torch  # noqa: E402
 from jaxbrain.models.cnn3d import (DenseNet, DenseNet121, ResNet, ResNet10, ResNet18,  # noqa: E402
                                    ResNet50)
 
@@ -117,9 +118,9 @@ def test_parity_both_directions_eval_and_train(name, tmp_path):
     # ours -> MONAI: other weights and our statistics, strictly loaded, the same outputs
     mine = {"params": _perturbed(variables["params"]),
             "batch_stats": jax.device_get(updated["batch_stats"])}
-    save_torch(mine, model, tmp_path / "m.pt")
-    fresh = make_net()
-    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
+    export(mine, model, tmp_path / "m.pt")
+    fresh, info = build(tmp_path / "m.pt")  # MONAI's class from the sidecar alone
+    assert info["library"] == "monai" and type(fresh).__name__ in ("ResNet", "DenseNet")
     assert rel_l2(run(mine, xj)[0], _torch_out(fresh, x)) < 1e-4
 
 

@@ -5,6 +5,8 @@ counts; the relative-position index variants; the fixed input size."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import jax
@@ -16,7 +18,7 @@ torch = pytest.importorskip("torch")
 from torch_pctnet import DropPath, PCTNet as TorchPCTNet  # noqa: E402  (bench/)
 
 from _util import from_torch_output, numpy_state, rel_l2, to_torch_input  # noqa: E402
-from jaxbrain.convert import CheckpointMismatchError, load_torch, save_torch  # noqa: E402
+from jaxbrain.convert import CheckpointMismatchError, export, load_torch, save_torch  # noqa: E402
 from jaxbrain.models import PCTNet  # noqa: E402
 
 SIZE = (16, 32, 32)  # pyramid grids: mode 0 4x8x8 (window shrinks to 4), mode 1 8^3 and
@@ -94,10 +96,12 @@ def test_round_trip_is_exact_and_loads_strictly_into_pytorch(tmp_path):
     variables, _ = load_torch(original, model)
     # export: every key of the original, strict load into the replica
     path = tmp_path / "pctnet.pt"
-    state = save_torch(variables, model, path, template=original)
+    state, _ = export(variables, model, path, template=original)
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"model_state_dict", "iteration"}
-    fresh, _ = _pair(1, seed=5)
+    info = json.loads((tmp_path / "pctnet.json").read_text())
+    assert info["class"] == "PCTNet" and info["kwargs"]["params"]["resolution_mode"] == 1
+    fresh = TorchPCTNet(info["kwargs"]["params"])  # the replica from the sidecar alone
     fresh.load_state_dict(saved["model_state_dict"], strict=True)
     assert set(state) == set(original)
     for key, value in original.items():  # with the template, the whole state dict comes back

@@ -1,11 +1,13 @@
 """The SSL model against a PyTorch replica of the published one: outputs, strict checkpoint
 interchange in the original layout, and the trilinear upsampling."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from jaxbrain.convert import load_torch, save_torch
+from jaxbrain.convert import export, load_torch
 from jaxbrain.models import SSLHead
 from jaxbrain.models.blocks import upsample2x_linear
 
@@ -41,14 +43,17 @@ def test_export_loads_strictly_into_the_published_layout(tmp_path):
     model = SSLHead(IN, **CFG)
     params = random_params(model, seed=4)
     path = tmp_path / "ssl.pt"
-    save_torch(params, model, path)
+    export(params, model, path)
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"state_dict", "global_step"}
     keys = set(saved["state_dict"])
     assert {"module.rotation_head.weight", "module.contrastive_head.weight",
             "module.conv.0.weight", "module.conv.20.bias"} <= keys
     assert all(k.startswith("module.") for k in keys)
-    net = SSLReplica(IN, CFG["feature_size"], CFG["depths"], CFG["num_heads"])
+    info = json.loads((tmp_path / "ssl.json").read_text())  # the replica from the sidecar alone
+    assert info["class"] == "SSLHead" and info["merging_order"] == "merging"
+    args, swin = info["kwargs"]["args"], info["swin"]
+    net = SSLReplica(args["in_channels"], args["feature_size"], swin["depths"], swin["num_heads"])
     DataParallelLike(net).load_state_dict(saved["state_dict"], strict=True)
     assert saved["state_dict"]["module.rotation_head.weight"].shape == (4, 16 * 12)
     x = head_volume((64, 64, 64), IN, seed=5)

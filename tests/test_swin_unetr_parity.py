@@ -15,9 +15,10 @@ import jax
 
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
-from jaxbrain.convert import load_torch, save_torch
+from jaxbrain.convert import export, load_torch, save_torch
 from jaxbrain.models import SwinUNETR
 
+from _sidecar import build
 from _util import (from_torch_output, head_volume, jitted_apply, random_params, rel_l2,
                    to_torch_input, torch_state)
 
@@ -54,9 +55,10 @@ def test_export_to_monai(shape, cfg, tmp_path):
     model = SwinUNETR(IN, OUT, **cfg)
     params = random_params(model, seed=1)
     path = tmp_path / "exported.pt"
-    save_torch(params, model, path)
-    net = _monai(cfg, state=None)
-    net.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    export(params, model, path)
+    net, info = build(path)  # MONAI's class from the sidecar alone
+    assert info["class"] == "monai.networks.nets.SwinUNETR"
+    assert info["merging_order"] == info["kwargs"]["downsample"] == cfg["downsample"]
     x = head_volume(shape, IN)
     ours = np.asarray(jitted_apply(model)(params, x))
     theirs = _run_monai(net.eval(), x)

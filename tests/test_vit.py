@@ -24,7 +24,8 @@ monai_nets = pytest.importorskip("monai.networks.nets")
 transformers = pytest.importorskip("transformers")
 
 from _util import numpy_state, random_params, rel_l2, timm_module, torch_state  # noqa: E402
-from jaxbrain.convert import CheckpointMismatchError, detect, load_torch, save_torch  # noqa: E402
+from _sidecar import build  # noqa: E402
+from jaxbrain.convert import CheckpointMismatchError, detect, export, load_torch, save_torch  # noqa: E402
 from jaxbrain.convert import videomae, vit as vit_family  # noqa: E402
 from jaxbrain.convert.__main__ import main as convert_main  # noqa: E402
 from jaxbrain.models import ViT  # noqa: E402
@@ -108,7 +109,7 @@ def _assert_bitwise(a, b):
 
 
 @pytest.mark.parametrize("which", ["monai_head", "monai_tokens"])
-def test_monai_parity_both_directions(which, request):
+def test_monai_parity_both_directions(which, request, tmp_path):
     net, model = request.getfixturevalue(which)
     tokens = which == "monai_tokens"
     x = _x((2, *SIZE, 2))
@@ -119,9 +120,9 @@ def test_monai_parity_both_directions(which, request):
     assert rel_l2(_ours(model, params, x, tokens), _monai_out(net, x)) < 1e-4
     # jaxbrain -> MONAI: new values, MONAI loads them strictly and agrees
     mine = random_params(model, seed=5)
-    state = save_torch(mine, model, None)
-    fresh = _monai(classification=not tokens, qkv_bias=tokens, seed=9)[0]
-    fresh.load_state_dict(torch_state(state), strict=True)
+    state, _ = export(mine, model, tmp_path / "vit.pt")
+    fresh, info = build(tmp_path / "vit.pt")  # MONAI's ViT from the sidecar alone
+    assert info["class"] == "monai.networks.nets.ViT"
     assert rel_l2(_ours(model, mine, x, tokens), _monai_out(fresh, x)) < 1e-4
     back, _ = load_torch(state, model)
     _assert_bitwise(mine, back)
@@ -387,7 +388,7 @@ def _timm_out(net, x, tokens=False):
 
 
 @pytest.mark.parametrize("variant", list(TIMM_VARIANTS))
-def test_2d_vit_equals_timm(variant):
+def test_2d_vit_equals_timm(variant, tmp_path):
     """The ViT configured as a 2D ViT (ViT-B/16's layout at width 64) equals timm's
     VisionTransformer: logits and tokens both directions, strict load into timm, exact round
     trip; the file's keys choose the timm layout and the arguments come off its shapes."""
@@ -408,9 +409,9 @@ def test_2d_vit_equals_timm(variant):
     assert rel_l2(_ours(model, params, x, tokens=True), _timm_out(net, x, tokens=True)) < 1e-4
 
     mine = random_params(model, seed=3)
-    exported = vit_family.save_timm(mine, model)
-    fresh = _timm_net(5, **kw).eval()
-    fresh.load_state_dict(torch_state(exported), strict=True)
+    exported, _ = export(mine, model, tmp_path / "timm.safetensors", layout="timm")
+    fresh, info = build(tmp_path / "timm.safetensors")  # timm's class from the sidecar alone
+    assert info["class"].endswith("VisionTransformer") and info["layout"] == "timm"
     assert rel_l2(_ours(model, mine, x), _timm_out(fresh, x)) < 1e-4
     back, _ = load_torch(exported, model)
     _assert_bitwise(mine, back)
@@ -493,7 +494,10 @@ def test_command_line_reads_both_layouts(videomae_nets, monai_tokens, tmp_path, 
                          "--set", "img_size=[4,32,32]"]) == 0
     config = json.loads((tmp_path / "ckpt" / "model.json").read_text())["kwargs"]
     assert config["pos_embed"] == "sincos" and config["num_classes"] == 5
-    assert convert_main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "back.safetensors")]) == 0
-    from jaxbrain.convert import read_state_dict
-    back, _ = read_state_dict(tmp_path / "back.safetensors")
-    assert "patch_embedding.patch_embeddings.weight" in back  # MONAI layout by default
+    # MONAI's ViT cannot compute VideoMAE's model: refused, naming the layout that can
+    with pytest.raises(SystemExit, match="MONAI's ViT has no mean pooling.*--layout videomae"):
+        convert_main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "back.safetensors")])
+    assert convert_main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "back.safetensors"),
+                         "--layout", "videomae"]) == 0
+    fresh, info = build(tmp_path / "back.safetensors")  # from config.json, strictly loaded
+    assert type(fresh).__name__ == "VideoMAEForVideoClassification" == info["class"].split(".")[1]

@@ -207,6 +207,8 @@ def export(variables: Any, model: Any, path: str | os.PathLike, *, layout: str |
         state = dino.save_torch(variables, model, path, layout=layout, block_chunks=block_chunks)
     elif layout == "timm":
         state = vit.save_timm(variables, model, path)
+    elif layout == "videomae":
+        state = videomae.save_torch(variables, model, path)
     else:
         state = save_torch(variables, model, path, template=template)
     info["jaxbrain_model"] = sidecar.plain(dict(model_config)) if model_config else {

@@ -302,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="auto", choices=runs.WEIGHTS,
                    help="a run with an EMA teacher (DINO): auto = the teacher (the released "
                         "network), student = the optimised parameters")
-    p.add_argument("--layout", default=None, choices=("original", "monai", "timm", "hf"),
-                   help="the target: ViT monai (default) or timm (2D); DINO backbones original "
+    p.add_argument("--layout", default=None, choices=("original", "monai", "timm", "videomae", "hf"),
+                   help="the target: ViT monai (default), timm (2D) or videomae (transformers' "
+                   "VideoMAE, with config.json); DINO backbones original "
                    "(default: DINOv3 / DINOv2 names) or hf (transformers' DINOv3ViTModel / "
                    "Dinov2Model, with config.json); one layout for the other families")
     p.add_argument("--allow-legacy-merging", action="store_true",

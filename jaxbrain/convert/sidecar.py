@@ -77,9 +77,9 @@ def model_config(model: Any) -> dict:
                   if f.name not in ("parent", "name")})
 
 
-def _refuse(cls: str, reasons: list[str], alternative: str) -> None:
+def _refuse(cls: str, reasons: list[str], alternative: str = "") -> None:
     if reasons:
-        raise NotRepresentable(f"{cls} has no " + "; no ".join(reasons) + f": {alternative}")
+        raise NotRepresentable(f"{cls} has no " + "; no ".join(reasons) + alternative)
 
 
 def _tuple3(v) -> list:
@@ -149,7 +149,7 @@ def vit_monai(model) -> dict:
     if model.uses_fc_norm():
         reasons.append("norm after pooling (fc_norm): use model.fc_norm=False")
     if not model.uses_final_norm():
-        reasons.append("ViT without its final norm: use model.final_norm=True")
+        reasons.append("un-normalised tokens (final_norm off): use model.final_norm=True")
     if model.num_registers:
         reasons.append("registers: use model.num_registers=0")
     if model.layer_scale_init is not None:
@@ -170,8 +170,8 @@ def vit_monai(model) -> dict:
                        "drops it): give model.num_classes")
     if model.lora_rank:
         reasons.append("LoRA adapters: merge them first")
-    other = "--layout timm" if model.dims() == 2 else "train with MONAI's settings"
-    _refuse(cls, reasons, f"change these settings, or {other}")
+    other = "timm" if model.dims() == 2 else "videomae" if _videomae_fits(model) else None
+    _refuse(cls, reasons, f"; or --layout {other}" if other else "")
     kwargs = dict(in_channels=model.in_channels,
                   img_size=[g * p for g, p in zip(model.grid(), model.patch())],
                   patch_size=list(model.patch()), hidden_size=model.hidden_size,
@@ -211,9 +211,32 @@ def vit_timm(model) -> dict:
         reasons.append("rectangular patches")
     if not model.uses_final_norm() and not model.uses_fc_norm():
         reasons.append("ViT without any norm (VideoMAEModel's mean pooling)")
-    _refuse("timm's VisionTransformer", reasons, "change these settings")
+    _refuse("timm's VisionTransformer", reasons)
     return {"library": "timm", "class": "timm.models.vision_transformer.VisionTransformer",
             "kwargs": kwargs, "layout": "timm", "input_layout": "NCHW"}
+
+
+def _videomae_fits(model) -> bool:
+    try:
+        vit_videomae(model)
+    except NotRepresentable:
+        return False
+    return True
+
+
+def vit_videomae(model) -> dict:
+    from jaxbrain.convert.videomae import transformers_config
+    from jaxbrain.models.vit import ViT
+    try:
+        cfg = transformers_config(model)
+    except ValueError as e:
+        raise NotRepresentable(str(e)) from None
+    arch = ("VideoMAEForVideoClassification" if isinstance(model, ViT) and model.num_classes
+            else "VideoMAEModel")
+    cfg = dict(model_type="videomae", architectures=[arch], **cfg)
+    return {"library": "transformers", "class": f"transformers.{arch}",
+            "config_class": "transformers.VideoMAEConfig", "config": cfg,
+            "config_json": "config.json", "layout": "videomae", "input_layout": "NTCHW"}
 
 
 def resnet(model) -> dict:
@@ -245,15 +268,18 @@ def densenet(model) -> dict:
 
 
 def pctnet(model) -> dict:
-    return {"library": "MIS-FM (openmedlab/MIS-FM)", "module": "net.pct_net",
-            "class": "PCTNet",
-            "kwargs": {"params": dict(in_chns=model.in_channels, class_num=model.out_channels,
-                                      input_size=model.input_size, feature_chns=model.features,
-                                      dropout=model.dropout, depths=model.depths,
-                                      num_heads=model.num_heads, window_sizes=model.window_sizes,
-                                      multiscale_pred=model.multiscale_pred)},
-            "resolution_mode": model.resolution_mode, "layout": "original",
-            "wrapper": '{"model_state_dict": state}', "input_layout": "NCDHW"}
+    params = dict(in_chns=model.in_channels, class_num=model.out_channels,
+                  input_size=model.input_size, feature_chns=model.features, dropout=model.dropout,
+                  depths=model.depths, num_heads=model.num_heads, window_sizes=model.window_sizes,
+                  multiscale_pred=model.multiscale_pred, resolution_mode=model.resolution_mode)
+    out = {"library": "MIS-FM (openmedlab/MIS-FM)", "module": "pct_net", "class": "PCTNet",
+           "kwargs": {"params": params}, "layout": "original",
+           "wrapper": '{"model_state_dict": state, "iteration": 0}', "input_layout": "NCDHW"}
+    if model.corrected_index:
+        params["corrected_index"] = True
+        out["note"] = ("corrected_index: the standard Swin relative-position index, which the "
+                       "original does not have (its published index is corrected_index=False)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -271,7 +297,7 @@ def _dino_reasons(model) -> list[str]:
 
 def dino_original(model) -> dict:
     from jaxbrain.convert.dino import is_v3
-    _refuse("the DINO original", _dino_reasons(model), "change these settings")
+    _refuse("the DINO original", _dino_reasons(model))
     size, patch = model.grid()[0] * model.patch()[0], model.patch()[0]
     common = dict(img_size=size, patch_size=patch, in_chans=model.in_channels,
                   embed_dim=model.hidden_size, depth=model.depth, num_heads=model.num_heads)
@@ -322,7 +348,7 @@ def dino_hf_config(model) -> dict:
         reasons.append(f"rope_normalize={model.rope_normalize!r} (it uses 'separate')")
     if not v3 and model.pos_interp_offset not in (0.0, 0.1):
         reasons.append(f"position interpolation offset {model.pos_interp_offset}")
-    _refuse("transformers' DINO model", reasons, "change these settings, or --layout original")
+    _refuse("transformers' DINO model", reasons, "; or --layout original")
     size, patch = model.grid()[0] * model.patch()[0], model.patch()[0]
     scale = model.layer_scale_init if model.layer_scale_init is not None else 1.0
     if v3:
@@ -340,7 +366,7 @@ def dino_hf_config(model) -> dict:
         regs = model.num_registers > 0
         cfg = dict(model_type="dinov2_with_registers" if regs else "dinov2",
                    architectures=["Dinov2WithRegistersModel" if regs else "Dinov2Model"],
-                   hidden_size=model.hidden_size, mlp_ratio=model.mlp_dim / model.hidden_size,
+                   hidden_size=model.hidden_size, mlp_ratio=_ratio(model.mlp_dim, model.hidden_size),
                    num_hidden_layers=model.depth, num_attention_heads=model.num_heads,
                    layer_norm_eps=model.norm_eps, image_size=size, patch_size=patch,
                    num_channels=model.in_channels, qkv_bias=model.qkv_bias,
@@ -348,6 +374,11 @@ def dino_hf_config(model) -> dict:
         if regs:
             cfg["num_register_tokens"] = model.num_registers
     return cfg
+
+
+def _ratio(mlp: int, hidden: int) -> int | float:
+    """An MLP ratio, as an int when it is one (transformers' Dinov2Config types it int)."""
+    return mlp // hidden if mlp % hidden == 0 else mlp / hidden
 
 
 def dino_hf(model) -> dict:
@@ -371,8 +402,8 @@ def _backbone(model) -> dict:
 
 def dino_student(model) -> dict:
     backbone = _backbone(model)
-    return {"library": backbone["library"], "class": "DINO training checkpoint",
-            "backbone": {k: backbone[k] for k in ("class", "kwargs")},
+    return {"library": backbone["library"], "class": backbone["class"],
+            "kwargs": backbone["kwargs"], "state_dict_prefix": "backbone.",
             "heads": dict(dino_head=dict(out_dim=model.head_prototypes, hidden_dim=model.head_hidden,
                                          bottleneck_dim=model.head_bottleneck,
                                          nlayers=model.head_nlayers),
@@ -457,13 +488,15 @@ def _names():
 
 _N = _names()
 # Family name -> the layouts to-torch writes (the default first).
-LAYOUTS = {_N["swin"]: ("monai",), _N["ssl"]: ("original",), _N["vit"]: ("monai", "timm"),
+LAYOUTS = {_N["swin"]: ("monai",), _N["ssl"]: ("original",),
+           _N["vit"]: ("monai", "timm", "videomae"),
            _N["resnet"]: ("monai",), _N["densenet"]: ("monai",), _N["pctnet"]: ("original",),
            _N["dino"]: ("original", "hf"), _N["student"]: ("original",),
            _N["slice"]: ("original",), _N["seg"]: ("original",)}
 TARGETS = {
     (_N["swin"], "monai"): swin_unetr, (_N["ssl"], "original"): ssl_head,
     (_N["vit"], "monai"): vit_monai, (_N["vit"], "timm"): vit_timm,
+    (_N["vit"], "videomae"): vit_videomae,
     (_N["resnet"], "monai"): resnet, (_N["densenet"], "monai"): densenet,
     (_N["pctnet"], "original"): pctnet, (_N["dino"], "original"): dino_original,
     (_N["dino"], "hf"): dino_hf, (_N["student"], "original"): dino_student,
