@@ -123,22 +123,18 @@ def test_brats2023_run_records_and_writes_its_convention(run2023, tmp_path):
     assert set(np.unique(written)) == {3}
 
 
-def test_written_segmentation_has_the_reported_and_validated_dice(run2023, tmp_path):
-    """Every region's Dice recomputed from the written NIfTI against the dataset's own
-    segmentation file equals metrics.csv, which equals the validation logged for the
-    checkpoint evaluated."""
-    from jaxbrain import runs
+def _written_vs_reported(workdir, config, out):
+    """evaluate() into ``out``; every region's Dice recomputed from each written NIfTI and the
+    dataset's own segmentation file, checked against metrics.csv. Returns the rows."""
     from jaxbrain.evaluation.evaluate import evaluate
-    rows = evaluate(runs.load_config(run2023), run2023, str(tmp_path))
-    with open(tmp_path / "metrics.csv", newline="") as f:
+    rows = evaluate(config, workdir, str(out))
+    with open(out / "metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) >= 1
-    with open(os.path.join(run2023, "metrics.jsonl")) as f:
-        logged = [json.loads(line) for line in f]
     for row in table:
         case = row["case"]
-        written = np.asarray(nib.load(str(tmp_path / f"{case}_seg.nii.gz")).dataobj)
-        truth_file = os.path.join(run2023, "data", "brats", case, f"{case}-seg.nii.gz")
+        written = np.asarray(nib.load(str(out / f"{case}_seg.nii.gz")).dataobj)
+        truth_file = os.path.join(workdir, "data", "brats", case, f"{case}-seg.nii.gz")
         truth = np.asarray(nib.load(truth_file).dataobj)
         assert set(np.unique(written)) <= {0, 1, 2, 3}
         pred, target = (labels.brats_to_regions(x, "brats2023") for x in (written, truth))
@@ -146,13 +142,29 @@ def test_written_segmentation_has_the_reported_and_validated_dice(run2023, tmp_p
             from_file = _dice_or_nan(pred[..., k], target[..., k])
             np.testing.assert_allclose(float(row[f"dice_{name}"]), from_file, rtol=1e-9)
         assert pred[..., 1].any()  # a map with tumour in it, not a vacuous comparison
+    return rows
+
+
+def test_written_segmentation_has_the_reported_and_validated_dice(run2023, tmp_path):
+    """Every region's Dice recomputed from the written NIfTI against the dataset's own
+    segmentation file equals metrics.csv, which equals the validation logged for the
+    checkpoint evaluated; also when the preprocessing resamples and crops the volumes."""
+    from jaxbrain import runs
+    config = runs.load_config(run2023)
+    rows = _written_vs_reported(run2023, config, tmp_path / "own")
+    with open(os.path.join(run2023, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
     step = rows[0]["step"]
     val = [r for r in logged if r.get("step") == step and "val/dice_WT" in r]
     assert val, f"no validation logged at step {step}"
     for name in labels.REGIONS:
         np.testing.assert_allclose(val[0][f"val/dice_{name}"], rows[0][f"dice_{name}"],
                                    rtol=1e-6, equal_nan=True)
-    assert os.path.exists(tmp_path / f"{table[0]['case']}_overlay.png")
+    assert os.path.exists(tmp_path / "own" / f"{rows[0]['case']}_overlay.png")
+    with config.unlocked():
+        config.data.preprocess = ("resample(spacing=(7.0, 6.0, 4.5)), zscore, "
+                                  "center_crop_or_pad(shape=(30, 36, 28))")
+    _written_vs_reported(run2023, config, tmp_path / "resampled")
 
 
 # --- overlays ---------------------------------------------------------------------------

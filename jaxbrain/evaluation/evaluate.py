@@ -38,7 +38,7 @@ from jaxbrain import objectives, runs
 from jaxbrain.data import layouts, nifti, pipeline, splits
 from jaxbrain.data.layouts import Case
 from jaxbrain.evaluation import report
-from jaxbrain.inference import Predictor, ScanPredictor
+from jaxbrain.inference import Predictor, ScanPredictor, segment_case
 from jaxbrain.inference import features
 from jaxbrain.training import data as data_lib
 
@@ -82,9 +82,9 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
     """Segments the validation cases (or one case given as ``images``, one file per channel)
     and writes ``output/<case>_seg.nii.gz``, ``<case>_overlay.png`` and metrics.csv/json.
 
-    The metrics are those of the label map written (:meth:`Segmentation.case_metrics` scores
-    :meth:`Segmentation.label_map`), on the evaluation grid; the file holds that map in the
-    source's space. ``images`` are written in the run's label convention (:func:`run_labels`).
+    The metrics are those of the label map written, scored in the source file's grid
+    against the case's own label file (:func:`jaxbrain.inference.segment_case`, as validation
+    during training scores it). ``images`` are written in the run's label convention (:func:`run_labels`).
     The overlays show ``overlay_channel`` (a channel name or index; default
     ``eval.overlay_channel``, else :func:`jaxbrain.evaluation.report.overlay_channel`'s
     choice: T1c for BraTS regions)."""
@@ -111,11 +111,15 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
     shown = report.overlay_channel(names, overlay_channel,
                                    brats=getattr(objective, "regions", None) == "brats")
     os.makedirs(output, exist_ok=True)
+    label_files = {c.id: c.label for c in cases}
     rows = []
     for record in dataset:
-        convention = record.get("labels", "binary")
         probs = predictor.probabilities(run.variables, record["image"])
-        pred = objective.label_map(probs, convention)
+        pred, scores = segment_case(objective, probs, record, label_files.get(record["id"]))
+        if pred is None:
+            raise ValueError(f"objective: {probs.shape[-1]} independent sigmoid channels make "
+                             "no one label map to write; set objective.regions='brats' or "
+                             "kind='softmax'")
         geometry = record["geometry"]
         nifti.write_volume(os.path.join(output, f"{record['id']}_seg.nii.gz"), pred, geometry,
                            mode="nearest", dtype=np.uint8)
@@ -124,9 +128,7 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
                            ground_truth=record.get("label"), geometry=geometry,
                            modality=report.modality_name(names[shown]))
         row = {"case": record["id"], "step": run.step}
-        if "label" in record:
-            row.update(objective.case_metrics(probs, record["label"], convention,
-                                              tuple(geometry.spacing)))
+        row.update(scores or {})
         rows.append(row)
     if any(len(r) > 2 for r in rows):
         report.write_metrics(rows, output)

@@ -3,12 +3,14 @@ so that the numbers the two report come from the same code.
 
     predictor = Predictor.from_config(config, model, objective)
     probs = predictor.probabilities(variables, record["image"])     # (X, Y, Z, K)
-    row = objective.case_metrics(probs, record["label"], record["labels"], spacing)
+    pred, row = segment_case(objective, probs, record, case.label)  # map, its metrics
 
 The model runs window by window (MONAI's layout and blending, see :mod:`.sliding_window`) on
 windows of the evaluation ROI (``config.eval.roi``, by default the training ROI
 ``config.data.roi``); the objective turns logits into probabilities, probabilities into a
-label map and, with a ground truth, into the case's metrics.
+label map and, with a ground truth, into the case's metrics. :func:`segment_case` scores the
+label map as it is written: taken to the source file's grid and compared with the case's own
+label file there, whatever the preprocessing resampled or cropped.
 
 A 2D model (one whose ``spatial_dims`` is 2, e.g. ``dino_seg``) segments a volume slice by
 slice: the slices across ``config.eval.slice_axis`` (default 2, axial in canonical RAS) are
@@ -27,6 +29,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxbrain import models
+from jaxbrain.data import nifti
 from jaxbrain.inference.sliding_window import sliding_window_inference
 
 
@@ -99,3 +102,35 @@ class Predictor:
                                          overlap=self.overlap, mode=self.mode,
                                          sw_batch_size=self.sw_batch_size)
         return np.asarray(jax.device_get(probs))
+
+
+def segment_case(objective, probs: np.ndarray, record: dict, label_file: str | None = None
+                 ) -> tuple[np.ndarray | None, dict | None]:
+    """(the label map of ``probs`` on the record's grid, the case's metrics or None).
+
+    The metrics are those of the map as :func:`jaxbrain.data.nifti.write_volume` writes it:
+    with the case's ``label_file``, the map taken to the source file's grid and scored
+    against that file's label map at its voxel size (``objective.map_metrics``); without one,
+    the map on the record's grid against ``record["label"]`` (None without that either).
+    Outputs that make no one label map (several independent sigmoid channels) give None
+    for the map and the objective's ``case_metrics`` on the record's grid.
+    """
+    convention = record.get("labels", "binary")
+    geometry = record.get("geometry")
+    has_map = getattr(objective, "has_label_map", lambda k: True)(probs.shape[-1])
+    pred = objective.label_map(probs, convention) if has_map else None
+    if has_map and label_file is not None and geometry is not None \
+            and hasattr(objective, "map_metrics"):
+        truth, truth_geometry = nifti.read_volume(label_file, dtype=np.int32)
+        truth = nifti.to_source(truth, truth_geometry)
+        written = nifti.to_source(pred, geometry)
+        if written.shape != truth.shape:
+            raise nifti.DataError(f"{label_file}: label map of shape {truth.shape}, but the "
+                                  f"case's image grid is {written.shape}")
+        spacing = tuple(np.sqrt((truth_geometry.source_affine[:3, :3] ** 2).sum(axis=0)))
+        return pred, objective.map_metrics(written, truth, convention, spacing,
+                                           classes=probs.shape[-1])
+    if "label" not in record:
+        return pred, None
+    return pred, objective.case_metrics(probs, record["label"], convention,
+                                        tuple(geometry.spacing) if geometry else None)

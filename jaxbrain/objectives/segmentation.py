@@ -89,6 +89,11 @@ class Segmentation:
 
     # -- whole volumes (host NumPy): the predictions and metrics the reports show ----------
 
+    def has_label_map(self, channels: int) -> bool:
+        """Whether ``channels`` outputs make one label map: softmax classes, BraTS regions or
+        one sigmoid channel (several independent sigmoid channels do not)."""
+        return self.kind == "softmax" or self.regions == "brats" or channels == 1
+
     def label_map(self, probs: np.ndarray, convention: str = "binary") -> np.ndarray:
         """(X, Y, Z, K) probabilities -> uint8 label map in the data's own convention (BraTS
         regions, nested ET in TC in WT, back to 1/2/4 (2021) or 1/2/3 (2023) labels:
@@ -99,7 +104,7 @@ class Segmentation:
             return np.argmax(probs, -1).astype(np.uint8)
         if self.regions == "brats":
             return labels_lib.regions_to_brats(probs, convention, self.threshold)
-        if probs.shape[-1] != 1:
+        if not self.has_label_map(probs.shape[-1]):
             raise ValueError(f"{probs.shape[-1]} independent sigmoid channels have no single "
                              "label map: set objective.regions='brats' (nested BraTS regions) "
                              "or kind='softmax'")
@@ -107,40 +112,51 @@ class Segmentation:
 
     def case_metrics(self, probs: np.ndarray, label: np.ndarray, convention: str = "binary",
                      spacing=None) -> dict[str, float]:
-        """Metrics of one case from its probabilities and ground-truth label map (X, Y, Z).
-
-        Every metric is computed from :meth:`label_map` of ``probs``, the label map that is
-        written, so that the file and the numbers agree. BraTS regions: Dice and HD95 of TC,
-        WT, ET, the regions of that map, and ``dice_mean``. One sigmoid channel: Dice, HD95,
-        lesion-wise F1 and volumes. Softmax: Dice of each foreground class and ``dice_mean``.
-        Empty targets follow :mod:`jaxbrain.metrics` (NaN, skipped by the means).
-        """
+        """Metrics of one case from its probabilities and ground-truth label map (X, Y, Z):
+        :meth:`map_metrics` of :meth:`label_map`, the map that is written, so that the file
+        and the numbers agree (several independent sigmoid channels, which have no one map:
+        the Dice of each channel thresholded)."""
         probs, label = np.asarray(probs), np.asarray(label)
+        if self.has_label_map(probs.shape[-1]):
+            return self.map_metrics(self.label_map(probs, convention), label, convention,
+                                    spacing, classes=probs.shape[-1])
         if label.ndim == probs.ndim and label.shape[-1] == 1:
             label = label[..., 0]
-        if self.regions == "brats":
-            written = self.label_map(probs, convention)
-            return metrics_lib.brats_region_metrics(
-                labels_lib.brats_to_regions(written, convention),
-                labels_lib.brats_to_regions(label, convention), spacing=spacing)
-        if self.kind == "softmax":
-            k = probs.shape[-1]
-            pred = self.label_map(probs)
-            dice = metrics_lib.dice_per_channel(np.eye(k, dtype=np.uint8)[pred][..., 1:],
-                                                np.eye(k, dtype=np.uint8)[label][..., 1:])
-            names = self.channels or [str(c) for c in range(k)]
-            out = {f"dice_{names[c + 1]}": float(d) for c, d in enumerate(dice)}
-            out["dice_mean"] = metrics_lib.nanmean(out.values())
-            return out
-        if probs.shape[-1] == 1:
-            out = metrics_lib.binary_metrics(self.label_map(probs), label > 0, spacing=spacing)
-            return {**out, "dice_mean": out["dice"]}
         pred = (probs > self.threshold).astype(np.uint8)  # several independent sigmoid channels
         dice = metrics_lib.dice_per_channel(pred, label)
         names = self.channels or [str(c) for c in range(probs.shape[-1])]
         out = {f"dice_{names[c]}": float(d) for c, d in enumerate(dice)}
         out["dice_mean"] = metrics_lib.nanmean(out.values())
         return out
+
+    def map_metrics(self, pred: np.ndarray, label: np.ndarray, convention: str = "binary",
+                    spacing=None, classes: int | None = None) -> dict[str, float]:
+        """Metrics of a label map as :meth:`label_map` makes it (X, Y, Z) against the
+        ground-truth label map, on one grid of voxel size ``spacing``.
+
+        BraTS regions: Dice and HD95 of TC, WT, ET (the regions of each map) and
+        ``dice_mean``. One sigmoid channel: Dice, HD95, lesion-wise F1 and volumes. Softmax:
+        Dice of each foreground class (``classes`` of them with background) and
+        ``dice_mean``. Empty targets follow :mod:`jaxbrain.metrics` (NaN, skipped by the
+        means).
+        """
+        pred, label = np.asarray(pred), np.asarray(label)
+        if label.ndim == pred.ndim + 1 and label.shape[-1] == 1:
+            label = label[..., 0]
+        if self.regions == "brats":
+            return metrics_lib.brats_region_metrics(
+                labels_lib.brats_to_regions(pred, convention),
+                labels_lib.brats_to_regions(label, convention), spacing=spacing)
+        if self.kind == "softmax":
+            k = classes or len(self.channels or ()) or int(max(pred.max(), label.max())) + 1
+            dice = metrics_lib.dice_per_channel(np.eye(k, dtype=np.uint8)[pred][..., 1:],
+                                                np.eye(k, dtype=np.uint8)[label][..., 1:])
+            names = self.channels or [str(c) for c in range(k)]
+            out = {f"dice_{names[c + 1]}": float(d) for c, d in enumerate(dice)}
+            out["dice_mean"] = metrics_lib.nanmean(out.values())
+            return out
+        out = metrics_lib.binary_metrics(pred > 0, label > 0, spacing=spacing)
+        return {**out, "dice_mean": out["dice"]}
 
     def targets(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         """Labels as float one-hot / multi-label channels matching ``logits``."""

@@ -6,8 +6,9 @@ scan predicted once and the metrics (AUC, balanced accuracy, MAE) computed over 
 together, as eval.py does. Objectives that make whole-volume predictions (``case_metrics``:
 segmentation) are validated
 exactly as eval.py evaluates them: the same :class:`jaxbrain.inference.Predictor`, the same
-per-case metric functions (scoring the label map eval.py writes) and the same means (NaN
-cases left out), so the checkpoint chosen as best carries the number the reports show. Other objectives (self-supervised, Volume
+per-case metric functions (:func:`jaxbrain.inference.segment_case`: the label map eval.py
+writes, scored in the source file's grid against the case's label file) and the same means
+(NaN cases left out), so the checkpoint chosen as best carries the number the reports show. Other objectives (self-supervised, Volume
 Fusion) are validated with their own loss on held-out cases: fixed crops and fixed on-device
 augmentation, in evaluation mode, so successive validations are comparable.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from jaxbrain import metrics as metrics_lib
 from jaxbrain import parallel
 from jaxbrain.data import pipeline
-from jaxbrain.inference import Predictor, ScanPredictor
+from jaxbrain.inference import Predictor, ScanPredictor, segment_case
 
 VALIDATION_SEED = 12345  # crops and augmentation of the loss validation, the same every time
 
@@ -50,14 +51,15 @@ class PredictionValidator:
         self.predictor = Predictor.from_config(config, model, objective)
         self.dataset = pipeline.eval_dataset(cases, preprocess=config.data.preprocess,
                                              shard=(0, 1))
+        self.label_files = {c.id: getattr(c, "label", None) for c in cases}
 
     def rows(self, variables) -> list[dict]:
         out = []
         for record in self.dataset:
             probs = self.predictor.probabilities(variables, record["image"])
-            out.append(self.objective.case_metrics(
-                probs, record["label"], record.get("labels", "binary"),
-                tuple(record["geometry"].spacing)))
+            _, scores = segment_case(self.objective, probs, record,
+                                     self.label_files.get(record["id"]))
+            out.append(scores)
         return out
 
     def __call__(self, variables, objective_state=None) -> dict:
