@@ -109,7 +109,8 @@ def test_brats2023_run_records_and_writes_its_convention(run2023, tmp_path):
     from jaxbrain.evaluation.evaluate import evaluate
     root = os.path.join(run2023, "data", "brats")
     case = sorted(n for n in os.listdir(root) if n.startswith("BraTS"))[0]
-    assert case.startswith("BraTS-GLI-") and os.path.exists(os.path.join(root, case, f"{case}-t1c.nii.gz"))
+    assert case.startswith("BraTS-GLI-")
+    assert os.path.exists(os.path.join(root, case, f"{case}-t1c.nii.gz"))
     assert json.load(open(os.path.join(run2023, "config.json")))["data"]["labels"] == "brats2023"
     # Files given on the command line are written in the run's convention, whatever the
     # config passed says; every voxel on (threshold 0) is enhancing tumour: 3, never 4.
@@ -205,7 +206,8 @@ def test_slices_are_chosen_inside_the_head(tmp_path):
 
 def test_overlay_contrast_follows_the_region_and_can_be_chosen():
     brats21, brats23 = layouts.BRATS_CHANNELS, ("t2f", "t1c", "t1n", "t2w")
-    assert report.overlay_channel(brats21, brats=True) == 1 == report.overlay_channel(brats23, brats=True)
+    assert report.overlay_channel(brats21, brats=True) == 1
+    assert report.overlay_channel(brats23, brats=True) == 1
     assert report.overlay_channel(("t1",), brats=True) == 0
     assert report.overlay_channel(brats21) == 0
     assert report.overlay_channel(brats23, "flair") == 0 == report.overlay_channel(brats21, "t2f")

@@ -4,11 +4,12 @@ figures and metric tables.
 
 Predictions and metrics come from the run's objective through the shared predictor
 (:class:`jaxbrain.inference.Predictor`): the same code validation ran during training, so
-``metrics.json``'s means are the numbers the best checkpoint was chosen on. BraTS runs
-(objective ``regions="brats"``) report Dice and HD95 of TC, WT and ET (each region
-thresholded on its own output channel) and write label maps in the case's BraTS convention;
-one-channel sigmoid runs (ATLAS) report Dice, HD95, lesion-wise F1 and volumes; softmax runs
-the Dice of each class.
+``metrics.json``'s means are the numbers the best checkpoint was chosen on. Every metric is
+that of the label map written, in the file's grid (:func:`jaxbrain.inference.segment_case`).
+BraTS runs (objective ``regions="brats"``) write label maps with the regions nested (TC
+within WT, ET within TC) in the case's BraTS convention and report Dice and HD95 of TC, WT
+and ET of that map; one-channel sigmoid runs (ATLAS) report Dice, HD95, lesion-wise F1 and
+volumes; softmax runs the Dice of each class.
 
 Whole-scan runs (classification, regression: :func:`evaluate_scans`) predict every scan of
 the validation (or test) split once through :class:`jaxbrain.inference.ScanPredictor`, the
@@ -84,8 +85,8 @@ def evaluate(config, workdir: str, output: str, *, images: Sequence[str] | None 
 
     The metrics are those of the label map written, scored in the source file's grid
     against the case's own label file (:func:`jaxbrain.inference.segment_case`, as validation
-    during training scores it). ``images`` are written in the run's label convention (:func:`run_labels`).
-    The overlays show ``overlay_channel`` (a channel name or index; default
+    during training scores it). ``images`` are written in the run's label convention
+    (:func:`run_labels`). The overlays show ``overlay_channel`` (a channel name or index; default
     ``eval.overlay_channel``, else :func:`jaxbrain.evaluation.report.overlay_channel`'s
     choice: T1c for BraTS regions)."""
     run = runs.load_run(workdir, step)
