@@ -376,6 +376,10 @@ def dino_hf_config(model) -> dict:
     return cfg
 
 
+def is_v3_rope(model) -> bool:
+    return model.pos_embed == "rope"
+
+
 def _ratio(mlp: int, hidden: int) -> int | float:
     """An MLP ratio, as an int when it is one (transformers' Dinov2Config types it int)."""
     return mlp // hidden if mlp % hidden == 0 else mlp / hidden
@@ -384,7 +388,11 @@ def _ratio(mlp: int, hidden: int) -> int | float:
 def dino_hf(model) -> dict:
     cfg = dino_hf_config(model)
     arch = cfg["architectures"][0]
-    return {"library": "transformers", "class": f"transformers.{arch}",
+    out = {}
+    if is_v3_rope(model) and getattr(model, "rope_dtype", "fp32") != "fp32":
+        out["note"] = (f"the model computes RoPE in {model.rope_dtype} (rope_dtype); transformers' "
+                       "DINOv3ViTModel in float32: outputs differ at that precision (~1e-2)")
+    return {**out, "library": "transformers", "class": f"transformers.{arch}",
             "config_class": "transformers." + {"DINOv3ViTModel": "DINOv3ViTConfig",
                                                "Dinov2Model": "Dinov2Config",
                                                "Dinov2WithRegistersModel": "Dinov2WithRegistersConfig"}[arch],
