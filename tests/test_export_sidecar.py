@@ -80,3 +80,22 @@ def test_layouts_that_cannot_represent_the_model_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--layout hf: ViT .MONAI. is written as monai or timm"):
         main(["to-torch", str(tmp_path / "ckpt"), out, "--layout", "hf"])
     assert not list(tmp_path.glob("vit.*"))
+
+
+def test_originals_without_a_package_are_named_with_their_backbone(tmp_path):
+    """BrainDINO's networks and the DINO training checkpoint: the sidecar names the original's
+    class and its backbone's DinoVisionTransformer arguments (no pip class to build)."""
+    from jaxbrain.models import DinoSeg
+    from jaxbrain.models.dino_heads import DinoStudent
+    from jaxbrain.models.slice_heads import SliceScanViT
+    backbone = dino_preset("braindino_vitb16", **TINY)
+    made = {"SliceStudent": SliceScanViT(**backbone, num_classes=2, head_depth=1, head_num_heads=2),
+            "Primus_Multiscale_conv": DinoSeg(**backbone, in_channels=4, out_channels=3, layers=(0, 1)),
+            "DinoVisionTransformer": DinoStudent(**backbone, head_prototypes=16, head_hidden=16,
+                                                 head_bottleneck=8)}
+    for name, model in made.items():
+        _, info = export(random_params(model), model, tmp_path / f"{name}.pth")
+        assert json.loads((tmp_path / f"{name}.json").read_text())["class"].endswith(name)
+        kwargs = info["kwargs"] if name == "DinoVisionTransformer" else info["backbone"]["kwargs"]
+        assert kwargs["embed_dim"] == 32 and kwargs["n_storage_tokens"] == 4
+        assert kwargs["pos_embed_rope_dtype"] == "bf16" and kwargs["norm_layer"] == "layernorm"
