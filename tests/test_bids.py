@@ -213,3 +213,21 @@ def test_the_synthetic_cohort_is_a_bids_dataset_giving_the_table_s_scans(tmp_pat
         (c.id, c.images, c.target) for c in table.cases]
     for key in ("subject", "session", "diagnosis", "sex", "site", "age"):
         assert [c.meta[key] for c in as_bids.cases] == [c.meta[key] for c in table.cases]
+
+
+def test_uncompressed_nifti_and_scans_files_as_in_bids_examples_synthetic(tmp_path):
+    """bids-examples' synthetic: sub-0X/ses-0Y/anat/sub-0X_ses-0Y_T1w.nii (not .gz), a
+    sub-0X_ses-0Y_scans.tsv beside each session's folders, no sessions.tsv."""
+    root = tmp_path / "synthetic"
+    _write(root / "dataset_description.json", '{"Name": "Synthetic dataset"}')
+    _write(root / "participants.tsv", "participant_id\tage\tsex\n" + "".join(
+        f"sub-0{i}\t{20 + i}\t{'MF'[i % 2]}\n" for i in range(1, 6)))
+    for i in range(1, 6):
+        for ses in ("01", "02"):
+            folder = root / f"sub-0{i}" / f"ses-{ses}"
+            _nii(str(folder / "anat" / f"sub-0{i}_ses-{ses}_T1w.nii"))
+            _write(folder / f"sub-0{i}_ses-{ses}_scans.tsv", "filename\tacq_time\n"
+                   f"anat/sub-0{i}_ses-{ses}_T1w.nii\t1880-01-10T05:17:54\n")
+    table = tables.load_table(str(root), task="sex")
+    assert len(table.cases) == 10 and table.cases[0].images[0].endswith("sub-01_ses-01_T1w.nii")
+    assert [c.target for c in table.cases[:4]] == [0, 0, 1, 1]  # F F M M: sessions share labels
