@@ -23,6 +23,10 @@
                        (:func:`jaxbrain.data.splits.subset`)
     data.cache         cache folder (built on first use), or None to decode .nii.gz
 
+Training starts with :func:`check_before_training`: every case found and read once (headers,
+label maps; :mod:`jaxbrain.data.check`), every problem listed at once, before anything is
+compiled; cases unchanged since they passed are not read again.
+
 Layout "table" (:mod:`jaxbrain.data.tables`: ADNI / PPMI / UK Biobank label tables):
 
     data.root          the CSV / TSV file, or a folder holding labels.csv / labels.tsv /
