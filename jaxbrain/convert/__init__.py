@@ -23,6 +23,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
+
 from jaxbrain.convert import core, densenet, dino, pctnet, resnet, ssl_head, swin_unetr, videomae, vit
 from jaxbrain.convert import dino_seg, inflate, slice_probe
 from jaxbrain.convert import sidecar
@@ -32,6 +34,7 @@ from jaxbrain.models import DinoSeg, DinoViT, PCTNet, SSLHead, SwinTransformer, 
 from jaxbrain.models.cnn3d import DenseNet, ResNet
 from jaxbrain.models.dino_heads import DinoStudent
 from jaxbrain.models.slice_heads import SliceHead, SliceScanViT
+from jaxbrain.models.vit import scans_blocks, stack_blocks, unstack_blocks
 
 # Model class -> its family. Detection (``detect``) tries the families most specific first:
 # the order of this table, newest registrations first.
@@ -152,7 +155,16 @@ def load_torch(source: str | os.PathLike | Mapping, model: Any, strict: bool = T
 
     Models with running statistics (PCT-Net's BatchNorm) return their variables,
     ``{"params": ..., "batch_stats": ...}``, and take them as ``params=``.
+
+    A model with ``scan_blocks=True`` reads the same files: the blocks are converted one by
+    one and returned stacked (``params=`` in either layout).
     """
+    if scans_blocks(model):
+        params = None if params is None else unstack_blocks(nn.meta.unbox(params))
+        loaded, report = load_torch(source, unscanned(model), strict, params=params,
+                                    encoder_only=encoder_only, trust_pickle=trust_pickle,
+                                    new_head=new_head, layout=layout)
+        return stack_blocks(loaded), report
     if layout is not None:
         if layout not in FROM_FAMILIES:
             raise ValueError(f"layout={layout!r}: expected one of {sorted(FROM_FAMILIES)}")
@@ -172,7 +184,10 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     .bin or .safetensors), buffers such as ``relative_position_index`` included. Returns the
     state dict as NumPy arrays (``path=None`` only returns it). Tensors the original holds
     beyond the model (PCT-Net's other resolution modes) are taken from ``template`` (a
-    checkpoint) where it has them, else initialised as PyTorch would."""
+    checkpoint) where it has them, else initialised as PyTorch would. A model with
+    ``scan_blocks=True`` writes the file of the same model without it."""
+    if scans_blocks(model):
+        model, params = unscanned(model), unstack_blocks(nn.meta.unbox(params))
     if template is not None:
         template, _ = read_state_dict(template)
     if path is not None and family_of(model) in (swin_unetr.FAMILY, ssl_head.FAMILY) and \
@@ -183,6 +198,11 @@ def save_torch(params: Any, model: Any, path: str | os.PathLike | None, *,
     if family_of(model) is dino_seg.FAMILY:
         return dino_seg.save_torch(params, model, path, template=template)
     return core.save(params, model, family_of(model), path, template)
+
+
+def unscanned(model: Any) -> Any:
+    """``model`` with ``scan_blocks=False`` (the layout the converters read and write)."""
+    return model.clone(scan_blocks=False) if scans_blocks(model) else model
 
 
 def _encoder_downsample(model: Any) -> str | None:
@@ -197,7 +217,10 @@ def export(variables: Any, model: Any, path: str | os.PathLike, *, layout: str |
     naming the class and constructor arguments that load it (``<path stem>.json``; with
     transformers' layout also its ``config.json``). Returns (state dict, sidecar).
     A layout that cannot represent the model raises ``sidecar.NotRepresentable`` (a
-    ValueError) before anything is written."""
+    ValueError) before anything is written. A model with ``scan_blocks=True`` writes the
+    files of the same model without it."""
+    if scans_blocks(model):
+        model, variables = unscanned(model), unstack_blocks(nn.meta.unbox(variables))
     family = family_of(model)
     info = sidecar.describe(model, family, layout)
     layout = info["layout"]

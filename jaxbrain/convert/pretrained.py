@@ -39,7 +39,7 @@ from flax import traverse_util
 
 from jaxbrain import models, runs
 from jaxbrain.convert import core
-from jaxbrain.models.vit import LORA_MODULES
+from jaxbrain.models.vit import LORA_MODULES, scans_blocks, stack_blocks, unstack_blocks
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -60,7 +60,17 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
     PyTorch sources: ``source_family`` names the file's family (``init.from``: one of
     :data:`jaxbrain.convert.inflate.SOURCES`; None: the keys decide) and ``inflate`` ("mean"
     or "centre") how 2D kernels become 3D ones when a 2D or video network initialises a 3D
-    model (:mod:`jaxbrain.convert.inflate`)."""
+    model (:mod:`jaxbrain.convert.inflate`).
+
+    Either block layout initialises either model: a model with ``scan_blocks=True`` is
+    filled in the unscanned layout and its blocks stacked at the end; runs and directories
+    are read unstacked."""
+    if scans_blocks(model):
+        merged, report = load_pretrained(
+            source, model.clone(scan_blocks=False), unstack_blocks(nn.meta.unbox(dict(like))),
+            encoder_only=encoder_only, channels=channels, new_head=new_head, strict=strict,
+            trust_pickle=trust_pickle, family=family, source_family=source_family, inflate=inflate)
+        return stack_blocks(merged), report
     like_flat = traverse_util.flatten_dict(nn.meta.unbox(dict(like)))
     like_flat = {k: np.asarray(v) for k, v in like_flat.items()}
     scope = None
@@ -109,7 +119,8 @@ def load_pretrained(source: Any, model: Any, like: Mapping, *, encoder_only: boo
             raise ValueError(f"init.from={source_family!r} names the family of a PyTorch file "
                              f"(init.torch); {source} is read as the run or directory it is")
         run = runs.load_run(os.fspath(source))
-        found = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(run.variables).items()}
+        found = {k: np.asarray(v) for k, v in
+                 traverse_util.flatten_dict(unstack_blocks(run.variables)).items()}
         fmt = (f"training run, step {run.step}" if run.kind == "training" else "converted model")
         if run.weights == "teacher":
             fmt += ", its EMA teacher"

@@ -412,12 +412,12 @@ def merge_lora(params, alpha: float | None = None):
             if missing:
                 raise ValueError(f"merge_lora: a qkv entry with adapters lacks {missing}")
             w = {n: np.asarray(node[n]["kernel"], np.float32) for n in LORA_MODULES}
-            kernel = np.asarray(node["kernel"])
-            c = kernel.shape[1] // 3
-            s = lora_scale(w["lora_a_q"].shape[1], alpha)
+            kernel = np.asarray(node["kernel"])  # (hidden, 3 c), or (layers, hidden, 3 c) scanned
+            c = kernel.shape[-1] // 3
+            s = lora_scale(w["lora_a_q"].shape[-1], alpha)
             merged = kernel.astype(np.float32)
-            merged[:, :c] += s * (w["lora_a_q"] @ w["lora_b_q"])
-            merged[:, 2 * c:] += s * (w["lora_a_v"] @ w["lora_b_v"])
+            merged[..., :c] += s * (w["lora_a_q"] @ w["lora_b_q"])
+            merged[..., 2 * c:] += s * (w["lora_a_v"] @ w["lora_b_v"])
             out = {k: v for k, v in node.items() if k not in LORA_MODULES}
             out["kernel"] = merged.astype(kernel.dtype)
             return out
@@ -512,7 +512,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True, num_prefix: int = 0,
-                 rotary: Rotary | None = None) -> jax.Array:
+                 rotary: Rotary | None = None, rate: jax.Array | None = None) -> jax.Array:
+        """``rate``: a traced drop-path rate replacing ``drop_path`` (per-sample drops, the
+        scanned blocks of :class:`ViTEncoder`, where each layer's rate is a scanned input)."""
         if self.drop_path_mode not in DROP_PATH_MODES:
             raise ValueError(f"drop_path_mode={self.drop_path_mode!r}: expected one of {DROP_PATH_MODES}")
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -532,6 +534,15 @@ class Block(nn.Module):
         def branch2(t):
             return ls2(mlp(norm2(t), deterministic))
 
+        if rate is not None and not deterministic:
+            keep = 1.0 - rate
+
+            def drop(t):
+                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (t.shape[0],) + (1,) * (t.ndim - 1))
+                return jnp.where(mask, t / keep.astype(t.dtype), jnp.zeros_like(t)).astype(x.dtype)
+
+            x = x + drop(branch1(x))
+            return x + drop(branch2(x))
         subset = self.drop_path_mode == "subset" or (self.drop_path_mode == "dinov2" and self.drop_path > 0.1)
         if deterministic or self.drop_path == 0.0 or not subset:
             drop_path = DropPath(self.drop_path)
@@ -543,6 +554,102 @@ class Block(nn.Module):
             rows = jax.random.permutation(self.make_rng("dropout"), b)[:k]
             x = x.at[rows].add(fn(x[rows]).astype(x.dtype) * (b / k))
         return x
+
+
+# ----------------------------------------------------------------------------------------
+# Scanned blocks.
+
+REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
+
+
+def remat_policy(name: str | None):
+    """The ``jax.checkpoint_policies`` member named ``name`` (None: JAX's default, save
+    nothing but the block inputs)."""
+    if name is None:
+        return None
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={name!r}: expected None or one of {REMAT_POLICIES}")
+    return getattr(jax.checkpoint_policies, name)
+
+
+def _block_index(key: Any) -> int | None:
+    key = str(key)
+    if key.startswith("blocks_") and key[len("blocks_"):].isdigit():
+        return int(key[len("blocks_"):])
+    return None
+
+
+def _is_encoder(node: Any) -> bool:
+    return isinstance(node, Mapping) and "patch_embedding" in node
+
+
+def _stack_leaves(leaves: list) -> Any:
+    first = leaves[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(leaves), *first.shape), first.dtype)
+    if all(isinstance(v, (np.ndarray, np.generic)) for v in leaves):
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def _unstack_leaf(leaf: Any, i: int) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[i]
+
+
+def stack_blocks(tree: Any) -> Any:
+    """``tree`` (parameters, a variable collection, or a tree that mirrors them such as
+    optimizer moments) with every ViT encoder's ``blocks_0`` .. ``blocks_{n-1}`` replaced by
+    one ``blocks`` subtree whose leaves are the blocks' stacked on a leading axis: the layout
+    of ``scan_blocks=True``. Encoders are the dicts holding ``patch_embedding``; trees already
+    stacked are returned unchanged."""
+    if not isinstance(tree, Mapping):
+        return tree
+    if _is_encoder(tree) and "blocks_0" in tree:
+        numbered = sorted(i for i in map(_block_index, tree) if i is not None)
+        if numbered != list(range(len(numbered))):
+            raise ValueError(f"stack_blocks: the encoder's blocks are numbered {numbered}; "
+                             f"expected 0 .. {len(numbered) - 1}")
+        blocks = [tree[f"blocks_{i}"] for i in numbered]
+        structure = jax.tree_util.tree_structure(blocks[0])
+        for i, b in enumerate(blocks[1:], 1):
+            if jax.tree_util.tree_structure(b) != structure:
+                raise ValueError(f"stack_blocks: blocks_{i} has other entries than blocks_0")
+        out = {k: stack_blocks(v) for k, v in tree.items() if _block_index(k) is None}
+        out["blocks"] = jax.tree_util.tree_map(lambda *v: _stack_leaves(list(v)), *blocks)
+        return out
+    return {k: stack_blocks(v) for k, v in tree.items()}
+
+
+def unstack_blocks(tree: Any) -> Any:
+    """The inverse of :func:`stack_blocks`: every ViT encoder's stacked ``blocks`` subtree
+    split into ``blocks_0`` .. ``blocks_{n-1}`` (the layout of ``scan_blocks=False``)."""
+    if not isinstance(tree, Mapping):
+        return tree
+    if _is_encoder(tree) and "blocks" in tree:
+        leaves = jax.tree_util.tree_leaves(tree["blocks"])
+        depths = {int(np.shape(v)[0]) if not isinstance(v, jax.ShapeDtypeStruct) else v.shape[0]
+                  for v in leaves}
+        if len(depths) != 1:
+            raise ValueError(f"unstack_blocks: the stacked blocks' leading axes differ: {sorted(depths)}")
+        n = depths.pop()
+        out = {k: unstack_blocks(v) for k, v in tree.items() if k != "blocks"}
+        for i in range(n):
+            out[f"blocks_{i}"] = jax.tree_util.tree_map(lambda v: _unstack_leaf(v, i), tree["blocks"])
+        return out
+    return {k: unstack_blocks(v) for k, v in tree.items()}
+
+
+def blocks_layout(tree: Any, scanned: bool) -> Any:
+    """``tree`` in the block layout of ``scan_blocks=scanned`` (either layout accepted)."""
+    return stack_blocks(tree) if scanned else unstack_blocks(tree)
+
+
+def scans_blocks(model: Any) -> bool:
+    """Whether ``model`` (any model) runs ViT blocks under ``nn.scan``."""
+    return bool(getattr(model, "scan_blocks", False))
 
 
 # ----------------------------------------------------------------------------------------
@@ -618,6 +725,8 @@ class ViTEncoder(nn.Module):
     final_norm: bool | None = None
     attn_impl: str | None = None
     remat: bool = False
+    remat_policy: str | None = None
+    scan_blocks: bool = False
     lora_rank: int = 0
     lora_alpha: float | None = None
     dtype: Dtype = jnp.float32
@@ -683,6 +792,15 @@ class ViTEncoder(nn.Module):
             raise ValueError("mask_k_bias=True needs qkv_bias=True")
         if min(self.grid()) < 1:
             raise ValueError(f"img_size={self.img_size} is smaller than patch_size={self.patch_size}")
+        remat_policy(self.remat_policy)
+        if self.scan_blocks and self.depth < 1:
+            raise ValueError(f"scan_blocks=True needs depth >= 1, got {self.depth}")
+
+    @nn.nowrap
+    def drop_rates(self) -> list[float]:
+        """Each block's stochastic-depth rate."""
+        return ([float(self.drop_path)] * self.depth if self.drop_path_uniform
+                else np.linspace(0.0, self.drop_path, self.depth).tolist())
 
     def _positions(self, grid: tuple[int, ...]) -> tuple[jax.Array | None, jax.Array | None]:
         """(rows for the patch tokens (1, N, D), row for the CLS token (1, 1, D) or None)."""
@@ -798,21 +916,46 @@ class ViTEncoder(nn.Module):
             tokens = jnp.concatenate([jnp.broadcast_to(p, (b, *p.shape[1:])) for p in prefix] + [tokens], 1)
         tokens = nn.Dropout(self.dropout)(tokens, deterministic=deterministic)
 
-        block = nn.remat(Block, static_argnums=(2, 3, 4)) if self.remat else Block
-        rates = ([self.drop_path] * self.depth if self.drop_path_uniform
-                 else np.linspace(0.0, self.drop_path, self.depth).tolist())
+        policy = remat_policy(self.remat_policy)
+        block = (nn.remat(Block, static_argnums=(2, 3, 4), policy=policy, prevent_cse=not self.scan_blocks)
+                 if self.remat else Block)
+        rates = self.drop_rates()
         norm = layer_norm("norm", self.norm_eps, **args) if self.uses_final_norm() else (lambda t: t)
-        # Blocks past the last one asked for are skipped, except at initialisation.
-        last = self.depth - 1 if wanted is None or self.is_initializing() else max(wanted)
+        block_args = (self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias, self.layer_scale_init,
+                      self.norm_eps, self.dropout, self.attn_dropout)
+        block_kwargs = dict(attn_impl=self.attn_impl, drop_path_mode=self.drop_path_mode,
+                            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, **args)
         taken = {}
-        for i in range(last + 1):
-            tokens = block(self.num_heads, self.mlp_dim, self.qkv_bias, self.mask_k_bias,
-                           self.layer_scale_init, self.norm_eps, self.dropout, self.attn_dropout,
-                           rates[i], self.attn_impl, self.drop_path_mode, self.lora_rank,
-                           self.lora_alpha, name=f"blocks_{i}", **args)(
-                tokens, deterministic, self.num_prefix(), rotary)
-            if wanted is not None and i in wanted:
-                taken[i] = norm(tokens)
+        if self.scan_blocks:
+            # One block traced once, run depth times (nn.scan); weights stacked on a leading
+            # "layers" axis under ``blocks``. Every block runs, also past the last one asked for.
+            static = len(set(rates)) == 1
+            if not (static or deterministic or self.drop_path_mode == "sample"
+                    or (self.drop_path_mode == "dinov2" and max(rates) <= 0.1)):
+                raise ValueError(f"scan_blocks=True with drop_path_mode={self.drop_path_mode!r} "
+                                 f"needs the same rate in every block (drop_path_uniform=True) or "
+                                 f"drop_path <= 0.1 for 'dinov2': the batch subset size is fixed per block")
+            collect = wanted is not None
+
+            def body(mdl, t, rate):
+                t = mdl(t, deterministic, self.num_prefix(), rotary, rate)
+                return t, (t if collect else None)
+
+            scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+            xs = None if static or deterministic else jnp.asarray(rates, jnp.float32)
+            tokens, every = scanned(block(*block_args, rates[0] if static else max(rates), name="blocks",
+                                          **block_kwargs), tokens, xs)
+            if collect:
+                taken = {i: norm(every[i]) for i in wanted}
+        else:
+            # Blocks past the last one asked for are skipped, except at initialisation.
+            last = self.depth - 1 if wanted is None or self.is_initializing() else max(wanted)
+            for i in range(last + 1):
+                tokens = block(*block_args, rates[i], name=f"blocks_{i}", **block_kwargs)(
+                    tokens, deterministic, self.num_prefix(), rotary)
+                if wanted is not None and i in wanted:
+                    taken[i] = norm(tokens)
         if wanted is not None:
             return [taken[i] for i in wanted]
         return norm(tokens)
