@@ -31,6 +31,7 @@ RULES: dict[str, Rules] = {
         ("mlp", "fsdp"),
         ("qkv", "fsdp"),
         ("merge", "fsdp"),
+        ("layers", None),  # the stacked axis of scanned blocks stays whole
     ),
 }
 
