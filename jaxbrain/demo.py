@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--feature-size", type=int, default=24)
     parser.add_argument("--depths", default="2,2,2,2")
     parser.add_argument("--size", type=int, default=64, help="cubic input size, a multiple of 32")
-    parser.add_argument("--downsample", default="merging_legacy",
-                        help="merging_legacy (BrainSegFounder, MONAI < 1.5), merging, mergingv2")
+    parser.add_argument("--downsample", default="merging",
+                        help="merging (MONAI >= 1.5, the recipes' order), merging_legacy (BrainSegFounder's published weights, MONAI < 1.5; checked in MONAI >= 1.5 through the README's LegacyPatchMerging), mergingv2")
     parser.add_argument("--out", default=None, help="where to write the exported .pt (default: a temp dir)")
     args = parser.parse_args(argv)
 

@@ -56,7 +56,7 @@ COMMANDS = {
     "python -m jaxbrain.convert from-torch ssl.pt ckpt/ --encoder-only --model swin_unetr --set out_channels=3 --set downsample=merging_legacy":
         ("tests/test_ssl_pipeline.py::test_stage1_stage2_finetune_chain",
          "tests/test_convert.py::test_brainsegfounder_ssl_checkpoint_loads_encoder_only"),
-    "python -m jaxbrain.convert to-torch ckpt/ exported.pt": _CONVERT_CLI,
+    "python -m jaxbrain.convert to-torch ckpt/ exported.pt --allow-legacy-merging": _CONVERT_CLI,
     "python train.py --config configs/brats_swinunetr.py --workdir runs/brats_f0 --config.data.root=/data/BraTS2021_Training_Data --config.data.fold=0":
         ("config", *_BRATS_RUN),
     "python train.py --config configs/brats_swinunetr.py:62m,bf16 --workdir runs/b62 --config.data.root=...":
