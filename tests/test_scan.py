@@ -138,3 +138,15 @@ def test_pytorch_files_and_init_are_layout_free(tmp_path):
         merged, report = load_pretrained(path, target, fresh)
         assert report.ok
         _leaves_equal(merged["params"], stack_blocks(params) if target.scan_blocks else params)
+
+
+def test_layer_decay_of_stacked_blocks():
+    """optim.layer_decay gives block k of the stacked blocks the factor of blocks_k."""
+    from jaxbrain.training.optim import layer_scales
+    plain = random_params(ViT(**VIT))
+    flat = layer_scales(plain, 0.5)
+    stacked = layer_scales(stack_blocks(plain), 0.5)
+    assert stacked["encoder/patch_embedding/kernel"] == flat["encoder/patch_embedding/kernel"]
+    assert stacked["head/kernel"] == flat["head/kernel"]
+    got = np.asarray(stacked["encoder/blocks/attn/qkv/kernel"]).ravel()
+    np.testing.assert_array_equal(got, [flat[f"encoder/blocks_{k}/attn/qkv/kernel"] for k in range(3)])

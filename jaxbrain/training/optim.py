@@ -77,6 +77,7 @@ import re
 from typing import Sequence
 
 import jax
+import numpy as np
 import optax
 
 from jaxbrain.objectives.dino import cosine_schedule
@@ -148,11 +149,21 @@ def layer_id(path: str, num: int) -> int:
     return num + 1 if found is None else found
 
 
-def layer_scales(params, decay: float) -> dict[str, float]:
-    """{parameter path: learning-rate factor ``decay ** (L + 1 - layer_id)``}."""
-    paths = [path_of(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    num = num_layers(paths)
-    return {p: float(decay) ** (num + 1 - layer_id(p, num)) for p in paths}
+def layer_scales(params, decay: float) -> dict:
+    """{parameter path: learning-rate factor ``decay ** (L + 1 - layer_id)``}. The stacked
+    blocks of a scanned ViT (``scan_blocks=True``: a path component ``blocks``, block k at
+    index k of the leading axis) get an array of one factor per block, broadcasting."""
+    flat = [(path_of(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    stacked = {p: leaf.shape[0] for p, leaf in flat if "blocks" in p.split("/")}
+    num = max(num_layers([p for p, _ in flat]), max(stacked.values(), default=0))
+    out = {}
+    for p, leaf in flat:
+        if p in stacked:
+            ids = np.arange(1, stacked[p] + 1).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+            out[p] = float(decay) ** (num + 1 - ids)
+        else:
+            out[p] = float(decay) ** (num + 1 - layer_id(p, num))
+    return out
 
 
 def scale_by_layer(decay: float) -> optax.GradientTransformation:
