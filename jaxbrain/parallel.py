@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import jax
 import flax.linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -52,7 +54,10 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> 
     if math.prod(sizes) != len(devices):
         raise ValueError(f"mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, "
                          f"have {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
+    # Topology-aware on TPU (neighbouring chips along the last, most communicating axes);
+    # elsewhere the devices in order.
+    return Mesh(mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True),
+                tuple(names))
 
 
 def _fits(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
@@ -100,6 +105,33 @@ def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:
 
     return jax.tree_util.tree_map(one, specs, shapes,
                                   is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def replicated_large(boxed: Any, shardings: Any, mesh: Mesh, rules: Rules,
+                     min_size: int = 2**20) -> list[str]:
+    """The parameters of at least ``min_size`` elements that the rules would shard (a logical
+    name mapped to a mesh axis of more than one device) but that stay whole on every device
+    because no such dimension divides; a warning names them all with their shapes."""
+    flat_boxed = jax.tree_util.tree_flatten_with_path(
+        boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+    flat_shardings = jax.tree_util.tree_leaves(shardings)
+    found = []
+    for (path, leaf), sharding in zip(flat_boxed, flat_shardings):
+        if not isinstance(leaf, nn.Partitioned) or math.prod(np.shape(leaf.value)) < min_size:
+            continue
+        mapped = nn.logical_to_mesh_axes(
+            tuple(n if n not in leaf.names[:i] else None for i, n in enumerate(leaf.names)),
+            rules)
+        wanted = [a for axes in mapped if axes is not None
+                  for a in ((axes,) if isinstance(axes, str) else axes)
+                  if mesh.shape.get(a, 1) > 1]
+        if wanted and all(s is None for s in sharding.spec):
+            found.append(f"{jax.tree_util.keystr(path)} {tuple(np.shape(leaf.value))}")
+    if found:
+        warnings.warn(f"{len(found)} large parameter(s) stay replicated on every device because "
+                      f"no dimension divides the mesh axes {dict(mesh.shape)}: "
+                      + "; ".join(found), stacklevel=2)
+    return found
 
 
 def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:

@@ -12,6 +12,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# With libtpu installed (the tpu extra, for tests/test_aot.py) on a machine without TPU chips,
+# JAX would try the TPU first in every test process; the suite runs on the CPU (TPU topologies
+# for ahead-of-time compilation are still described by libtpu).
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+
+if importlib.util.find_spec("libtpu") and not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 # The PyTorch references the benchmarks use (bench/torch_ssl.py) are shared with the tests.
 import sys  # noqa: E402
 

@@ -509,3 +509,44 @@ def check_before_training(cfg, workdir: str) -> None:
         raise check_lib.DataProblems(report)
     if is_main and report.read:
         print(report.summary(), flush=True)
+
+
+def batch_spec(config, global_batch: int | None = None) -> dict:
+    """Shapes and dtypes of one training batch of the config (``{field: ShapeDtypeStruct}``,
+    batch axis first, ``global_batch`` rows, default ``config.batch_size``), from the config
+    alone: no case is read. ``data.source`` "volumes": the augment transforms run on a
+    stand-in record of ``data.roi`` (image of ``model.in_channels`` channels, a label for
+    the labelled layouts, the task's target for a label table); "slices": ``slice_size``
+    RGB slices. The feature caches need their data to know their shapes and say so."""
+    dcfg = config.data
+    batch = int(config.batch_size if global_batch is None else global_batch)
+    source = dcfg.get("source") or "volumes"
+    if source == "slices":
+        from jaxbrain.data import slices
+        size = slices.options_of(dcfg)["slice_size"]
+        size = (size, size) if np.isscalar(size) else tuple(int(s) for s in size)
+        return {"image": jax.ShapeDtypeStruct((batch, *size, 3), np.float32),
+                "collection": jax.ShapeDtypeStruct((batch,), np.int32),
+                "slice": jax.ShapeDtypeStruct((batch,), np.int32)}
+    if source != "volumes":
+        raise ValueError(f"config.data.source={source!r}: the batch shapes of a cache of "
+                         "per-scan arrays follow from the cached data (its encoder and scan "
+                         "depth); the batch spec needs data.source 'volumes' or 'slices'")
+    if not dcfg.get("roi"):
+        raise ValueError("config.data.roi: the batch shape needs the crop (or whole-scan) size")
+    roi = tuple(int(s) for s in dcfg.roi)
+    channels = int(config.model.get("in_channels", len(dcfg.get("channels") or ()) or 1))
+    crops = int(dcfg.get("crops_per_volume", 1))
+    if batch % crops:
+        raise ValueError(f"batch {batch} must be divisible by data.crops_per_volume ({crops})")
+    record = {"id": "spec", "image": np.ones((*roi, channels), np.float32),
+              "labels": dcfg.get("labels") or "binary"}
+    if dcfg.get("layout", "brats") in ("brats", "atlas", "datalist"):
+        record["label"] = np.zeros(roi, np.uint8)
+    if dcfg.get("layout") == "table" and dcfg.get("task", "diagnosis") is not None:
+        tasks = tasks_of(dcfg)
+        record["target"] = np.zeros((len(tasks),) if tasks else (), np.float32)
+    augmented = pipeline._Augment(pipeline._canonical(dcfg.augment), crops, roi).random_map(
+        record, np.random.default_rng(0))
+    return {k: jax.ShapeDtypeStruct((batch, *np.shape(v)[1:]), np.asarray(v).dtype)
+            for k, v in augmented.items()}

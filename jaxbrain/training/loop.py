@@ -48,6 +48,7 @@ The objective protocol (everything but ``compute`` optional):
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -65,9 +66,9 @@ from jaxbrain.convert.pretrained import load_pretrained
 from jaxbrain.data import pipeline, slices
 from jaxbrain.inference import features
 from jaxbrain.training import data as data_lib
-from jaxbrain.training.checkpoint import Checkpoints, abstract_like
+from jaxbrain.training.checkpoint import Checkpoints
 from jaxbrain.training.metrics_log import MetricWriter, Progress
-from jaxbrain.training.optim import make_optimizer
+from jaxbrain.training.optim import freeze_rule, make_optimizer
 from jaxbrain.training.validation import make_validator
 
 PROGRESS_METRICS = ("loss", "dice_mean", "accuracy", "mae", "rotation_acc", "reconstruction_loss")
@@ -218,19 +219,50 @@ def _accepts(fn, name: str) -> bool:
         return False
 
 
-def make_train_step(model, objective, tx, lr_fn, dtype):
+def trained_mask(params, labels=None) -> list[bool]:
+    """Per leaf of ``params`` (tree-flattening order): True where it trains. ``labels`` is
+    :func:`jaxbrain.training.optim.freeze_rule` (params -> "train" / "frozen" labels, the
+    optimizer's own); None: every leaf trains."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if labels is None:
+        return [True] * len(leaves)
+    return [label == "train" for label in treedef.flatten_up_to(labels(params))]
+
+
+def partition(tree, mask: list[bool]) -> tuple[list, list]:
+    """(trained leaves, frozen leaves) of ``tree`` by :func:`trained_mask`."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return ([v for v, t in zip(leaves, mask) if t], [v for v, t in zip(leaves, mask) if not t])
+
+
+def combine(treedef, mask: list[bool], trained, frozen):
+    """The tree of ``treedef`` from its trained and frozen leaves (inverse of :func:`partition`)."""
+    trained, frozen = iter(trained), iter(frozen)
+    return treedef.unflatten([next(trained) if t else next(frozen) for t in mask])
+
+
+def make_gradients(model, objective, dtype, labels=None):
+    """``gradients(state, batch) -> (grads, (loss, metrics, updated collections, aux))``: the
+    objective's loss and its gradients with respect to the trained leaves of
+    ``state["params"]`` alone (a list in :func:`partition` order); the frozen leaves
+    (``labels``, :func:`trained_mask`) enter as constants, never differentiated."""
     stateful = hasattr(objective, "init_state")
     wants_step = stateful or _accepts(objective.compute, "step")
 
-    def train_step(state, batch):
+    def gradients(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         augment_key = jax.random.fold_in(key, 1)
         model_state = state.get("model_state", {})
         kwargs = {"step": state["step"]} if wants_step else {}
         if stateful:
             kwargs["state"] = state["objective"]
+        treedef = jax.tree_util.tree_structure(state["params"])
+        mask = trained_mask(state["params"], labels)
+        trained, frozen = partition(state["params"], mask)
+        frozen = [jax.lax.stop_gradient(p) for p in frozen]
 
-        def loss_fn(params):
+        def loss_fn(trained):
+            params = combine(treedef, mask, trained, frozen)
             updated = {}
 
             def apply(x, variables=None, *, train=True, **inputs):
@@ -251,15 +283,38 @@ def make_train_step(model, objective, tx, lr_fn, dtype):
             loss, metrics, aux = out if len(out) == 3 else (*out, None)
             return loss, (metrics, dict(updated), aux)
 
-        (_, (metrics, updated, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        (loss, (metrics, updated, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trained)
+        return grads, (loss, metrics, updated, aux)
+
+    return gradients
+
+
+def make_train_step(model, objective, tx, lr_fn, dtype, labels=None):
+    """The loop's step ``(state, batch) -> (state, metrics)``. ``labels``: the optimizer's
+    freeze rule (:func:`jaxbrain.training.optim.freeze_rule` of the same ``optim`` config;
+    None: every parameter trains): frozen parameters are neither differentiated nor
+    updated, and ``grad_norm`` covers the trained ones."""
+    stateful = hasattr(objective, "init_state")
+    gradients = make_gradients(model, objective, dtype, labels)
+
+    def train_step(state, batch):
+        model_state = state.get("model_state", {})
+        grads, (_, metrics, updated, aux) = gradients(state, batch)
+        treedef = jax.tree_util.tree_structure(state["params"])
+        mask = trained_mask(state["params"], labels)
+        trained, frozen = partition(state["params"], mask)
+        # The optimizer sees the whole tree (its state keeps its layout); the frozen leaves'
+        # gradients are zeros it discards (optim: set_to_zero), their updates are not applied.
+        full = combine(treedef, mask, grads, [jnp.zeros_like(p) for p in frozen])
+        updates, opt_state = tx.update(full, state["opt_state"], state["params"])
+        trained = optax.apply_updates(trained, partition(updates, mask)[0])
+        params = combine(treedef, mask, trained, frozen)
         metrics = dict(metrics, lr=lr_fn(state["step"]), grad_norm=optax.global_norm(grads))
         # A finite loss can still give an update that overflows the parameters; such a state
         # must not be saved either (checked on the host with the loss; not logged).
-        metrics[_FINITE] = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in
-                                             jax.tree_util.tree_leaves(params)]))
+        metrics[_FINITE] = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in trained]
+                                             or [jnp.asarray(True)]))
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         if model_state:
             new_state["model_state"] = {**model_state, **updated}
@@ -356,6 +411,106 @@ def training_batches(config, train_cases: list):
         crops_per_volume=dcfg.get("crops_per_volume", 1), roi=roi)
 
 
+@dataclasses.dataclass
+class TrainSetup:
+    """The train step of a config and the state it runs on, built from shapes alone.
+
+    ``abstract_state``: ShapeDtypeStructs carrying their NamedShardings (step, params,
+    opt_state, rng, model_state and objective where present); ``step_fn``: the jitted train
+    step with those shardings, the state donated. :meth:`initial_state` materialises a new
+    run's state; a resumed run restores into ``abstract_state``; ``python -m jaxbrain.aot``
+    lowers ``step_fn`` on ``abstract_state`` and an abstract batch."""
+    model: Any
+    objective: Any
+    mesh: jax.sharding.Mesh
+    rules: Any
+    dtype: Any
+    x: jax.ShapeDtypeStruct
+    tx: Any
+    lr_fn: Any
+    keys: tuple
+    boxed: dict  # the model's variables as jax.eval_shape(model.init) gives them
+    abstract_state: dict
+    step_fn: Any
+
+    @property
+    def state_shardings(self) -> dict:
+        return jax.tree_util.tree_map(lambda a: a.sharding, self.abstract_state)
+
+    def initial_state(self, config) -> dict:
+        """A new run's state, placed: initialised (and pretrained weights loaded, ``init.*``)."""
+        shardings = self.state_shardings
+        init_key, _ = self.keys
+        v_shardings = {"params": shardings["params"], **shardings.get("model_state", {})}
+        variables = initial_variables(config, self.model, self.x, init_key, v_shardings)
+        params = variables.pop("params")
+        state = {"step": jax.device_put(jnp.zeros((), jnp.int32), shardings["step"]),
+                 "params": params,
+                 "opt_state": jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params),
+                 "rng": jax.device_put(jax.random.key_data(self.keys[1]), shardings["rng"])}
+        if variables:  # collections besides params, e.g. BatchNorm's running statistics
+            state["model_state"] = variables
+        if "objective" in shardings:
+            state["objective"] = jax.jit(self.objective.init_state,
+                                         out_shardings=shardings["objective"])(params)
+        return state
+
+
+def _placed(tree, shardings):
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def setup_training(config, spec: dict, *, train_cases=None, devices=None) -> TrainSetup:
+    """Model, objective (fitted to ``train_cases``' targets when given), mesh over ``devices``
+    (default: all), shardings by logical axis names, optimizer and the jitted train step of
+    ``config`` for batches of ``spec`` (:func:`element_spec`, or
+    :func:`jaxbrain.training.data.batch_spec` without data); nothing is materialised."""
+    model = models.from_config(config.model, config.get("compute_dtype"))
+    objective = objectives.create(**config.objective)
+    if train_cases is not None:
+        objective = data_lib.fit_objective(objective, train_cases)
+    dtype = models.DTYPES[config.get("compute_dtype", "float32")]
+    mesh = parallel.make_mesh(dict(config.mesh), devices)
+    if hasattr(objective, "for_mesh"):
+        objective = objective.for_mesh(math.prod(mesh.shape[a] for a in parallel.BATCH_AXES
+                                                  if a in mesh.shape))
+    rules = parallel.RULES[config.get("sharding", "replicate")]
+    x = model_input(objective, spec)
+    check_input_size(model, x)
+
+    # State: variables, optimizer and objective state, placed by logical axis names.
+    init_key, state_key = jax.random.split(jax.random.key(config.seed))
+    boxed = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape, x.dtype)), init_key)
+    v_shardings = parallel.logical_shardings(boxed, mesh, rules)
+    if rules:
+        parallel.replicated_large(boxed["params"], v_shardings["params"], mesh, rules)
+    variables = nn.unbox(boxed)
+    tx, lr_fn = make_optimizer(config.optim, int(config.total_steps),
+                               encoder_name=models.encoder_name(model))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params = _placed(variables.pop("params"), v_shardings["params"])
+    opt_shardings = parallel.logical_shardings(jax.eval_shape(tx.init, boxed["params"]),
+                                               mesh, rules)
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), "params": params,
+             "opt_state": _placed(jax.eval_shape(tx.init, params), opt_shardings),
+             "rng": jax.ShapeDtypeStruct(jax.random.key_data(state_key).shape, jnp.uint32,
+                                         sharding=replicated)}
+    if variables:  # collections besides params, e.g. BatchNorm's running statistics
+        state["model_state"] = _placed(variables, {k: v_shardings[k] for k in variables})
+    if hasattr(objective, "init_state"):
+        obj_shardings = parallel.logical_shardings(
+            jax.eval_shape(objective.init_state, boxed["params"]), mesh, rules)
+        state["objective"] = _placed(jax.eval_shape(objective.init_state, params), obj_shardings)
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
+    labels = freeze_rule(config.optim, models.encoder_name(model))  # not differentiated
+    step_fn = jax.jit(make_train_step(model, objective, tx, lr_fn, dtype, labels),
+                      in_shardings=(shardings, None), out_shardings=(shardings, None),
+                      donate_argnums=(0,))
+    return TrainSetup(model, objective, mesh, rules, dtype, x, tx, lr_fn,
+                      (init_key, state_key), boxed, state, step_fn)
+
+
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the last logged metrics.
 
@@ -378,56 +533,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     train_iter = iter(pipeline.loader(train_ds, workers=dcfg.get("workers", 0),
                                       threads=dcfg.get("threads", 2)))
 
-    # Model, objective, mesh.
-    model = models.from_config(config.model, config.get("compute_dtype"))
-    objective = data_lib.fit_objective(objectives.create(**config.objective), train_cases)
-    dtype = models.DTYPES[config.get("compute_dtype", "float32")]
-    mesh = parallel.make_mesh(dict(config.mesh))
-    if hasattr(objective, "for_mesh"):
-        objective = objective.for_mesh(math.prod(mesh.shape[a] for a in parallel.BATCH_AXES
-                                                  if a in mesh.shape))
-    rules = parallel.RULES[config.get("sharding", "replicate")]
-    x = model_input(objective, spec)
-    check_input_size(model, x)
-
-    # State: variables, optimizer and objective state, placed by logical axis names.
-    init_key, state_key = jax.random.split(jax.random.key(config.seed))
-    abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape, x.dtype)), init_key)
-    v_shardings = parallel.logical_shardings(abstract, mesh, rules)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    setup = setup_training(config, spec, train_cases=train_cases)
+    model, objective, mesh, dtype = setup.model, setup.objective, setup.mesh, setup.dtype
     total_steps = int(config.total_steps)
-    tx, lr_fn = make_optimizer(config.optim, total_steps,
-                                 encoder_name=models.encoder_name(model))
 
     best_metric, best_mode = best_checkpoint_rule(config, objective)
     ckpt = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3),
                        best_metric=best_metric, best_mode=best_mode)
     latest = ckpt.latest_step()
     if latest is None:
-        variables = initial_variables(config, model, x, init_key, v_shardings)
-    else:  # a resumed run takes everything from its checkpoint
-        variables = init_variables(model, x, init_key, v_shardings)
-    params = variables.pop("params")
-    opt_shardings = parallel.logical_shardings(jax.eval_shape(tx.init, abstract["params"]),
-                                               mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "params": params,
-             "opt_state": opt_state,
-             "rng": jax.device_put(jax.random.key_data(state_key), replicated)}
-    if variables:  # collections besides params, e.g. BatchNorm's running statistics
-        state["model_state"] = variables
-    if hasattr(objective, "init_state"):
-        obj_shardings = parallel.logical_shardings(
-            jax.eval_shape(objective.init_state, abstract["params"]), mesh, rules)
-        state["objective"] = jax.jit(objective.init_state, out_shardings=obj_shardings)(params)
-    if latest is not None:
-        state = ckpt.restore(latest, abstract_like(state), train_iter)
+        state = setup.initial_state(config)
+    else:  # a resumed run takes everything from its checkpoint, restored in place
+        state = ckpt.restore(latest, setup.abstract_state, train_iter)
         if is_main:
             print(f"resumed from {ckpt.directory}/{latest}")
-    state_shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
-    step_fn = jax.jit(make_train_step(model, objective, tx, lr_fn, dtype),
-                      in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
-                      donate_argnums=(0,))
+    step_fn = setup.step_fn
 
     writer = MetricWriter(workdir, enabled=is_main)
     start = int(jax.device_get(state["step"]))
