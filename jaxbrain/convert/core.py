@@ -19,6 +19,8 @@ import jax
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxbrain.models.vit import scans_blocks, stack_blocks, unstack_blocks
+
 Path = tuple[str, ...]
 State = dict[str, np.ndarray]
 
@@ -392,6 +394,11 @@ def merge(found: Mapping[Path, np.ndarray], like: Mapping[Path, Any], report: Lo
 
 def load(source, model, family: Family, strict: bool = True, params=None,
          encoder_only: bool = False, trust_pickle: bool = False, new_head: bool = False):
+    if scans_blocks(model):  # converted block by block, returned stacked
+        out, report = load(source, model.clone(scan_blocks=False), family, strict,
+                           None if params is None else unstack_blocks(unbox(params)),
+                           encoder_only, trust_pickle, new_head)
+        return stack_blocks(out), report
     found, report, targets = to_flax(source, model, family, encoder_only=encoder_only,
                                      trust_pickle=trust_pickle)
     given = traverse_util.flatten_dict(unbox(params)) if params is not None else {}
@@ -424,7 +431,10 @@ def load(source, model, family: Family, strict: bool = True, params=None,
 
 def save(params, model, family: Family, path, template: Mapping | None = None) -> State:
     """The model's state dict (and ``family.extra``: tensors the original holds beyond this
-    model, taken from ``template`` where it has them with the same shape)."""
+    model, taken from ``template`` where it has them with the same shape); a model with
+    ``scan_blocks=True`` writes the same model's without it."""
+    if scans_blocks(model):
+        model, params = model.clone(scan_blocks=False), unstack_blocks(unbox(params))
     flat = traverse_util.flatten_dict(unbox(params))
     targets = target_shapes(model, family)
     if set(flat) != set(targets):
