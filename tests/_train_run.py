@@ -1,11 +1,13 @@
 """A tiny BraTS-demo training run for the tests, in this process or as a script:
 
-    python tests/_train_run.py WORKDIR DEVICES STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
+    python tests/_train_run.py WORKDIR[:STOP_AFTER][,WORKDIR...] DEVICES STEPS \
+        [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
 The script form sets the number of (fake) CPU devices before JAX starts, optionally joins a
-multi-process run on localhost, trains STEPS steps of the toy model (tests/_toys.py) with
-parameters and optimizer state fully sharded (mesh data x fsdp=2), and prints the logged
-training losses as JSON.
+multi-process run on localhost, trains (or resumes) the run of each WORKDIR in turn, STEPS
+steps of the toy model (tests/_toys.py) with parameters and optimizer state fully sharded
+(mesh data x fsdp=2), stopping after STOP_AFTER steps where given (as a preemption would), and
+prints the last run's logged training losses as JSON.
 """
 
 import json
@@ -48,8 +50,10 @@ def toy_config(**overrides):
 
 
 def sharded_config(steps):
-    """The toy run, 8 volumes a step, parameters and optimizer state sharded over fsdp=2."""
-    return toy_config(total_steps=steps, batch_size=8, sharding="fsdp", mesh={"data": -1, "fsdp": 2})
+    """The toy run, 8 crops of 16^3 a step, parameters and optimizer state sharded over
+    fsdp=2."""
+    return toy_config(total_steps=steps, batch_size=8, sharding="fsdp",
+                      mesh={"data": -1, "fsdp": 2}, **{"data.roi": (16, 16, 16)})
 
 
 def losses(workdir):
@@ -59,7 +63,7 @@ def losses(workdir):
 
 
 def main():
-    workdir, devices, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    workdirs, devices, steps = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={devices}")
     sys.path.insert(0, ROOT)
@@ -70,7 +74,9 @@ def main():
     if len(sys.argv) > 4:
         config.distributed = {"coordinator": sys.argv[4], "num_processes": int(sys.argv[5]),
                               "process_id": int(sys.argv[6])}
-    train_and_evaluate(config, workdir)
+    for entry in workdirs:
+        workdir, _, stop_after = entry.partition(":")
+        train_and_evaluate(config, workdir, stop_after=int(stop_after) if stop_after else None)
     import jax
     if jax.process_index() == 0:
         print(json.dumps({"losses": losses(workdir), "devices": jax.device_count()}))

@@ -1,10 +1,9 @@
-"""The training loop on a tiny BraTS demo: exact resume, 1 device = 8 devices = 2 processes,
-SIGTERM, NaN handling and logs."""
+"""The training loop on a tiny BraTS demo: exact resume, SIGTERM, NaN handling and logs (a
+multi-process run: tests/test_parallel.py)."""
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _toys  # noqa: E402,F401  (registers toy_conv)
-from _train_run import losses, sharded_config, tiny_config, toy_config  # noqa: E402
+from _train_run import losses, tiny_config, toy_config  # noqa: E402
 
 from jaxbrain.training.loop import NonFiniteLossError, train_and_evaluate  # noqa: E402
 from test_metrics_log import read_tensorboard_scalars  # noqa: E402
@@ -62,40 +61,6 @@ def test_logs_config_and_tensorboard(reference):
     logged = read_tensorboard_scalars(os.path.join(reference, "tensorboard", events[0]))
     assert [step for step, _ in logged] == [1, 2, 3, 4]
     np.testing.assert_allclose([s["train/loss"] for _, s in logged], losses(reference), rtol=1e-6)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _run(args, **kw):
-    out = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
-                         timeout=900, **kw)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_eight_devices_and_two_processes_match_one_device(tmp_path):
-    """Parameters and optimizer state fully sharded (fsdp=2) over 8 fake CPU devices in two
-    processes of 4 devices each (several devices per process and several processes at once),
-    against the single-device run (the toy model: the loop's sharding is the point)."""
-    one = str(tmp_path / "one")
-    config = sharded_config(2)
-    config.update(sharding="replicate", mesh={"data": -1, "fsdp": 1})
-    train_and_evaluate(config, one)
-    ref = losses(one)
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, SCRIPT, str(tmp_path / "two"), "4", "2",
-                               f"localhost:{port}", "2", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    two = json.loads(outs[0][0].strip().splitlines()[-1])
-    assert two["devices"] == 8
-    np.testing.assert_allclose(two["losses"], ref, rtol=2e-5)
 
 
 def _train_cmd(workdir):
