@@ -981,15 +981,16 @@ def _lora_data(s):
 def jax_lora(s, precision, clock):
     """The loop's train step of configs/braindino_probe.py:lora (model slice_scan, LoRA on q
     and v, optim.freeze="encoder" but "*/lora_*", Adam with its L2 weight decay, cross-entropy)
-    at the sizes of ``s``, without storage tokens (the dinov2 package's ViT has none). The
-    parameter counts are those of the optimizer's own freeze labels."""
+    at the sizes of ``s``, without storage tokens (the dinov2 package's ViT has none); the
+    frozen weights are not differentiated. The parameter counts are those of the optimizer's
+    own freeze labels."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jaxbrain import models, objectives
     from jaxbrain.training.config import load_config_file
     from jaxbrain.training.loop import make_train_step
-    from jaxbrain.training.optim import freeze_labels, frozen_prefixes, make_optimizer
+    from jaxbrain.training.optim import freeze_rule, make_optimizer
     c = load_config_file(os.path.join(ROOT, "configs", "braindino_probe.py"), "lora")
     c.model.update(hidden_size=s["hidden"], depth=s["depth"], num_heads=s["heads"],
                    mlp_dim=s["mlp"], patch_size=s["patch"], img_size=s["slice_size"],
@@ -1002,13 +1003,13 @@ def jax_lora(s, precision, clock):
     x, y = _lora_data(s)
     batch = {"image": jnp.asarray(x), "target": jnp.asarray(y)}
     params = host_init(model, batch["image"][:1])["params"]
-    labels = jax.tree_util.tree_leaves(
-        freeze_labels(params, frozen_prefixes(c.optim.freeze, encoder), c.optim.unfreeze))
+    rule = freeze_rule(c.optim, encoder)
+    labels = jax.tree_util.tree_leaves(rule(params))
     sizes = [int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params)]
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
              "rng": jax.random.key_data(jax.random.key(0))}
     step = make_train_step(model, objectives.create(**c.objective), tx, lr_fn,
-                           _jax_dtype(precision))
+                           _jax_dtype(precision), rule)
     out = _jax_time_step(step, state, batch, clock)
     return {"lora": _jax_info(dict(
         out, samples=s["batch"], slices=s["batch"] * s["slices"], params_total=sum(sizes),

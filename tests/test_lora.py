@@ -117,6 +117,63 @@ def test_unfreeze_trains_the_adapters_of_a_frozen_encoder():
     assert np.all(up["encoder/blocks_1/attn/qkv/lora_b_v/kernel"] != 0)
 
 
+def test_frozen_weights_take_no_gradients():
+    """The loop's step under optim.freeze="encoder" with the adapters unfrozen differentiates
+    the trained parameters alone: their gradients equal those of the whole tree's gradient,
+    the frozen weights' gradient matmuls are gone from the step, the frozen weights stay
+    bit-identical and the trained ones follow the all-parameter step (same optimizer state
+    layout)."""
+    from jaxbrain import objectives
+    from jaxbrain.training import loop
+    model = SliceScanViT(**dino_preset("braindino_vitb16", **TINY), lora_rank=2, num_classes=2,
+                         head_num_heads=2)
+    stack = jax.random.normal(jax.random.key(5), (2, 3, 32, 32))
+    params = _perturbed(nn.meta.unbox(model.init(jax.random.key(0), stack[:1]))["params"], 6)
+    batch = {"image": stack, "target": jnp.asarray([0.0, 1.0])}
+    objective = objectives.create(name="classification", num_classes=2)
+    cfg = ConfigDict({"name": "adam", "lr": 1e-2, "weight_decay": 1e-5, "schedule": "constant",
+                      "freeze": "encoder", "unfreeze": ("*/lora_*",)})
+    tx, lr_fn = optim.make_optimizer(cfg, 10, encoder_name="encoder")
+    rule = optim.freeze_rule(cfg, "encoder")
+    state = {"step": jnp.asarray(3, jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.key(7))}
+
+    # The whole tree's gradient, as the step took it before (dropout key as the loop's).
+    key = jax.random.fold_in(jax.random.key(7), 3)
+
+    def loss(p):
+        def apply(x, variables=None, *, train=True, **inputs):
+            return model.apply({"params": p}, x, train=train, rngs={"dropout": key}, **inputs)
+        return objective.compute(apply, batch, jax.random.fold_in(key, 1))[0]
+    full = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params))
+    mask = loop.trained_mask(params, rule)
+    assert 0 < sum(mask) < len(mask) and len(mask) == len(full)
+    grads, _ = jax.jit(loop.make_gradients(model, objective, jnp.float32, rule))(state, batch)
+    assert len(grads) == sum(mask)  # no cotangent for a frozen leaf
+    for g, ref in zip(grads, [f for f, t in zip(full, mask) if t]):
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-7)
+
+    new = loop.make_train_step(model, objective, tx, lr_fn, jnp.float32, rule)
+    old = loop.make_train_step(model, objective, tx, lr_fn, jnp.float32)  # all parameters
+
+    def dots(step):
+        return str(jax.make_jaxpr(step)(state, batch)).count("dot_general")
+    frozen_kernels = sum(p.ndim == 2 for p, t in zip(jax.tree_util.tree_leaves(params), mask)
+                         if not t)
+    assert frozen_kernels >= 8 and dots(old) - dots(new) >= frozen_kernels
+    s_new, m_new = jax.jit(new)(state, batch)
+    s_old, m_old = jax.jit(old)(state, batch)
+    assert jax.tree.structure(s_new["opt_state"]) == jax.tree.structure(s_old["opt_state"])
+    leaves = zip(*map(jax.tree_util.tree_leaves, (s_new["params"], s_old["params"], params)), mask)
+    for a, b, p0, trained in leaves:
+        if trained:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            assert np.any(np.asarray(a) != np.asarray(p0))
+        else:
+            assert np.asarray(a).tobytes() == np.asarray(p0).tobytes()  # bit-identical
+    np.testing.assert_allclose(m_new["loss"], m_old["loss"], rtol=1e-5)
+
+
 def test_slice_scan_at_initialisation_is_the_frozen_feature_probe():
     """The end-to-end model's logits = the head on the cached-feature path's per-slice CLS of
     the same encoder weights (zero up-projections)."""

@@ -31,8 +31,9 @@
 
 Fine-tuning options:
 
-    optim.freeze        parameter path prefixes kept fixed (zero updates, no weight decay, no
-                        optimizer state of their own), e.g. ("encoder/blocks_0", "encoder/
+    optim.freeze        parameter path prefixes kept fixed (not differentiated by the train
+                        step, zero updates, no weight decay, no optimizer state of their
+                        own; :func:`freeze_rule`), e.g. ("encoder/blocks_0", "encoder/
                         patch_embedding"); the entry "encoder" stands for the model's encoder
                         subtree (its ``encoder_name``: "encoder" for the ViT and ResNets,
                         "features" for the DenseNets); a string is one prefix. Paths are the
@@ -271,6 +272,21 @@ def freeze_labels(params, prefixes: Sequence[str], unfreeze: Sequence[str] = ())
             fnmatch.fnmatchcase(path_of(kp), u) for u in unfreeze) else "train", params)
 
 
+def freeze_rule(cfg, encoder_name: str | None = None):
+    """``optim.freeze`` / ``optim.unfreeze`` as a function ``params -> tree of "train" /
+    "frozen" labels`` (:func:`freeze_labels`), or None when nothing is frozen: the labels the
+    optimizer zeroes by and the train step differentiates by."""
+    prefixes = frozen_prefixes(cfg.get("freeze"), encoder_name)
+    unfreeze = cfg.get("unfreeze") or ()
+    unfreeze = (unfreeze,) if isinstance(unfreeze, str) else tuple(str(u) for u in unfreeze)
+    if unfreeze and not prefixes:
+        raise ValueError("optim.unfreeze names parameters trained under optim.freeze, which "
+                         "is not set")
+    if not prefixes:
+        return None
+    return lambda params: freeze_labels(params, prefixes, unfreeze)
+
+
 def no_decay(path: str) -> bool:
     """DINOv2 / DINOv3's rule: no weight decay on biases, norms and LayerScale gammas."""
     return path.endswith("bias") or "norm" in path or "gamma" in path
@@ -377,15 +393,9 @@ def make_optimizer(cfg, total_steps: int, *, encoder_name: str | None = None
         clip = (clip_by_subtree_norm if cfg.get("clip_per_subtree") else
                 optax.clip_by_global_norm)(cfg.grad_clip)
         tx = optax.chain(clip, tx)
-    prefixes = frozen_prefixes(cfg.get("freeze"), encoder_name)
-    unfreeze = cfg.get("unfreeze") or ()
-    unfreeze = (unfreeze,) if isinstance(unfreeze, str) else tuple(str(u) for u in unfreeze)
-    if unfreeze and not prefixes:
-        raise ValueError("optim.unfreeze names parameters trained under optim.freeze, which "
-                         "is not set")
-    if prefixes:  # clipping and the optimizer see the trained parameters only
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                   lambda params: freeze_labels(params, prefixes, unfreeze))
+    labels = freeze_rule(cfg, encoder_name)
+    if labels is not None:  # clipping and the optimizer see the trained parameters only
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     decay = float(cfg.get("layer_decay") or 0.0)
     if decay and decay != 1.0:  # on the whole tree: L counts frozen blocks too
         if not 0.0 < decay < 1.0:
