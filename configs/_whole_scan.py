@@ -117,7 +117,8 @@ def model_config(name: str, roi, num_classes: int, remat: bool) -> dict:
         return dict(name="vit", in_channels=1, img_size=roi, patch_size=16, hidden_size=768,
                     depth=12, num_heads=12, mlp_dim=3072, cls_token=True, pos_embed="learned",
                     pool="cls", fc_norm=None, final_norm=None, qkv_bias=False, norm_eps=1e-5,
-                    dropout=0.0, drop_path=0.1, num_classes=num_classes, remat=remat)
+                    dropout=0.0, drop_path=0.1, num_classes=num_classes, remat=remat,
+                    remat_policy=None, scan_blocks=False)
     return dict(name=name, in_channels=1, num_classes=num_classes, remat=remat)
 
 

@@ -91,7 +91,8 @@ def get_config(arg: str = ""):
     c.model = dict(name="dino_student", in_channels=3, **backbone,
                    head_prototypes=256 if demo else 65536, head_hidden=128 if demo else 2048,
                    head_bottleneck=32 if demo else 256, head_nlayers=3,
-                   head_weight_norm=dinov2, ibot_separate_head=not dinov2)
+                   head_weight_norm=dinov2, ibot_separate_head=not dinov2, remat=False,
+                   remat_policy=None, scan_blocks=False)
 
     gram = "gram" in args
     c.objective = dict(

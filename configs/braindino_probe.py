@@ -122,7 +122,8 @@ def get_config(arg: str = ""):
         c.data.source = "scan_slices"
         c.model = dict({k: v for k, v in enc.items() if k != "name"}, name="slice_scan", in_channels=3,
                        lora_rank=8, num_classes=num_classes, head_pool=pool, head_depth=2,
-                       head_num_heads=2 if demo else 8, remat=not demo)
+                       head_num_heads=2 if demo else 8, remat=not demo, remat_policy=None,
+                       scan_blocks=False)
         c.init = {"orbax": placeholder(str), "torch": placeholder(str), "from": placeholder(str),
                   "encoder_only": True, "strict": True}
     if task == "age":

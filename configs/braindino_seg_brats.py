@@ -85,7 +85,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     encoder = dino_preset("braindino_vitb16", img_size=size)
     c.model = dict(name="dino_seg", in_channels=1 if atlas else 4, out_channels=1 if atlas else 3,
                    layers=(2, 5, 8, 11), fused_channels=3, fusion_init=0.25, mask_token=True,
-                   remat="remat" in args, **encoder)
+                   remat="remat" in args, remat_policy=None, scan_blocks=False, **encoder)
     if atlas:
         c.objective = dict(name="segmentation", kind="sigmoid", dice=1.0, ce=1.0, threshold=0.5,
                            batch_dice=True)
