@@ -150,3 +150,19 @@ def test_layer_decay_of_stacked_blocks():
     assert stacked["head/kernel"] == flat["head/kernel"]
     got = np.asarray(stacked["encoder/blocks/attn/qkv/kernel"]).ravel()
     np.testing.assert_array_equal(got, [flat[f"encoder/blocks_{k}/attn/qkv/kernel"] for k in range(3)])
+
+
+def test_config_choice():
+    """``--config.model.scan_blocks=True`` and ``model.remat_policy`` reach the recipes' models."""
+    import os
+    from jaxbrain import models
+    from jaxbrain.training.config import command_line_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for config in ("brain_classification.py:demo,vit", "braindino_seg_brats.py:demo"):
+        c = command_line_config(["--config", os.path.join(root, "configs", config),
+                                 "--config.model.scan_blocks=True",
+                                 "--config.model.remat_policy=nothing_saveable"])
+        model = models.from_config(c.model)
+        assert model.scan_blocks and model.remat_policy == "nothing_saveable"
+    with pytest.raises(ValueError, match="remat_policy='everything'"):
+        ViT(**VIT, remat_policy="everything").init(jax.random.key(0), np.zeros((1, 8, 8, 8, 1)))
