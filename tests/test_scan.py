@@ -78,8 +78,7 @@ def test_dino_seg_reads_the_named_blocks_under_scan():
     kw = dict(DINO, in_channels=2, out_channels=3, layers=(1, 3), lora_rank=2)
     plain, scanned = DinoSeg(**kw), DinoSeg(**kw, scan_blocks=True)
     x = jax.random.normal(jax.random.key(2), (1, 16, 16, 2))
-    params = nn.unbox(plain.init(jax.random.key(0), x))["params"]
-    params = jax.tree_util.tree_map(lambda v: v + 0.01 * jnp.arange(v.size).reshape(v.shape) / v.size, params)
+    params = random_params(plain)
     stacked = stack_blocks(params)
     assert stacked["encoder"]["blocks"]["attn"]["qkv"]["lora_b_q"]["kernel"].shape == (4, 2, 16)
     np.testing.assert_allclose(scanned.apply({"params": stacked}, x, return_features=True),
@@ -96,7 +95,7 @@ def test_stochastic_depth_under_scan():
     model = DinoViT(**kw, scan_blocks=True)
     x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
     params = stack_blocks(random_params(DinoViT(**kw)))
-    run = lambda key: model.apply({"params": params}, x, train=True, rngs={"dropout": key})
+    run = jax.jit(lambda key: model.apply({"params": params}, x, train=True, rngs={"dropout": key}))
     a, b = run(jax.random.key(0)), run(jax.random.key(1))
     assert np.isfinite(a).all() and not np.allclose(a, b)
     np.testing.assert_array_equal(a, run(jax.random.key(0)))
@@ -129,12 +128,12 @@ def test_pytorch_files_and_init_are_layout_free(tmp_path):
     loaded, report = load_torch(tmp_path / "plain" / "m.pt", scanned)
     _leaves_equal(loaded, stack_blocks(params))
 
-    x = np.zeros((1, 16, 16, 3), np.float32)
     for source_model, source, target in ((plain, params, scanned), (scanned, stack_blocks(params), plain)):
         path = str(tmp_path / f"run_{source_model.scan_blocks}")
         runs.save_converted(path, {"name": "dino_vit", **DINO, "scan_blocks": source_model.scan_blocks},
                             {"params": source})
-        fresh = nn.unbox(target.init(jax.random.key(5), x))
+        fresh = {"params": random_params(plain, seed=5)}
+        fresh = stack_blocks(fresh) if target.scan_blocks else fresh
         merged, report = load_pretrained(path, target, fresh)
         assert report.ok
         _leaves_equal(merged["params"], stack_blocks(params) if target.scan_blocks else params)
