@@ -27,9 +27,9 @@ MLP, patch, LayerScale (1e-5), LayerNorm eps (1e-6), no qkv bias and its fused `
 ``pos_embed`` table, the one parameter the two sides do not share) where jaxbrain's DINOv3
 layout rotates q and k (axial RoPE, no parameters); neither has storage tokens (the dinov2
 package's ViT has none, so jaxbrain's are off); dinov2's attention is the explicit
-softmax(q k^T) v, jaxbrain's XLA's. The frozen weights' gradients: PyTorch skips them
-(``requires_grad`` False); jaxbrain's loop step differentiates the whole parameter tree (its
-``grad_norm`` metric covers it) and its optimizer zeroes the frozen updates.
+softmax(q k^T) v, jaxbrain's XLA's. Neither side differentiates the frozen weights:
+PyTorch's ``requires_grad`` is False on them, jaxbrain's loop step takes its gradient over
+the trained leaves alone (``optim.freeze_rule``; the frozen ones are constants of the loss).
 
 Each side is timed as the median of ``--repeats`` steps after one warm-up step (XLA's
 compilation reported apart); reported: samples (scans) per second, slices per second, the
