@@ -457,8 +457,11 @@ class TrainSetup:
 
 
 def _placed(tree, shardings):
+    # ``shardings`` is a prefix of ``tree``: a sharding may stand for an empty subtree (an
+    # optimizer's masked leaves, optax.MaskedNode, under optim.freeze).
     return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+        lambda s, sub: jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub), shardings, tree)
 
 
 def setup_training(config, spec: dict, *, train_cases=None, devices=None) -> TrainSetup:
