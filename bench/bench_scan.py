@@ -4,6 +4,7 @@
     python bench/bench_scan.py                           # ViT-B (12), ViT-L (24), 40 blocks; CPU
     python bench/bench_scan.py --depths b:12 --remat dots_with_no_batch_dims_saveable
     flock /tmp/tpu_compile.lock python bench/bench_scan.py --topology v5e:2x2   # libtpu, no TPU
+    python bench/bench_scan.py --layouts scan        # the scanned step only
 
 The step is the whole-scan classifier's (``configs/brain_classification.py``'s ViT: MONAI
 layout, 1 channel, 96^3, patch 16): forward in training mode, softmax cross-entropy, gradients
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remat", default=None, help="remat_policy (jax.checkpoint_policies name)")
     p.add_argument("--bf16", action="store_true", help="compute in bfloat16")
     p.add_argument("--topology", default=None, help="a TPU slice, e.g. v5e:2x2 (libtpu, no TPU)")
+    p.add_argument("--layouts", nargs="+", choices=("unrolled", "scan"), default=["unrolled", "scan"],
+                   help="which layouts to compile (cells of the other are left empty)")
     args = p.parse_args(argv)
     rows = [_row(r) for r in args.depths]
 
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     for width, depth in rows:
         cells = []
         for scan in (False, True):
-            cells.extend(f"{t:.1f}" for t in step_times(width, depth, scan, args, devices))
+            if ("scan" if scan else "unrolled") in args.layouts:
+                cells.extend(f"{t:.1f}" for t in step_times(width, depth, scan, args, devices))
+            else:
+                cells.extend(("-", "-"))
         print(f"| ViT-{width.upper()} | {depth} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
