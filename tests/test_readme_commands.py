@@ -48,9 +48,13 @@ _STUDY = ("tests/test_study.py::test_grid_configs_outputs_and_resumption",
 COMMANDS = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[synth]' && python train.py --config configs/brats_swinunetr.py:demo --workdir runs/demo && python eval.py --workdir runs/demo":
         ("config", *_BRATS_RUN),
-    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e '.[test]' && pip install --no-deps timm==1.0.31 dinov2==0.0.1.dev2 && python -m pytest -n 2 tests":
+    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e '.[test,tpu]' && pip install --no-deps timm==1.0.31 dinov2==0.0.1.dev2 && python -m pytest -n 2 tests":
         ("setup: installs the environment and runs this suite",),
     "python -m jaxbrain.convert inspect model.pt": _CONVERT_CLI,
+    "python -m jaxbrain.aot --config configs/brats_swinunetr.py:bf16 --topology v5e:2x2 --per_chip_batch 1 --json bfs.json":
+        ("tests/test_aot.py::test_data_parallel_toy_step_compiles_for_v5e_and_its_figures_agree",),
+    "python -m jaxbrain.aot --table aot_table.md":
+        ("setup: compiles every published recipe for TPU slices (hours on 2 cores)",),
     "python -m jaxbrain.convert from-torch model.pt ckpt/ --set downsample=merging_legacy":
         (*_CONVERT_CLI, "tests/test_merging_legacy.py::test_old_checkpoints_give_old_outputs_only_with_legacy_order"),
     "python -m jaxbrain.convert from-torch ssl.pt ckpt/ --encoder-only --model swin_unetr --set out_channels=3 --set downsample=merging_legacy":
