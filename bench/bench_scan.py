@@ -3,7 +3,7 @@
 
     python bench/bench_scan.py                           # ViT-B (12), ViT-L (24), 40 blocks; CPU
     python bench/bench_scan.py --depths b:12 --remat dots_with_no_batch_dims_saveable
-    flock /tmp/tpu_compile.lock python bench/bench_scan.py --topology v5e:2x2   # libtpu, no TPU
+    python bench/bench_scan.py --topology v5e:2x2    # a TPU slice, ahead of time (libtpu)
     python bench/bench_scan.py --layouts scan        # the scanned step only
 
 The step is the whole-scan classifier's (``configs/brain_classification.py``'s ViT: MONAI
