@@ -116,7 +116,7 @@ def build_config(argv: list[str], per_chip_batch: int | None, chips: int):
     return config
 
 
-def analyse(config, topology: str) -> dict:
+def analyse(config, topology: str, hlo_path: str | None = None) -> dict:
     """Compiles ``config``'s train step for ``topology``; returns the figures (``fits`` False
     with ``needs_bytes`` / ``hbm_bytes`` when XLA runs out of HBM)."""
     import jax
@@ -172,7 +172,11 @@ def analyse(config, topology: str) -> dict:
         out["step_s"] = None
         out["step_note"] = ("XLA's cost model gives no valid step time "
                             f"(optimal_seconds={seconds})")
-    out["collectives"] = collectives(compiled.as_text())
+    hlo = compiled.as_text()
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(hlo)
+    out["collectives"] = collectives(hlo)
     return out
 
 
@@ -293,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per_chip_batch", type=int, default=None,
                         help="batch per chip (default: the config's batch_size over the chips)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--hlo", default=None, help="also write the compiled HLO text here")
     parser.add_argument("--table", default=None, metavar="OUT.md",
                         help="compile the published recipes' rows missing from OUT.md")
     parser.add_argument("--rows", default=None, help="--table: only these recipe names "
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config is required (or --table)")
     chips = len(topology_devices(known.topology))
     config = build_config(["--config", known.config, *rest], known.per_chip_batch, chips)
-    r = analyse(config, known.topology)
+    r = analyse(config, known.topology, known.hlo)
     print(report(r))
     if known.json:
         with open(known.json, "w") as f:

@@ -12,8 +12,10 @@ the mesh axis does not divide stays unsharded, so any model size fits any mesh.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -132,6 +134,46 @@ def replicated_large(boxed: Any, shardings: Any, mesh: Mesh, rules: Rules,
                       f"no dimension divides the mesh axes {dict(mesh.shape)}: "
                       + "; ".join(found), stacklevel=2)
     return found
+
+
+_ACTIVATIONS = threading.local()  # (mesh, rules) while a step is traced for a mesh
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = ()):
+    """Within it, :func:`constrain` pins activations to ``mesh``: the logical name "batch"
+    to the data-parallel axes, other names by ``rules``."""
+    previous = getattr(_ACTIVATIONS, "value", None)
+    _ACTIVATIONS.value = (mesh, (("batch", BATCH_AXES), *rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.value = previous
+
+
+def platform() -> str:
+    """The platform a step is traced for: the mesh's inside :func:`activation_sharding` (a TPU
+    slice compiled ahead of time on a CPU machine is "tpu"), else JAX's default backend.
+    Models choose backend-specific implementations by it."""
+    ctx = getattr(_ACTIVATIONS, "value", None)
+    return ctx[0].devices.flat[0].platform if ctx is not None else jax.default_backend()
+
+
+def constrain(x: Any, logical_axes: Sequence[str | None]) -> Any:
+    """``x`` constrained to the sharding of its logical axis names (e.g. ("batch", None, None,
+    None, "embed")) inside :func:`activation_sharding` (axes the mesh does not divide stay
+    whole; where none divides, ``x`` is left unconstrained); unchanged outside it. Models
+    call it at block boundaries, so that a data-parallel step keeps every activation on its
+    batch shard."""
+    ctx = getattr(_ACTIVATIONS, "value", None)
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    spec = spec_for(tuple(logical_axes) + (None,) * (np.ndim(x) - len(logical_axes)),
+                    np.shape(x), mesh, rules)
+    if all(s is None for s in spec):  # nothing divides: left to the compiler, not replicated
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:

@@ -1,17 +1,24 @@
 """python -m jaxbrain.aot: the train step of a config compiled for a TPU slice without a TPU
 (libtpu compiles for the devices of ``get_topology_desc``), its printed figures consistent
-with the program, and a config over a chip's memory reported as not fitting."""
+with the program, and a config over a chip's memory reported as not fitting; the scale
+hygiene around it (activations pinned to the batch shard, parameters left replicated under
+fsdp named, resume without a fresh state)."""
 
 import fcntl
+import importlib.util
 import json
 import os
+import sys
+import warnings
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import pytest
 
-libtpu = pytest.importorskip("libtpu", reason="ahead-of-time TPU compilation needs libtpu "
-                             "(pip install -e '.[tpu]')")
+from jaxbrain import aot, parallel
 
-from jaxbrain import aot  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Only one process at a time may load libtpu: one xdist group, and the lock manual runs take.
 pytestmark = pytest.mark.xdist_group("libtpu")
@@ -21,6 +28,8 @@ FEATURES, ROI = 64, 16
 
 @pytest.fixture(scope="module")
 def tpu_lock():
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("ahead-of-time TPU compilation needs libtpu (pip install -e '.[tpu]')")
     with open("/tmp/tpu_compile.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
@@ -82,3 +91,73 @@ def test_oom_messages_give_both_sizes():
     assert aot.parse_oom(msg) == (16.55 * 2**30, 15.75 * 2**30)
     assert aot.parse_oom("Used 20.5G of 15.75G hbm. Exceeded hbm capacity by 4.7G.") == (
         20.5 * 2**30, 15.75 * 2**30)
+
+
+def test_fsdp_names_every_large_parameter_left_replicated(tpu_lock):
+    """A weight whose dimensions the fsdp axis does not divide stays whole on every chip,
+    and a warning names it (small ones and divisible ones are not named)."""
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2}, aot.topology_devices("v5e:2x2"))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+            x = nn.Dense(2048, kernel_init=init, name="even")(x)  # 1024 x 2048: sharded
+            x = nn.Dense(1025, kernel_init=init, name="odd")(x)  # 2048 x 1025: 2048 divides
+            return nn.Dense(1025, kernel_init=init, name="big_odd")(x)  # 1025 x 1025: whole
+
+    boxed = jax.eval_shape(Net().init, jax.random.key(0), jnp.zeros((1, 1024)))
+    shardings = parallel.logical_shardings(boxed, mesh, parallel.RULES["fsdp"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = parallel.replicated_large(boxed["params"], shardings["params"], mesh,
+                                          parallel.RULES["fsdp"])
+    assert found == ["['big_odd']['kernel'] (1025, 1025)"]
+    assert "big_odd" in str(caught[-1].message) and "(1025, 1025)" in str(caught[-1].message)
+
+
+def test_swin_unetr_step_pins_its_activations_to_the_batch_shard(tpu_lock):
+    """The SwinUNETR train step, traced for a data-parallel v5e:2x2 mesh, takes the TPU's
+    implementations and constrains the activations at every block boundary to the batch
+    axes (only lowered: no compile)."""
+    from jaxbrain.training.config import load_config_file
+    from jaxbrain.training.data import batch_spec
+    from jaxbrain.training.loop import setup_training
+    config = load_config_file(os.path.join(os.path.dirname(TOY), "..", "configs",
+                                           "brats_swinunetr.py"), "demo")
+    config.model.depths, config.data.roi, config.batch_size = (1, 1, 1, 1), (32, 32, 32), 4
+    spec = batch_spec(config)
+    setup = setup_training(config, spec, devices=aot.topology_devices("v5e:2x2"))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=parallel.batch_sharding(
+        setup.mesh, len(v.shape))) for k, v in spec.items()}
+    text = setup.step_fn.lower(setup.abstract_state, batch).as_text()
+    pinned = [line for line in text.splitlines() if "sharding_constraint" in line
+              and '[{"data", "fsdp"}' in line]
+    # patch embedding, 4 stages x (windows, block output) + mergings, 11 encoder/decoder
+    # outputs: far more than the input alone; outside the mesh context, none.
+    assert len(pinned) >= 20, text[:2000]
+    # Traced for the TPU, not for the CPU the compile runs on: XLA's own convolutions and
+    # whole-batch window attention, none of the CPU paths' loops.
+    assert "stablehlo.while" not in text and "stablehlo.convolution" in text
+    x = jnp.zeros((1, 32, 32, 32, 4))
+    plain = jax.jit(lambda v: setup.model.apply(v, x)).lower(
+        jax.eval_shape(setup.model.init, jax.random.key(0), x)).as_text()
+    assert "sharding_constraint" not in plain
+
+
+def test_resume_restores_without_building_a_fresh_state(tmp_path, monkeypatch):
+    """A resumed run takes its state from the checkpoint alone: no initialisation runs."""
+    import _toys  # noqa: F401
+    from _train_run import toy_config
+    from jaxbrain.training import loop
+    config = toy_config(total_steps=2, ckpt_every=1, batch_size=2)
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(config, workdir, stop_after=1)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a resumed run initialised a fresh state")
+
+    monkeypatch.setattr(loop, "init_variables", refused)
+    monkeypatch.setattr(loop, "initial_variables", refused)
+    loop.train_and_evaluate(config, workdir)
+    assert loop.Checkpoints(workdir).latest_step() == 2

@@ -54,6 +54,7 @@ import flax.linen as nn
 
 from jaxbrain.models.blocks import BatchNorm, Dtype, partitioned, stats_dtype, torch_default_init
 from jaxbrain.models.conv3d import conv3x3x3
+from jaxbrain.parallel import platform
 
 kaiming_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -112,7 +113,7 @@ class Conv(nn.Module):
         if all(s == 1 for s in ks):
             x = x[(slice(None),) + tuple(slice(None, None, s) for s in st)]
             y = x @ k.reshape(cin, self.features)
-        elif grid <= SMALL_GRID and self.features >= WIDE and jax.default_backend() == "cpu":
+        elif grid <= SMALL_GRID and self.features >= WIDE and platform() == "cpu":
             y = patches_conv(x, k, st)
         elif ks == (3, 3, 3) and st == (1, 1, 1):
             y = conv3x3x3(x, k)

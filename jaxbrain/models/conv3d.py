@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbrain.parallel import platform
+
 DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 
 
@@ -37,7 +39,7 @@ def conv3x3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def conv3x3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    if jax.default_backend() == "cpu":
+    if platform() == "cpu":
         return conv3x3x3_cpu(x, kernel)
     return conv3x3x3_xla(x, kernel)
 

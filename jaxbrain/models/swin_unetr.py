@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxbrain.parallel import constrain, platform
 from jaxbrain.models.blocks import (
     Dtype, DropPath, PatchConv, ResBlock, UpBlock, conv3d, dense, layer_norm,
     layer_norm_no_affine, partitioned, stats_dtype, trunc_normal_002)
@@ -137,7 +138,7 @@ def shifted_window_regions(dims: tuple[int, int, int], ws: tuple[int, int, int],
 def use_window_scan() -> bool:
     """Attention window by window (``window_attention_core``) on CPU, where memory traffic
     dominates; whole-batch matrix products on GPU and TPU."""
-    return jax.default_backend() == "cpu"
+    return platform() == "cpu"
 
 
 @functools.lru_cache(maxsize=None)
@@ -323,6 +324,12 @@ class Mlp(nn.Module):
         return nn.Dropout(self.drop)(x, deterministic=deterministic)
 
 
+def _batch(x: jax.Array) -> jax.Array:
+    """``x`` kept on its batch shard when a step is traced for a device mesh
+    (:func:`jaxbrain.parallel.constrain`)."""
+    return constrain(x, ("batch",))
+
+
 class SwinBlock(nn.Module):
     """Pre-norm Swin transformer block on a (B, D, H, W, C) grid; shifted when ``shift``."""
 
@@ -359,10 +366,11 @@ class SwinBlock(nn.Module):
         if shifted:
             y = jnp.roll(y, shift=tuple(-s for s in ss), axis=(1, 2, 3))
         mask = shift_mask_patterns(dims, ws, ss) if shifted else None
+        # Windows of one volume stay on its batch shard (the batch is the windows' major axis).
         y = WindowAttention(c, self.num_heads, table_window, self.qkv_bias, self.attn_drop,
                             self.drop, relative_index=self.relative_index, name="attn", **args)(
-            window_partition(y, ws), mask, deterministic)
-        y = window_reverse(y, ws, b, dims)
+            _batch(window_partition(y, ws)), mask, deterministic)
+        y = _batch(window_reverse(_batch(y), ws, b, dims))
         if shifted:
             y = jnp.roll(y, shift=ss, axis=(1, 2, 3))
         y = y[:, :d, :h, :w]
@@ -370,7 +378,7 @@ class SwinBlock(nn.Module):
         x = x + drop_path(y, deterministic).astype(x.dtype)
         y = layer_norm("norm2", "embed", **args)(x)
         y = Mlp(c, int(c * self.mlp_ratio), self.drop, name="mlp", **args)(y, deterministic)
-        return x + drop_path(y, deterministic).astype(x.dtype)
+        return _batch(x + drop_path(y, deterministic).astype(x.dtype))
 
 
 class PatchMerging(nn.Module):
@@ -388,8 +396,8 @@ class PatchMerging(nn.Module):
             x = jnp.pad(x, [(0, 0)] + [(0, s % 2) for s in x.shape[1:4]] + [(0, 0)])
         x = jnp.concatenate([x[:, i::2, j::2, k::2] for i, j, k in MERGE_ORDERS[self.order]], -1)
         x = layer_norm("norm", "merge", self.dtype, self.param_dtype)(x)
-        return dense(2 * c, ("merge", "embed"), "reduction", self.dtype, self.param_dtype,
-                     use_bias=False)(x)
+        return _batch(dense(2 * c, ("merge", "embed"), "reduction", self.dtype,
+                            self.param_dtype, use_bias=False)(_batch(x)))
 
 
 class SwinStage(nn.Module):
@@ -476,7 +484,8 @@ class SwinTransformer(nn.Module):
         res_block = nn.remat(ResBlock) if self.remat else ResBlock
         dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
 
-        x = PatchConv(self.embed_dim, (self.patch_size,) * 3, name="patch_embed", **args)(x)
+        x = _batch(PatchConv(self.embed_dim, (self.patch_size,) * 3, name="patch_embed",
+                             **args)(_batch(x)))
         x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
         hidden = [x]
         for i, depth in enumerate(self.depths):
@@ -547,17 +556,18 @@ class SwinUNETR(nn.Module):
         args = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         res_block = nn.remat(ResBlock) if self.remat else ResBlock
         up_block = nn.remat(UpBlock) if self.remat else UpBlock
-        enc0 = res_block(f, name="encoder1", **args)(x)
-        enc1 = res_block(f, name="encoder2", **args)(hidden[0])
-        enc2 = res_block(2 * f, name="encoder3", **args)(hidden[1])
-        enc3 = res_block(4 * f, name="encoder4", **args)(hidden[2])
-        dec4 = res_block(16 * f, name="encoder10", **args)(hidden[4])
-        dec3 = up_block(8 * f, name="decoder5", **args)(dec4, hidden[3])
-        dec2 = up_block(4 * f, name="decoder4", **args)(dec3, enc3)
-        dec1 = up_block(2 * f, name="decoder3", **args)(dec2, enc2)
-        dec0 = up_block(f, name="decoder2", **args)(dec1, enc1)
-        out = up_block(f, name="decoder1", **args)(dec0, enc0)
-        logits = conv3d(self.out_channels, 1, "out", use_bias=True, **args)(out)
+        hidden = [_batch(h) for h in hidden]
+        enc0 = _batch(res_block(f, name="encoder1", **args)(_batch(x)))
+        enc1 = _batch(res_block(f, name="encoder2", **args)(hidden[0]))
+        enc2 = _batch(res_block(2 * f, name="encoder3", **args)(hidden[1]))
+        enc3 = _batch(res_block(4 * f, name="encoder4", **args)(hidden[2]))
+        dec4 = _batch(res_block(16 * f, name="encoder10", **args)(hidden[4]))
+        dec3 = _batch(up_block(8 * f, name="decoder5", **args)(dec4, hidden[3]))
+        dec2 = _batch(up_block(4 * f, name="decoder4", **args)(dec3, enc3))
+        dec1 = _batch(up_block(2 * f, name="decoder3", **args)(dec2, enc2))
+        dec0 = _batch(up_block(f, name="decoder2", **args)(dec1, enc1))
+        out = _batch(up_block(f, name="decoder1", **args)(dec0, enc0))
+        logits = _batch(conv3d(self.out_channels, 1, "out", use_bias=True, **args)(out))
         return logits.astype(stats_dtype(self.dtype))
 
 

@@ -507,7 +507,13 @@ def setup_training(config, spec: dict, *, train_cases=None, devices=None) -> Tra
         state["objective"] = _placed(jax.eval_shape(objective.init_state, params), obj_shardings)
     shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
     labels = freeze_rule(config.optim, models.encoder_name(model))  # not differentiated
-    step_fn = jax.jit(make_train_step(model, objective, tx, lr_fn, dtype, labels),
+    step = make_train_step(model, objective, tx, lr_fn, dtype, labels)
+
+    def train_step(state, batch):  # traced with activations pinned to their batch shards
+        with parallel.activation_sharding(mesh):
+            return step(state, batch)
+
+    step_fn = jax.jit(train_step,
                       in_shardings=(shardings, None), out_shardings=(shardings, None),
                       donate_argnums=(0,))
     return TrainSetup(model, objective, mesh, rules, dtype, x, tx, lr_fn,
