@@ -84,7 +84,8 @@ def test_feature_cache_is_read_back_not_recomputed(table, tmp_path):
     calls = encoder.calls
     assert calls == len(parts.train)  # 8 slices a scan, 16 a call: one call per scan
     x = train[0].load()["image"]
-    assert x.shape == (8, 32) and x.dtype == np.float32
+    width = c.probe.encoder.hidden_size  # the demo pretraining encoder's
+    assert x.shape == (8, width) and x.dtype == np.float32
     # The normalised CLS: token 0 of the encoder's tokens after its final LayerNorm.
     stack = slices.scan_slices(nib.load(parts.train[0].images[0]).get_fdata(), 8, (32, 32))
     tokens = encoder.model.apply(encoder.variables, jnp.asarray(stack))
