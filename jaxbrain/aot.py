@@ -235,7 +235,8 @@ TABLE = [
     ("MAE ViT-B", "configs/brain_pretrain.py:mae", "v5p:2x2x1", 4),
     ("DINO ViT-B bf16", "configs/braindino_pretrain.py:bf16", "v5e:2x2", 32),
     ("DINO ViT-B", "configs/braindino_pretrain.py", "v5p:2x2x1", 32),
-    ("DINO ViT-L bf16", "configs/braindino_pretrain.py:bf16 --config.model.size=large",
+    ("DINO ViT-L bf16", "configs/braindino_pretrain.py:bf16 --config.model.hidden_size=1024 "
+     "--config.model.depth=24 --config.model.num_heads=16 --config.model.mlp_dim=4096",
      "v5p:2x2x1", 32),
     ("slice segmentation bf16", "configs/braindino_seg_brats.py:bf16", "v5e:2x2", 8),
     ("slice segmentation", "configs/braindino_seg_brats.py", "v5p:2x2x1", 8),

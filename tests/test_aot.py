@@ -161,3 +161,15 @@ def test_resume_restores_without_building_a_fresh_state(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "initial_variables", refused)
     loop.train_and_evaluate(config, workdir)
     assert loop.Checkpoints(workdir).latest_step() == 2
+
+
+def test_batch_spec_from_the_config_equals_the_data_pipelines_batches(tmp_path):
+    """The batch shapes the ahead-of-time compile uses, from the config alone, are those of
+    the batches the training data gives."""
+    import _toys  # noqa: F401
+    from _train_run import toy_config
+    from jaxbrain.training import loop
+    from jaxbrain.training.data import batch_spec
+    config = toy_config(batch_size=2)
+    _, _, train_ds = loop.training_data(config, str(tmp_path))
+    assert batch_spec(config) == loop.element_spec(train_ds)

@@ -539,10 +539,11 @@ def batch_spec(config, global_batch: int | None = None) -> dict:
     crops = int(dcfg.get("crops_per_volume", 1))
     if batch % crops:
         raise ValueError(f"batch {batch} must be divisible by data.crops_per_volume ({crops})")
-    record = {"id": "spec", "image": np.ones((*roi, channels), np.float32),
+    grid = roi if len(roi) == 3 else (*roi, 1)  # a 2D crop is cut from a slice of a volume
+    record = {"id": "spec", "image": np.ones((*grid, channels), np.float32),
               "labels": dcfg.get("labels") or "binary"}
     if dcfg.get("layout", "brats") in ("brats", "atlas", "datalist"):
-        record["label"] = np.zeros(roi, np.uint8)
+        record["label"] = np.zeros(grid, np.uint8)
     if dcfg.get("layout") == "table" and dcfg.get("task", "diagnosis") is not None:
         tasks = tasks_of(dcfg)
         record["target"] = np.zeros((len(tasks),) if tasks else (), np.float32)
